@@ -1,0 +1,169 @@
+"""The GRPO objective: clipped surrogate + KL penalty - entropy bonus, and how tokens are averaged.
+
+Notation (shapes): N responses, L padded response length; logp, old_logp, ref_logp [N, L] are the
+log-probs of the sampled tokens under the current, the sampling ("old") and the frozen reference
+policy; adv is [N] (one advantage per response, broadcast over its tokens) or [N, L]; mask [N, L]
+is 1 on real response tokens (up to and including EOS) and 0 on padding.
+
+1. Clipped surrogate, per token (PPO, Schulman et al. 2017, arXiv 1707.06347, eq. 7; GRPO,
+   Shao et al. 2024, arXiv 2402.03300, eq. 3), written as a loss to MINIMISE:
+
+       ratio   = exp(clamp(logp - old_logp, -20, 20))
+       l_pg    = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
+       clipped = the second (clipped) term is the larger one, i.e. the clip is binding
+
+   clip_low != clip_high is the asymmetric "clip-higher" of DAPO (arXiv 2503.14476, eq. 10).
+   Departure: the log-ratio clamp to [-20, 20] only guards exp against overflow; ratios that large
+   are clipped anyway whenever the clip is active for that sign of A.
+
+2. KL penalty to the reference, per token: kl_estimate(logp, ref_logp, kl_kind), k3 by default
+   (GRPO eq. 4), added to the loss as ``kl_coef * KL`` (GRPO's beta; 5e-3 in the Seg-Zero recipe).
+
+3. Entropy bonus: ``- entropy_coef * H`` (the released Seg-Zero code subtracts 1e-3 x entropy; the
+   paper is silent; default here 0).
+
+4. Aggregation over tokens (``aggregate``), the same for every term, three modes:
+
+       "token-mean"              sum_{i,t} m_it l_it / T            T = number of valid tokens
+                                 (DAPO, arXiv 2503.14476, eq. 8; the released code's default)
+       "seq-mean-token-mean"     sum_i [ sum_t m_it l_it / sum_t m_it ] / S     S = number of
+                                 sequences (GRPO paper, eq. 3: 1/G sum_i 1/|o_i| sum_t)
+       "seq-mean-token-sum-norm" sum_{i,t} m_it l_it / (S * L_max)   (Dr. GRPO, arXiv 2503.20783,
+                                 eq. 3: a constant normaliser, L_max = the response-length budget)
+
+   The normalisers T, S and L_max are GLOBAL: the caller passes the counts of the whole
+   (mini-)batch over all micro-batches and ranks, so that the micro-batch losses, each divided by
+   the same constant, SUM to the full-batch loss, and so do their gradients. When the counts are
+   omitted the local ones are used (one full batch in one pass).
+
+The objective in the GRPO paper is maximised; here everything is a loss (its negation).
+"""
+from __future__ import annotations
+
+import torch
+
+from grpo.kl import kl_estimate
+
+AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+LOG_RATIO_CLAMP = 20.0
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token loss [N, L], clipped bool [N, L]) of the PPO clipped surrogate; see module doc."""
+    if logp.shape != old_logp.shape:
+        raise ValueError(f"logp shape {tuple(logp.shape)} != old_logp shape {tuple(old_logp.shape)}")
+    if not (0 <= clip_low < 1) or clip_high < 0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if adv.shape == logp.shape[:1] and logp.dim() == 2:
+        adv = adv.unsqueeze(-1)  # [N] -> [N, 1], broadcast over tokens
+    elif adv.shape != logp.shape:
+        raise ValueError(
+            f"adv must be [N] or [N, L] for logp {tuple(logp.shape)}, got {tuple(adv.shape)}"
+        )
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)  # [N, L]
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(loss_unclipped, loss_clipped)  # pessimistic bound
+    clipped = loss_clipped > loss_unclipped
+    return per_token, clipped
+
+
+def aggregate(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token-mean",
+    *,
+    num_tokens: float | int | torch.Tensor | None = None,
+    num_seqs: float | int | torch.Tensor | None = None,
+    max_len: float | int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scalar from per-token values [N, L] and mask [N, L], with global normalisers; module doc.
+
+    Local defaults: num_tokens = mask.sum() (at least 1), num_seqs = N (every row counts, even one
+    with no valid token), max_len = L (the padded width). Passed counts must be > 0.
+    """
+    if mode not in AGGREGATION_MODES:
+        raise ValueError(f"mode must be one of {AGGREGATION_MODES}, got {mode!r}")
+    if per_token_loss.shape != mask.shape or per_token_loss.dim() != 2:
+        raise ValueError(
+            f"per_token_loss {tuple(per_token_loss.shape)} and mask {tuple(mask.shape)} must both be [N, L]"
+        )
+    for name, value in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("max_len", max_len)):
+        if value is not None and not float(value) > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    mask = mask.to(per_token_loss.dtype)
+    masked = per_token_loss * mask  # [N, L]; padding contributes exactly 0
+    if mode == "token-mean":
+        if num_tokens is None:
+            num_tokens = mask.sum().clamp(min=1)
+        return masked.sum() / num_tokens
+    if num_seqs is None:
+        num_seqs = per_token_loss.shape[0]
+    if mode == "seq-mean-token-mean":
+        seq_mean = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # [N]
+        return seq_mean.sum() / num_seqs
+    if max_len is None:
+        max_len = per_token_loss.shape[1]
+    return masked.sum() / (num_seqs * max_len)
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float = 5e-3,
+    kl_kind: str = "k3",
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    mode: str = "token-mean",
+    num_tokens: float | int | torch.Tensor | None = None,
+    num_seqs: float | int | torch.Tensor | None = None,
+    max_len: float | int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """loss = policy + kl_coef * kl - entropy_coef * entropy, every term aggregated by ``mode``.
+
+    Returns (loss, terms); terms holds detached 0-dim tensors, each aggregated with the same mode
+    and normalisers as the loss (so they too sum over micro-batches and ranks to the full-batch
+    value): "loss", "policy_loss", "kl" (k-estimate to the reference, when ref_logp is given),
+    "entropy" (when given), "clipfrac" (fraction of clipped tokens) and "approx_kl_old" (k3 of the
+    current policy against the sampling policy, a diagnostic of how far the update moved).
+    ref_logp may be None only when kl_coef == 0; entropy may be None only when entropy_coef == 0.
+    """
+    if ref_logp is None and kl_coef != 0:
+        raise ValueError(f"kl_coef={kl_coef} needs ref_logp, got None")
+    if entropy is None and entropy_coef != 0:
+        raise ValueError(f"entropy_coef={entropy_coef} needs entropy, got None")
+    counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
+
+    def agg(values: torch.Tensor) -> torch.Tensor:
+        return aggregate(values, mask, mode, **counts)
+
+    per_token_pg, clipped = clipped_surrogate(logp, old_logp, adv, clip_low, clip_high)
+    policy_loss = agg(per_token_pg)
+    loss = policy_loss
+    terms: dict[str, torch.Tensor] = {"policy_loss": policy_loss.detach()}
+    if ref_logp is not None:
+        kl = agg(kl_estimate(logp, ref_logp, kl_kind))
+        loss = loss + kl_coef * kl
+        terms["kl"] = kl.detach()
+    if entropy is not None:
+        mean_entropy = agg(entropy)
+        loss = loss - entropy_coef * mean_entropy
+        terms["entropy"] = mean_entropy.detach()
+    with torch.no_grad():
+        terms["clipfrac"] = agg(clipped.to(per_token_pg.dtype))
+        terms["approx_kl_old"] = agg(kl_estimate(logp, old_logp, "k3"))
+    terms["loss"] = loss.detach()
+    return loss, terms

@@ -1,0 +1,112 @@
+"""Diagnostics of one rollout and one update, reduced across ranks to python floats.
+
+Rollout metrics (``rollout_metrics``), from a RolloutBuffer: reward mean/std and the mean of each
+reward term, advantage mean/std, the fraction of groups whose rewards all tie (those groups get
+zero advantage and teach nothing: the "zero-variance" or "solve_none/solve_all" groups of DAPO,
+arXiv 2503.14476, section 3.2), response length mean/min/max, and the token / sequence counts.
+Update metrics (loss terms, clipfrac, KL, entropy, grad norm, skipped steps) are gathered by
+``grpo.update.grpo_update``, which merges both into one flat dict.
+
+Reduction: every mean is a ratio of all-reduced SUMS (so 2 ranks with half the rows each report
+exactly what 1 rank with all rows reports); minima and maxima use MIN / MAX. Without an initialised
+torch.distributed process group the functions are purely local. Every rank gets the same dict.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+def distributed_active() -> bool:
+    """True when torch.distributed is available and a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum", process_group=None) -> torch.Tensor:
+    """In-place all-reduce ("sum", "max" or "min") when distributed is active; returns the tensor."""
+    if distributed_active():
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+        dist.all_reduce(tensor, op=reduce_op, group=process_group)
+    return tensor
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[int, int]:
+    """(number of groups whose rewards are all equal, number of groups) among these rows."""
+    groups = torch.unique(group_ids)
+    tied = 0
+    for g in groups.tolist():
+        r = rewards[group_ids == g]  # [G] rewards of group g
+        tied += int(bool((r == r[0]).all()))
+    return tied, int(groups.numel())
+
+
+def zero_variance_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    """Fraction of the groups (G adjacent rewards each) whose rewards all tie.
+
+    Example: rewards [1, 1, 0, 1], G = 2 -> groups [1, 1] (tied) and [0, 1] -> 1 / 2 = 0.5.
+    """
+    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards of shape {tuple(rewards.shape)} cannot be split into groups of {group_size}"
+        )
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    tied = (grouped == grouped[:, :1]).all(dim=1)  # [B]
+    return float(tied.float().mean())
+
+
+def _mean_std(total: float, total_sq: float, count: float) -> tuple[float, float]:
+    """Mean and unbiased std from a sum, a sum of squares and a count (NaN std when count < 2)."""
+    if count <= 0:
+        return math.nan, math.nan
+    mean = total / count
+    if count < 2:
+        return mean, math.nan
+    var = max(total_sq - count * mean * mean, 0.0) / (count - 1)
+    return mean, math.sqrt(var)
+
+
+def rollout_metrics(buffer, process_group=None) -> dict[str, float]:
+    """Reward, advantage, tie and length statistics of a RolloutBuffer, reduced across ranks."""
+    rewards = buffer.rewards.double()  # [N]
+    adv = buffer.advantages.double()  # [N]
+    lengths = buffer.response_mask.double().sum(-1)  # [N] valid tokens per response
+    tied, num_groups = zero_variance_groups(buffer.rewards, buffer.group_ids)
+    term_names = sorted(buffer.reward_terms)  # same order on every rank
+    sums = torch.tensor(
+        [
+            float(buffer.num_seqs), float(rewards.sum()), float(rewards.square().sum()),
+            float(adv.sum()), float(adv.square().sum()), float(lengths.sum()),
+            float(tied), float(num_groups),
+        ]
+        + [float(buffer.reward_terms[k].double().sum()) for k in term_names],
+        dtype=torch.float64,
+        device=buffer.rewards.device,
+    )
+    all_reduce(sums, "sum", process_group)
+    big = float("inf")
+    extremes = torch.tensor(  # [max length, -min length] in one MAX reduction
+        [float(lengths.max()) if lengths.numel() else -big, -float(lengths.min()) if lengths.numel() else -big],
+        dtype=torch.float64,
+        device=buffer.rewards.device,
+    )
+    all_reduce(extremes, "max", process_group)
+    n, r_sum, r_sq, a_sum, a_sq, len_sum, tied_sum, groups_sum, *term_sums = sums.tolist()
+    reward_mean, reward_std = _mean_std(r_sum, r_sq, n)
+    adv_mean, adv_std = _mean_std(a_sum, a_sq, n)
+    out = {
+        "reward_mean": reward_mean,
+        "reward_std": reward_std,
+        "adv_mean": adv_mean,
+        "adv_std": adv_std,
+        "zero_var_group_frac": tied_sum / groups_sum if groups_sum else math.nan,
+        "response_len_mean": len_sum / n if n else math.nan,
+        "response_len_max": extremes[0].item(),
+        "response_len_min": -extremes[1].item(),
+        "num_seqs": n,
+        "num_tokens": len_sum,
+    }
+    for name, total in zip(term_names, term_sums):
+        out[f"reward/{name}"] = total / n if n else math.nan
+    return out

@@ -1,0 +1,195 @@
+"""One GRPO update: PPO epochs x mini-batches, gradient accumulation with global normalisers.
+
+    for epoch in ppo_epochs:
+        for mini-batch in num_mini_batches contiguous slices of the (local) rollout rows:
+            counts  = all-reduce SUM (valid tokens, sequences) of this mini-batch over ranks
+            for micro-batch of micro_batch_size rows:
+                logp, entropy = logprob_fn(micro)            current policy, with grad
+                loss = grpo_loss(..., global counts)          grpo.losses (module docstring)
+                loss.backward()                               grads accumulate
+            grad_norm = clip_grad_norm_(params, max_grad_norm)
+            if loss and grad_norm are finite: optimizer.step()   else: skip, and report it
+            optimizer.zero_grad()
+
+The normalisation contract. Each micro-batch loss is divided by counts of the WHOLE mini-batch
+over ALL ranks, so summing the micro-batch losses over micro-batches and ranks gives exactly the
+full-batch loss: 1 rank with the whole batch and 2 ranks with half each produce the same gradient
+provided gradients are SUMMED across ranks. Consequences for the caller:
+  - FSDP2 (``fully_shard``) AVERAGES gradients over ranks by default: turn that off with
+    ``module.set_gradient_divide_factor(1.0)`` on every fully_shard-ed module (torchtitan does the
+    same), or the gradients are 1 / world_size too small.
+  - DDP also averages: multiply the loss by world size or use a SUM communication hook.
+  - Every rank must run the same number of micro-batches (same local rows and micro_batch_size),
+    since each backward may communicate.
+
+Old log-probs. With exactly one optimizer step per rollout (ppo_epochs == 1 and
+num_mini_batches == 1) the policy at the update IS the sampling policy, so ``buffer.old_logp`` from
+sampling are the old log-probs and the first (only) step has ratio = 1 up to numerics: no extra
+forward pass (the Seg-Zero recipe, SPEC.md section 8). With more steps the policy changes between
+them; then fill ``buffer.old_logp = compute_old_logprobs(logprob_fn, buffer, micro_batch_size)``
+BEFORE the update, with the same temperature, so that the ratio is measured against one fixed
+policy (sampling log-probs from an inference engine may differ slightly from the trainer's).
+
+Mini-batches are contiguous row slices (no shuffling), so with whole groups per slice they keep
+groups together; the update never needs groups, only the precomputed advantages.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from grpo.buffer import RolloutBuffer
+from grpo.kl import KL_KINDS
+from grpo.losses import AGGREGATION_MODES, grpo_loss
+from grpo.metrics import all_reduce, rollout_metrics
+
+LogprobFn = Callable[[RolloutBuffer], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+@dataclass(kw_only=True)
+class UpdateConfig:
+    """Knobs of grpo_update (defaults: the Seg-Zero recipe, SPEC.md section 8, except entropy)."""
+
+    micro_batch_size: int = 4
+    """Rows per forward/backward; gradients accumulate over the micro-batches of a mini-batch."""
+    ppo_epochs: int = 1
+    """Passes over the rollout; > 1 needs old_logp recomputed (see compute_old_logprobs)."""
+    num_mini_batches: int = 1
+    """Optimizer steps per epoch; the local rows must divide evenly."""
+    clip_low: float = 0.2
+    """Ratio clip below: ratio >= 1 - clip_low."""
+    clip_high: float = 0.2
+    """Ratio clip above: ratio <= 1 + clip_high (DAPO's clip-higher when > clip_low)."""
+    kl_coef: float = 5e-3
+    """beta, the weight of the KL-to-reference loss term (0 disables it; ref_logp may be None)."""
+    kl_kind: str = "k3"
+    """KL estimator: "k1", "k2" or "k3" (grpo.kl)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (the released Seg-Zero code uses 1e-3)."""
+    loss_mode: str = "token-mean"
+    """Aggregation: "token-mean", "seq-mean-token-mean" or "seq-mean-token-sum-norm"."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient 2-norm to this; None: no clipping (the norm is still reported)."""
+    temperature: float = 1.0
+    """Sampling temperature; logprob_fn must apply it (logits / temperature) as sampling did."""
+    max_response_len: int | None = None
+    """Dr. GRPO normaliser L_max (the generation budget); None: the padded width, max over ranks."""
+
+    def __post_init__(self) -> None:
+        for name in ("micro_batch_size", "ppo_epochs", "num_mini_batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
+            raise ValueError(f"need 0 <= clip_low < 1, clip_high >= 0; got {self.clip_low}, {self.clip_high}")
+        if self.kl_kind not in KL_KINDS:
+            raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
+        if self.loss_mode not in AGGREGATION_MODES:
+            raise ValueError(f"loss_mode must be one of {AGGREGATION_MODES}, got {self.loss_mode!r}")
+        if self.kl_coef < 0 or self.entropy_coef < 0:
+            raise ValueError(f"kl_coef and entropy_coef must be >= 0, got {self.kl_coef}, {self.entropy_coef}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.max_response_len is not None and self.max_response_len < 1:
+            raise ValueError(f"max_response_len must be >= 1 or None, got {self.max_response_len}")
+
+    @property
+    def one_step_per_rollout(self) -> bool:
+        """True when the sampling log-probs are the old log-probs (no recomputation needed)."""
+        return self.ppo_epochs == 1 and self.num_mini_batches == 1
+
+
+@torch.no_grad()
+def compute_old_logprobs(logprob_fn: LogprobFn, buffer: RolloutBuffer, micro_batch_size: int) -> torch.Tensor:
+    """log pi_old of the buffer's responses [N, L] float32, by a no-grad pass of logprob_fn."""
+    parts = [logprob_fn(mb)[0].detach().float() for mb in buffer.micro_batches(micro_batch_size)]
+    return torch.cat(parts, dim=0)  # [N, L]
+
+
+def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Global grad 2-norm (clipping to max_norm when given); FSDP2 DTensor grads handled by torch."""
+    norm = torch.nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)
+    if hasattr(norm, "full_tensor"):  # DTensor (FSDP2): the norm is already global, materialise it
+        norm = norm.full_tensor()
+    return norm
+
+
+def grpo_update(
+    logprob_fn: LogprobFn,
+    optimizer: torch.optim.Optimizer,
+    buffer: RolloutBuffer,
+    cfg: UpdateConfig,
+    *,
+    process_group=None,
+) -> dict[str, float]:
+    """Run cfg.ppo_epochs x cfg.num_mini_batches optimizer steps on this rank's ``buffer``.
+
+    logprob_fn(mb) -> (logp [n, L], entropy [n, L] or None): current-policy log-probs (with grad)
+    of mb.response_ids, at cfg.temperature. Returns a flat dict of python floats, the same on every
+    rank: the loss terms, clipfrac and KLs averaged over the optimizer steps, grad_norm (mean over
+    steps), optimizer_steps, skipped_steps, and the rollout metrics of grpo.metrics.rollout_metrics.
+    """
+    num_rows = buffer.num_seqs
+    if num_rows == 0 or num_rows % cfg.num_mini_batches != 0:
+        raise ValueError(
+            f"the {num_rows} local rows must split evenly into num_mini_batches={cfg.num_mini_batches}"
+        )
+    device = buffer.response_ids.device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if cfg.max_response_len is not None:
+        max_len = float(cfg.max_response_len)
+    else:
+        max_len = all_reduce(torch.tensor(float(buffer.max_len), device=device), "max", process_group).item()
+
+    rows_per_mini = num_rows // cfg.num_mini_batches
+    totals: dict[str, float] = {}
+    grad_norms: list[float] = []
+    skipped = 0
+    optimizer.zero_grad(set_to_none=True)
+    for _epoch in range(cfg.ppo_epochs):
+        for k in range(cfg.num_mini_batches):
+            mini = buffer.select(slice(k * rows_per_mini, (k + 1) * rows_per_mini))
+            counts = torch.tensor([mini.num_valid_tokens, mini.num_seqs], dtype=torch.float64, device=device)
+            num_tokens, num_seqs = all_reduce(counts, "sum", process_group).tolist()  # global counts
+            step_terms: dict[str, torch.Tensor] = {}
+            for micro in mini.micro_batches(cfg.micro_batch_size):
+                logp, entropy = logprob_fn(micro)
+                if logp.shape != micro.response_ids.shape:
+                    raise ValueError(
+                        f"logprob_fn returned logp {tuple(logp.shape)}, expected {tuple(micro.response_ids.shape)}"
+                    )
+                loss, terms = grpo_loss(
+                    logp, micro.old_logp, micro.ref_logp, micro.advantages, micro.response_mask,
+                    kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
+                    entropy=entropy, entropy_coef=cfg.entropy_coef,
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, mode=cfg.loss_mode,
+                    num_tokens=max(num_tokens, 1.0), num_seqs=max(num_seqs, 1.0), max_len=max_len,
+                )
+                loss.backward()
+                for name, value in terms.items():  # each term is already globally normalised
+                    step_terms[name] = step_terms.get(name, 0.0) + value.double()
+            names = sorted(step_terms)  # same keys, same order on every rank
+            reduced = all_reduce(torch.stack([step_terms[n] for n in names]).to(device), "sum", process_group)
+            step_values = dict(zip(names, reduced.tolist()))
+
+            grad_norm = float(_grad_norm(params, cfg.max_grad_norm))
+            if math.isfinite(step_values["loss"]) and math.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(grad_norm)
+            for name, value in step_values.items():
+                totals[name] = totals.get(name, 0.0) + value
+
+    num_steps = cfg.ppo_epochs * cfg.num_mini_batches
+    out = {name: value / num_steps for name, value in totals.items()}
+    out["grad_norm"] = sum(grad_norms) / num_steps
+    out["optimizer_steps"] = float(num_steps - skipped)
+    out["skipped_steps"] = float(skipped)
+    out.update(rollout_metrics(buffer, process_group))
+    return out

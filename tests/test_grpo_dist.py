@@ -1,0 +1,75 @@
+"""2 gloo processes, each with half of the groups, give the 1-process gradients and metrics.
+
+Gradients are summed across ranks by a per-parameter hook (what FSDP2 does with its gradient
+divide factor set to 1, see grpo/update.py): each rank's loss is normalised by the GLOBAL counts,
+so the SUM of the two ranks' gradients is the full-batch gradient.
+"""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_grpo_update import logprob_fn_for, make_buffer, make_policy, param_deltas  # noqa: E402
+from grpo import UpdateConfig, grpo_update  # noqa: E402
+
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+def _sum_over_ranks(grad: torch.Tensor) -> torch.Tensor:
+    summed = grad.clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed
+
+
+def _updates(rank: int, world_size: int):
+    """For each mode: (param deltas after one SGD step with lr 1, metrics) on this rank's shard."""
+    results = {}
+    for mode in MODES:
+        policy = make_policy()
+        if world_size > 1:
+            for p in policy.parameters():  # SUM each backward's gradient over ranks
+                p.register_hook(_sum_over_ranks)
+        before = [p.detach().clone() for p in policy.parameters()]
+        buf = make_buffer(num_groups=4, group_size=3).shard(rank, world_size)
+        cfg = UpdateConfig(micro_batch_size=2, loss_mode=mode, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0.5)
+        metrics = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
+        results[mode] = (param_deltas(policy, before), metrics)
+    return results
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(_updates(rank, world_size), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.dist
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    single = _updates(0, 1)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for mode in MODES:
+        deltas, metrics = single[mode]
+        for rank_result in ranks:
+            rank_deltas, rank_metrics = rank_result[mode]
+            for a, b in zip(rank_deltas, deltas):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+            assert rank_metrics.keys() == metrics.keys()
+            for key, value in metrics.items():
+                assert rank_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (mode, key)
+        assert any(d.abs().max() > 1e-4 for d in deltas)  # a real step was taken

@@ -1,0 +1,195 @@
+"""Formulas of grpo.advantages, grpo.kl and grpo.losses: hand-computed numbers and float64 references."""
+import math
+
+import pytest
+import torch
+
+from grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, kl_estimate
+
+
+# ---- advantages ------------------------------------------------------------------------------
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    # G = 2: each group [1, 0]: mean 0.5, unbiased std = sqrt((0.25 + 0.25) / 1) = 0.70711
+    # A = +-0.5 / (0.70711 + 1e-6) = +-0.707106
+    torch.testing.assert_close(group_advantages(r, 2), torch.tensor([0.707106, -0.707106, 0.707106, -0.707106]))
+    # G = 4: mean 0.5, unbiased std = sqrt(4 * 0.25 / 3) = 0.57735; A = +-0.5 / 0.57735 = +-0.866025
+    torch.testing.assert_close(group_advantages(r, 4), torch.tensor([0.866024, -0.866024, 0.866024, -0.866024]))
+    # Dr. GRPO: r - mean = +-0.5
+    torch.testing.assert_close(group_advantages(r, 2, scale_by_std=False), torch.tensor([0.5, -0.5, 0.5, -0.5]))
+
+
+def test_rloo_hand_computed():
+    # [3, 1, 2]: baselines (1+2)/2 = 1.5, (3+2)/2 = 2.5, (3+1)/2 = 2 -> A = [1.5, -1.5, 0]
+    torch.testing.assert_close(group_advantages(torch.tensor([3.0, 1.0, 2.0]), 3, estimator="rloo"),
+                               torch.tensor([1.5, -1.5, 0.0]))
+
+
+def test_tied_group_gives_zero_advantage():
+    # group [2, 2]: r - mean = 0, std = 0 -> 0 / (0 + 1e-6) = 0; group [0, 4]: std 2.8284 -> +-0.7071
+    adv = group_advantages(torch.tensor([2.0, 2.0, 0.0, 4.0]), 2)
+    torch.testing.assert_close(adv, torch.tensor([0.0, 0.0, -0.707107, 0.707107]))
+
+
+def test_group_advantages_float64_reference():
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(6 * 5, generator=g, dtype=torch.float64)
+    grouped = r.view(6, 5)
+    mean = grouped.mean(1, keepdim=True)
+    std = ((grouped - mean).square().sum(1, keepdim=True) / 4).sqrt()  # unbiased, by hand
+    torch.testing.assert_close(group_advantages(r, 5), ((grouped - mean) / (std + 1e-6)).reshape(-1))
+    loo = torch.stack([grouped[:, i] - (grouped.sum(1) - grouped[:, i]) / 4 for i in range(5)], 1)
+    torch.testing.assert_close(group_advantages(r, 5, estimator="rloo"), loo.reshape(-1))
+
+
+def test_group_advantages_errors():
+    with pytest.raises(ValueError, match="multiple of group_size=4"):
+        group_advantages(torch.zeros(6), 4)
+    with pytest.raises(ValueError, match="group_size=1"):
+        group_advantages(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="estimator"):
+        group_advantages(torch.zeros(4), 2, estimator="ppo")
+    with pytest.raises(ValueError, match="finite"):
+        group_advantages(torch.tensor([0.0, math.nan]), 2)
+    # G = 1 without std is allowed: every advantage is 0
+    torch.testing.assert_close(group_advantages(torch.tensor([3.0, 1.0]), 1, scale_by_std=False), torch.zeros(2))
+
+
+# ---- KL --------------------------------------------------------------------------------------
+def test_kl_hand_computed():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0])
+    # k1 = logp - ref = [1, -1]; k2 = 0.5 * 1^2 = [0.5, 0.5]
+    torch.testing.assert_close(kl_estimate(logp, ref, "k1"), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(kl_estimate(logp, ref, "k2"), torch.tensor([0.5, 0.5]))
+    # k3: logr = ref - logp = [-1, 1]: e^-1 + 1 - 1 = 0.367879; e^1 - 1 - 1 = 0.718282
+    torch.testing.assert_close(kl_estimate(logp, ref, "k3"), torch.tensor([0.367879, 0.718282]))
+    assert kl_estimate(logp, logp, "k3").abs().max() == 0
+
+
+def test_k3_extreme_log_ratios_clamped_with_finite_gradient():
+    # logr = -50 -> clamped to -20: e^-20 + 20 - 1 = 19 -> clamp 10; logr = +50: e^20 -> clamp 10
+    logp = torch.tensor([0.0, -50.0], requires_grad=True)
+    ref = torch.tensor([-50.0, 0.0])
+    kl = kl_estimate(logp, ref, "k3")
+    torch.testing.assert_close(kl, torch.tensor([10.0, 10.0]))
+    kl.sum().backward()
+    assert torch.isfinite(logp.grad).all()
+
+
+def test_kl_float64_reference():
+    g = torch.Generator().manual_seed(1)
+    logp = -torch.rand(4, 7, generator=g, dtype=torch.float64) * 5
+    ref = -torch.rand(4, 7, generator=g, dtype=torch.float64) * 5
+    logr = ref - logp
+    expected = (logr.exp() - logr - 1).clamp(-10, 10)
+    torch.testing.assert_close(kl_estimate(logp, ref, "k3"), expected)
+    with pytest.raises(ValueError, match="kind"):
+        kl_estimate(logp, ref, "k4")
+
+
+# ---- clipped surrogate ------------------------------------------------------------------------
+def test_clipped_surrogate_hand_computed():
+    # ratios [1.5, 1.5, 0.5, 0.5], A [+1, -1, +1, -1], clip 0.2 -> clip(ratio) = [1.2, 1.2, 0.8, 0.8]
+    # losses max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2 (clipped); max(1.5, 1.2) = 1.5;
+    #                               max(-0.5, -0.8) = -0.5;           max(0.5, 0.8) = 0.8 (clipped)
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]])).requires_grad_(True)
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    loss, clipped = clipped_surrogate(logp, old, adv)
+    torch.testing.assert_close(loss, torch.tensor([[-1.2, 1.5, -0.5, 0.8]]))
+    assert clipped.tolist() == [[True, False, False, True]]
+    loss.sum().backward()
+    # d/dlogp (-A ratio) = -A ratio on unclipped tokens, 0 on clipped ones
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 1.5, -0.5, 0.0]]))
+
+
+def test_clipped_surrogate_asymmetric_and_per_sequence_adv():
+    # clip_high 0.28: ratio 1.5, A = 1 -> max(-1.5, -1.28) = -1.28; adv [N] broadcast over L
+    loss, _ = clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([1.0]),
+                                clip_low=0.2, clip_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor([[-1.28, -1.0]]))
+
+
+def test_clipped_surrogate_float64_reference_with_extreme_ratios():
+    g = torch.Generator().manual_seed(2)
+    logp = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    old = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    logp[0, 0], logp[0, 1] = 50.0, -50.0  # log-ratios of about +-50 -> clamped to +-20
+    adv = torch.randn(5, generator=g, dtype=torch.float64)
+    loss, clipped = clipped_surrogate(logp, old, adv, 0.2, 0.3)
+    ratio = torch.exp((logp - old).clamp(-20, 20))
+    a = adv[:, None]
+    expected = torch.where(-a * ratio >= -a * ratio.clamp(0.8, 1.3), -a * ratio, -a * ratio.clamp(0.8, 1.3))
+    torch.testing.assert_close(loss, expected)
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(clipped, -a * ratio.clamp(0.8, 1.3) > -a * ratio)
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 99.0, 99.0]])  # 99 sits on padding: must not count
+MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
+
+
+def test_aggregate_hand_computed():
+    # token-mean: (1 + 2 + 3 + 4) / 4 = 2.5
+    assert aggregate(LOSS, MASK, "token-mean").item() == pytest.approx(2.5)
+    # seq-mean-token-mean: (6/3 + 4/1) / 2 = 3.0
+    assert aggregate(LOSS, MASK, "seq-mean-token-mean").item() == pytest.approx(3.0)
+    # seq-mean-token-sum-norm: 10 / (2 sequences x L = 3) = 1.6667; with max_len 5: 10 / 10 = 1
+    assert aggregate(LOSS, MASK, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 6)
+    assert aggregate(LOSS, MASK, "seq-mean-token-sum-norm", max_len=5).item() == pytest.approx(1.0)
+    # global counts: 10 / 8 tokens elsewhere in the batch
+    assert aggregate(LOSS, MASK, num_tokens=8).item() == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_aggregate_sums_over_row_splits_with_global_counts(mode):
+    g = torch.Generator().manual_seed(3)
+    loss = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    mask = (torch.rand(7, 5, generator=g) > 0.3).long()
+    mask[:, 0] = 1
+    full = aggregate(loss, mask, mode)
+    counts = dict(num_tokens=int(mask.sum()), num_seqs=7, max_len=5)
+    parts = sum(aggregate(loss[i:i + 3], mask[i:i + 3], mode, **counts) for i in range(0, 7, 3))
+    torch.testing.assert_close(parts, full)
+
+
+def test_aggregate_errors():
+    with pytest.raises(ValueError, match="mode"):
+        aggregate(LOSS, MASK, "sum")
+    with pytest.raises(ValueError, match="num_tokens must be > 0"):
+        aggregate(LOSS, MASK, num_tokens=0)
+
+
+# ---- objective ----------------------------------------------------------------------------------
+def test_grpo_loss_hand_computed():
+    # logp = old = ref -> ratio 1, KL 0; A = [+1, -1]; valid tokens (1,1), (1,1), (2,1)
+    # policy per token: -1, -1, +1 -> token-mean = -1/3
+    # entropy token-mean = (0.5 + 0.5 + 1) / 3 = 0.6667; loss = -1/3 - 0.1 * 0.6667 = -0.4
+    logp = torch.full((2, 2), -1.0)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    entropy = torch.tensor([[0.5, 0.5], [1.0, 9.0]])
+    loss, terms = grpo_loss(logp, logp, logp, torch.tensor([1.0, -1.0]), mask, entropy=entropy, entropy_coef=0.1)
+    assert loss.item() == pytest.approx(-0.4)
+    assert terms["policy_loss"].item() == pytest.approx(-1 / 3)
+    assert terms["entropy"].item() == pytest.approx(2 / 3)
+    assert terms["kl"].item() == 0 and terms["clipfrac"].item() == 0 and terms["approx_kl_old"].item() == 0
+
+
+def test_grpo_loss_kl_term_and_gradient():
+    # one token, A = 0, ref - logp = -1: k3 = e^-1 + 1 - 1 = 0.367879; loss = 0.5 * 0.367879
+    # d loss / d logp = 0.5 * (1 - exp(ref - logp)) = 0.5 * (1 - 0.367879) = 0.316060
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    loss, terms = grpo_loss(logp, logp.detach(), torch.tensor([[-2.0]]), torch.tensor([0.0]),
+                            torch.ones(1, 1), kl_coef=0.5)
+    assert loss.item() == pytest.approx(0.5 * 0.367879, abs=1e-6)
+    loss.backward()
+    assert logp.grad.item() == pytest.approx(0.316060, abs=1e-6)
+
+
+def test_grpo_loss_errors():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="kl_coef"):
+        grpo_loss(x, x, None, torch.zeros(1), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="entropy_coef"):
+        grpo_loss(x, x, x, torch.zeros(1), torch.ones(1, 2), entropy_coef=0.1)

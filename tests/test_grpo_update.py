@@ -1,0 +1,200 @@
+"""grpo.buffer, grpo.update and grpo.metrics on one process: splitting, accumulation, finite check."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from grpo import (
+    RolloutBuffer, UpdateConfig, compute_old_logprobs, group_advantages, grpo_loss, grpo_update,
+    rollout_metrics, token_logprobs_and_entropy, zero_variance_group_fraction,
+)
+
+# ---- toy policy and rollout (also used by test_grpo_dist.py) -------------------------------------
+VOCAB, DIM, L = 7, 5, 6
+
+
+def make_policy(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, VOCAB)).double()
+
+
+def make_buffer(num_groups: int = 4, group_size: int = 3, seed: int = 0) -> RolloutBuffer:
+    """Random rollout: per-prompt features [L, DIM] in ``prompts``, ragged response masks."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_groups * group_size
+    lengths = torch.randint(1, L + 1, (n,), generator=g)
+    mask = (torch.arange(L)[None, :] < lengths[:, None]).float()  # [N, L], 1 up to EOS
+    rewards = torch.randint(0, 3, (n,), generator=g).double()
+    return RolloutBuffer(
+        response_ids=torch.randint(0, VOCAB, (n, L), generator=g),
+        response_mask=mask,
+        old_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
+        ref_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
+        rewards=rewards,
+        advantages=group_advantages(rewards, group_size),
+        group_ids=torch.arange(num_groups).repeat_interleave(group_size),
+        reward_terms={"format": (rewards > 0).double(), "iou": rewards / 2},
+        prompts=[torch.randn(L, DIM, generator=g, dtype=torch.float64) for _ in range(num_groups)],
+    )
+
+
+def logprob_fn_for(policy):
+    def logprob_fn(mb: RolloutBuffer):
+        features = torch.stack([mb.prompts[int(i)] for i in mb.group_ids])  # [n, L, DIM]
+        logits = policy(features)  # [n, L, V]
+        return token_logprobs_and_entropy(logits, mb.response_ids, temperature=0.9, chunk_size=5)
+    return logprob_fn
+
+
+def param_deltas(policy, before):
+    return [(p.detach() - b) for p, b in zip(policy.parameters(), before)]
+
+
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+# ---- buffer -------------------------------------------------------------------------------------
+def test_select_reindexes_prompts_and_shard_keeps_whole_groups():
+    buf = make_buffer(num_groups=4, group_size=3)
+    sub = buf.select([7, 8, 3])  # rows of groups 2, 2, 1
+    assert sub.group_ids.tolist() == [0, 0, 1]
+    assert sub.prompts[0] is buf.prompts[2] and sub.prompts[1] is buf.prompts[1]
+    torch.testing.assert_close(sub.old_logp, buf.old_logp[[7, 8, 3]])
+    torch.testing.assert_close(sub.reward_terms["iou"], buf.reward_terms["iou"][[7, 8, 3]])
+    shard = buf.shard(1, 2)  # groups 2, 3 -> rows 6..11
+    torch.testing.assert_close(shard.response_ids, buf.response_ids[6:12])
+    assert shard.group_ids.tolist() == [0, 0, 0, 1, 1, 1] and len(shard.prompts) == 2
+    with pytest.raises(ValueError, match="number of groups 4 is not divisible by world_size=3"):
+        buf.shard(0, 3)
+    sizes = [len(mb) for mb in buf.micro_batches(5)]
+    assert sizes == [5, 5, 2]
+    assert buf.num_seqs == 12 and buf.max_len == L and buf.num_valid_tokens == int(buf.response_mask.sum())
+    moved = buf.to("cpu")
+    assert moved.prompts[0].device.type == "cpu" and moved.num_seqs == 12
+
+
+def test_buffer_validation():
+    buf = make_buffer()
+    with pytest.raises(ValueError, match="old_logp must be"):
+        RolloutBuffer(**{**buf.__dict__, "old_logp": buf.old_logp[:, :2]})
+    with pytest.raises(ValueError, match="only 4 prompts"):
+        RolloutBuffer(**{**buf.__dict__, "group_ids": buf.group_ids + 1})
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        next(buf.micro_batches(0))
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+def test_rollout_metrics_hand_computed():
+    # rewards [1, 1, 0, 1] in groups [1, 1] (tied) and [0, 1]: mean 0.75, tie fraction 0.5
+    # unbiased std of rewards: sqrt((3 * 0.0625 + 0.5625) / 3) = sqrt(0.25) = 0.5
+    # lengths (mask sums) [1, 2, 3, 2]: mean 2, min 1, max 3
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0]]).float()
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    buf = RolloutBuffer(
+        response_ids=torch.zeros(4, 3, dtype=torch.long), response_mask=mask, old_logp=torch.zeros(4, 3),
+        rewards=rewards, advantages=torch.tensor([0.0, 0.0, -0.7, 0.7]),
+        group_ids=torch.tensor([0, 0, 1, 1]), reward_terms={"iou": torch.tensor([1.0, 0.0, 0.0, 0.0])},
+    )
+    m = rollout_metrics(buf)
+    assert m["reward_mean"] == pytest.approx(0.75) and m["reward_std"] == pytest.approx(0.5)
+    assert m["zero_var_group_frac"] == 0.5 and m["reward/iou"] == 0.25
+    assert (m["response_len_mean"], m["response_len_min"], m["response_len_max"]) == (2.0, 1.0, 3.0)
+    assert m["adv_mean"] == pytest.approx(0.0)
+    assert zero_variance_group_fraction(rewards, 2) == 0.5
+
+
+# ---- update -------------------------------------------------------------------------------------
+def _run(mode, micro_batch_size, buf=None, **cfg_kwargs):
+    policy = make_policy()
+    before = [p.detach().clone() for p in policy.parameters()]
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)  # delta = -grad
+    cfg = UpdateConfig(micro_batch_size=micro_batch_size, loss_mode=mode, max_grad_norm=None,
+                       kl_coef=0.1, entropy_coef=0.01, **cfg_kwargs)
+    metrics = grpo_update(logprob_fn_for(policy), opt, buf or make_buffer(), cfg)
+    return param_deltas(policy, before), metrics
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_micro_batches_give_the_full_batch_gradient(mode):
+    # reference: one grpo_loss on the whole batch, local counts, plain backward
+    buf = make_buffer()
+    policy = make_policy()
+    logp, entropy = logprob_fn_for(policy)(buf)
+    loss, _ = grpo_loss(logp, buf.old_logp, buf.ref_logp, buf.advantages, buf.response_mask,
+                        kl_coef=0.1, entropy=entropy, entropy_coef=0.01, mode=mode)
+    loss.backward()
+    expected = [-p.grad for p in policy.parameters()]
+    whole, m_whole = _run(mode, 12)
+    for size in (1, 5):
+        split, m_split = _run(mode, size)
+        for a, b, c in zip(split, whole, expected):
+            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(a, c)
+        for key in ("loss", "policy_loss", "kl", "entropy", "clipfrac", "approx_kl_old", "grad_norm"):
+            assert m_split[key] == pytest.approx(m_whole[key], rel=1e-6, abs=1e-9), key  # logp are float32
+    assert m_whole["loss"] == pytest.approx(loss.item())
+    assert m_whole["optimizer_steps"] == 1 and m_whole["skipped_steps"] == 0
+
+
+def test_one_step_per_rollout_has_unit_ratio_and_recomputed_old_logprobs():
+    buf = make_buffer()
+    policy = make_policy()
+    buf.old_logp = compute_old_logprobs(logprob_fn_for(policy), buf, micro_batch_size=5)
+    opt = torch.optim.SGD(policy.parameters(), lr=0.1)
+    cfg = UpdateConfig(micro_batch_size=4, kl_coef=0.0)
+    m = grpo_update(logprob_fn_for(policy), opt, buf, cfg)
+    # ratio = 1 everywhere: nothing clipped, no KL to old; policy loss = -token-mean of A
+    assert m["clipfrac"] == 0 and m["approx_kl_old"] == pytest.approx(0.0, abs=1e-12)
+    token_mean_adv = float((buf.advantages[:, None] * buf.response_mask).sum() / buf.response_mask.sum())
+    assert m["policy_loss"] == pytest.approx(-token_mean_adv)
+
+
+def test_epochs_and_mini_batches_count_steps_and_move_away_from_old():
+    buf = make_buffer()
+    policy = make_policy()
+    buf.old_logp = compute_old_logprobs(logprob_fn_for(policy), buf, 6)
+    cfg = UpdateConfig(micro_batch_size=3, ppo_epochs=2, num_mini_batches=2, kl_coef=0.0)
+    m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=0.5), buf, cfg)
+    assert m["optimizer_steps"] == 4 and m["skipped_steps"] == 0
+    assert m["approx_kl_old"] > 0  # later steps see a policy that has moved
+    with pytest.raises(ValueError, match="num_mini_batches=5"):
+        grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=0.5), buf,
+                    UpdateConfig(num_mini_batches=5))
+
+
+def test_non_finite_loss_skips_the_step():
+    buf = make_buffer()
+    policy = make_policy()
+    before = [p.detach().clone() for p in policy.parameters()]
+    good = logprob_fn_for(policy)
+
+    def nan_logprob_fn(mb):
+        logp, entropy = good(mb)
+        return logp * math.nan, entropy
+
+    m = grpo_update(nan_logprob_fn, torch.optim.SGD(policy.parameters(), lr=1.0), buf, UpdateConfig())
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 0
+    assert not math.isfinite(m["loss"])
+    for p, b in zip(policy.parameters(), before):
+        assert torch.equal(p.detach(), b) and p.grad is None
+
+
+def test_grad_norm_is_clipped():
+    _, unclipped = _run("token-mean", 4)
+    policy = make_policy()
+    before = [p.detach().clone() for p in policy.parameters()]
+    cfg = UpdateConfig(micro_batch_size=4, max_grad_norm=1e-3, kl_coef=0.1, entropy_coef=0.01)
+    m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), make_buffer(), cfg)
+    assert m["grad_norm"] == pytest.approx(unclipped["grad_norm"])  # reported before clipping
+    step = torch.cat([d.flatten() for d in param_deltas(policy, before)]).norm()
+    assert step.item() == pytest.approx(1e-3, rel=1e-4)  # SGD lr 1: step norm = clipped grad norm
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="loss_mode"):
+        UpdateConfig(loss_mode="mean")
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        UpdateConfig(micro_batch_size=0)
+    with pytest.raises(ValueError, match="kl_kind"):
+        UpdateConfig(kl_kind="k5")
