@@ -1,0 +1,152 @@
+"""Turn RefCOCOg (refer format + COCO train2014 images) into a training set in the authors' format.
+
+    python -m data.prepare_refcocog --refer-root DIR --images DIR --out FILE.parquet \
+        [--split train] [--limit N] [--image-format png|jpeg] \
+        [--sam2-filter --sam2-config CFG --sam2-checkpoint CKPT [--device cuda]]
+
+Each referring sentence of the split becomes one row (SPEC.md sections 5-6): the image resized
+to 840 x 840 (bilinear), ``problem`` = the sentence, ``solution`` =
+``<box>(x1,y1),(x2,y2)</box><points>(x,y),(x,y)</points>`` computed from the mask with
+:func:`data.solution_from_mask`, ``img_height``, ``img_width``, ``id``. The paper trains on 9,000
+such rows (``--limit 9000`` keeps the first 9,000 that pass; the paper does not say which).
+
+Bad samples (unreadable image, polygon with fewer than 3 points, empty mask, missing key,
+mismatched sizes) are counted by reason and skipped; they never stop the run. With
+``--sam2-filter``, a sample is kept only if SAM2 prompted with the ground-truth box and p1
+reconstructs the mask with IoU >= ``--sam2-threshold`` (the authors' optional filter); SAM2 is
+imported only then. The output is written to a temporary file and moved into place at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from data.ground_truth import sam2_consistency_filter
+from data.parquet import TRAIN_SCHEMA, _AtomicParquetWriter, authors_train_row
+from data.refer import ReferDataset
+from data.types import BadSampleError
+
+
+def build_sam2_segmenter(config: str, checkpoint: str, device: str = "cpu") -> Callable:
+    """A ``(image, bbox, points) -> bool mask`` SAM2 callable for the consistency filter.
+
+    Uses the project's :class:`models.segmenter.Segmenter` when the models package is importable,
+    else sam2's image predictor directly (:func:`sam2_predictor_segmenter`). Imported lazily so
+    that the data package never needs models / sam2 / torch unless the filter is on.
+    """
+    try:
+        from models.segmenter import Segmenter
+    except ImportError:
+        return sam2_predictor_segmenter(config, checkpoint, device)
+    return Segmenter.from_config(config, checkpoint, device=device)
+
+
+def sam2_predictor_segmenter(config: str, checkpoint: str | None,
+                             device: str = "cpu") -> Callable:
+    """sam2's image predictor as ``(image, bbox, points) -> bool mask``: box + positive points,
+    multimask output, the highest-scoring mask (SPEC section 1, step 5)."""
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(build_sam2(config, checkpoint, device=device))
+
+    def segment(image: np.ndarray, bbox: list, points: list) -> np.ndarray:
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(
+            point_coords=np.asarray(points, dtype=np.float32),
+            point_labels=np.ones(len(points), dtype=np.int32),
+            box=np.asarray(bbox, dtype=np.float32), multimask_output=True)
+        return masks[int(np.argmax(scores))] > 0  # [H, W]
+
+    return segment
+
+
+def _reason_kind(reason: str) -> str:
+    """The stable part of a BadSampleError reason: "unreadable image: ..." -> "unreadable image"."""
+    return reason.split(":", 1)[0].strip()
+
+
+def prepare(dataset, out: str, limit: int | None = None, segmenter: Callable | None = None,
+            threshold: float = 0.6, image_format: str = "PNG",
+            progress: bool = True) -> tuple[int, Counter]:
+    """Convert a SampleSource with masks to the authors' training parquet at ``out``.
+
+    Returns (number of rows kept, Counter of skip reasons).
+    """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    skipped: Counter = Counter()
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    bar = tqdm(total=total, desc="refcocog", unit="sample", disable=not progress)
+    with _AtomicParquetWriter(out, TRAIN_SCHEMA) as writer:
+        for i in range(len(dataset)):
+            if limit is not None and writer.num_rows >= limit:
+                break
+            try:
+                sample = dataset[i]
+                if segmenter is not None:
+                    keep, _iou = sam2_consistency_filter(sample.image, sample.mask, segmenter,
+                                                         threshold)
+                    if not keep:
+                        skipped["sam2 consistency below threshold"] += 1
+                        continue
+                row = authors_train_row(sample, image_format)
+            except BadSampleError as e:
+                skipped[_reason_kind(e.reason)] += 1
+                continue
+            except ValueError as e:  # solution_from_mask on an empty mask
+                skipped["empty mask" if "empty mask" in str(e) else "bad sample"] += 1
+                continue
+            writer.add(row)
+            bar.update(1)
+            bar.set_postfix(skipped=sum(skipped.values()))
+    bar.close()
+    return writer.num_rows, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.prepare_refcocog",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--refer-root", required=True,
+                        help="folder holding refcocog/instances.json and refcocog/refs(umd).p")
+    parser.add_argument("--images", required=True, help="the COCO train2014 image folder")
+    parser.add_argument("--out", required=True, help="output parquet file")
+    parser.add_argument("--split", default="train", help="refs split (default: train)")
+    parser.add_argument("--dataset", default="refcocog", help="refer dataset name")
+    parser.add_argument("--split-by", default="umd", help="refs(SPLIT_BY).p (default: umd)")
+    parser.add_argument("--limit", type=int, default=None, help="keep at most N samples")
+    parser.add_argument("--image-format", default="png", choices=["png", "jpeg"],
+                        help="encoding of the 840 images (HF datasets writes PNG)")
+    parser.add_argument("--sam2-filter", action="store_true",
+                        help="keep only samples SAM2 reconstructs from box + p1 (IoU >= threshold)")
+    parser.add_argument("--sam2-config", default="configs/sam2/sam2_hiera_l.yaml")
+    parser.add_argument("--sam2-checkpoint", default=None)
+    parser.add_argument("--sam2-threshold", type=float, default=0.6)
+    parser.add_argument("--device", default="cpu", help="device for SAM2")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+
+    dataset = ReferDataset(args.refer_root, dataset=args.dataset, split_by=args.split_by,
+                           split=args.split, image_dir=args.images)
+    segmenter = None
+    if args.sam2_filter:
+        if not args.sam2_checkpoint:
+            parser.error("--sam2-filter needs --sam2-checkpoint")
+        segmenter = build_sam2_segmenter(args.sam2_config, args.sam2_checkpoint, args.device)
+    kept, skipped = prepare(dataset, args.out, limit=args.limit, segmenter=segmenter,
+                            threshold=args.sam2_threshold, image_format=args.image_format.upper(),
+                            progress=not args.no_progress)
+    print(f"wrote {args.out}: kept {kept}, skipped {sum(skipped.values())} "
+          f"(of {len(dataset)} sentences in the {args.split!r} split)")
+    for reason, n in skipped.most_common():
+        print(f"  skipped {n:6d}  {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

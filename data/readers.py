@@ -1,0 +1,82 @@
+"""``open_dataset``: one entry point that picks the reader for what a user points at (SPEC.md
+section 6).
+
+    "synthetic" | "synthetic:N"        -> SyntheticDataset(N, seed) (N defaults to 1000)
+    FILE.parquet | folder of parquet   -> AuthorsTrainParquet (columns problem, solution, image)
+                                          or ReasonSegParquet (columns image, text, mask)
+    folder of name.jpg + name.json     -> LisaReasonSeg (FOLDER/split when it exists)
+    folder with [dataset/]instances.json -> ReferDataset(dataset, split_by, split)
+
+Anything else is a ValueError naming the path.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import pyarrow.parquet as pq
+
+from data.lisa import LisaReasonSeg
+from data.parquet import (REASONSEG_COLUMNS, TRAIN_COLUMNS, AuthorsTrainParquet, ReasonSegParquet,
+                          parquet_files)
+from data.refer import ReferDataset
+from data.synthetic import SyntheticDataset
+from data.types import SampleSource
+
+DEFAULT_SYNTHETIC_SIZE = 1000
+
+
+def _is_lisa_folder(folder: str) -> bool:
+    return any(os.path.isfile(os.path.splitext(p)[0] + ".json")
+               for p in glob.glob(os.path.join(folder, "*.jpg")))
+
+
+def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int = 0,
+                 dataset: str = "refcocog", split_by: str | None = None,
+                 image_dir: str | os.PathLike | None = None) -> SampleSource:
+    """Open a dataset by name or path (see the module docstring).
+
+    Args:
+        spec: "synthetic", "synthetic:N", or a path.
+        split: parquet: keep files named ``{split}*`` / under ``{split}/``; LISA: use the
+            sub-folder ``split`` when there is one; refer: the refs split (default "val").
+        seed: synthetic dataset seed.
+        dataset, split_by, image_dir: refer format only (see ReferDataset).
+    """
+    spec_str = os.fspath(spec)
+    if spec_str == "synthetic" or spec_str.startswith("synthetic:"):
+        n = DEFAULT_SYNTHETIC_SIZE
+        if ":" in spec_str:
+            try:
+                n = int(spec_str.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"bad synthetic spec {spec_str!r}: expected 'synthetic:N' with an "
+                                 f"integer N") from None
+        return SyntheticDataset(n, seed=seed)
+    if not os.path.exists(spec_str):
+        raise ValueError(f"unknown dataset {spec_str!r}: not 'synthetic[:N]' and no such path")
+
+    if os.path.isdir(spec_str):
+        if os.path.isfile(os.path.join(spec_str, "instances.json")) or os.path.isfile(
+                os.path.join(spec_str, dataset, "instances.json")):
+            return ReferDataset(spec_str, dataset=dataset, split_by=split_by,
+                                split=split if split is not None else "val", image_dir=image_dir)
+        sub = os.path.join(spec_str, split) if split is not None else None
+        if sub is not None and os.path.isdir(sub) and _is_lisa_folder(sub):
+            return LisaReasonSeg(sub)
+        if _is_lisa_folder(spec_str):
+            return LisaReasonSeg(spec_str)
+        if not glob.glob(os.path.join(spec_str, "**", "*.parquet"), recursive=True):
+            raise ValueError(f"unknown dataset format in {spec_str}: no parquet files, no "
+                             f"name.jpg + name.json pairs, no instances.json")
+    elif not spec_str.endswith(".parquet"):
+        raise ValueError(f"unknown dataset file {spec_str!r}: expected a .parquet file")
+
+    files = parquet_files(spec_str, split)
+    columns = set(pq.ParquetFile(files[0]).schema_arrow.names)
+    if set(TRAIN_COLUMNS) <= columns:
+        return AuthorsTrainParquet(spec_str, split)
+    if set(REASONSEG_COLUMNS) <= columns:
+        return ReasonSegParquet(spec_str, split)
+    raise ValueError(f"unknown parquet layout in {files[0]}: columns {sorted(columns)}; expected "
+                     f"{list(TRAIN_COLUMNS)} (training) or {list(REASONSEG_COLUMNS)} (ReasonSeg)")

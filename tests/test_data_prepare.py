@@ -1,0 +1,124 @@
+"""`python -m data.prepare_refcocog` on a refer-format fixture: the training-set reader loads
+back exactly the boxes and points computed from the masks (issue 2, "done when"), bad samples are
+counted, not fatal, and --limit / the SAM2 filter work."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data import AuthorsTrainParquet, ReferDataset, solution_from_mask
+from data.prepare_refcocog import main, prepare
+from test_data_readers import make_refer_fixture  # tests/ is on sys.path (no __init__.py)
+
+
+def test_prepare_round_trip_and_summary(tmp_path, capsys):
+    img_dir = make_refer_fixture(tmp_path / "refer", corrupt_third=True)
+    out = tmp_path / "out" / "refcocog_train.parquet"
+    assert main(["--refer-root", str(tmp_path / "refer"), "--images", str(img_dir),
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 3, skipped 1" in printed and "unreadable image" in printed
+    assert sorted(os.listdir(out.parent)) == ["refcocog_train.parquet"]  # no temp file left
+
+    source = ReferDataset(tmp_path / "refer", split="train", image_dir=img_dir)
+    back = AuthorsTrainParquet(out)
+    assert back.ids == ["0_100", "0_101", "1_102"]  # the corrupt image's sentence is skipped
+    for i in range(3):
+        got, want = back[i], source[i]
+        assert got.query == want.query
+        assert got.solution == solution_from_mask(want.mask)
+        assert got.image.shape == (840, 840, 3)
+        assert got.meta["original_size"] == (want.width, want.height)
+    # RLE ann: rows 3..8, cols 20..29 of 24 x 32 (zero rows 2 and 9, zero cols 19 and 30).
+    # D = min(r - 2, 9 - r, c - 19, 30 - c) reaches 3 first at row 5 (5 - 2), col 22 (22 - 19)
+    # -> p1 = (22, 5). Scaled: x * 840 / 32 = x * 26.25, y * 840 / 24 = y * 35:
+    # bbox [20, 3, 29, 8] -> [525, 105, 761, 280] (29 * 26.25 = 761.25 -> 761);
+    # p1 -> (578, 175) (22 * 26.25 = 577.5, + 0.5 -> 578).
+    assert back[2].solution["bbox"] == [525, 105, 761, 280]
+    assert back[2].solution["points"][0] == [578, 175]
+
+
+def test_prepare_limit_and_sam2_filter(tmp_path):
+    img_dir = make_refer_fixture(tmp_path / "refer")
+    ds = ReferDataset(tmp_path / "refer", split="train", image_dir=img_dir)
+    kept, skipped = prepare(ds, tmp_path / "two.parquet", limit=2, progress=False)
+    assert kept == 2 and not skipped and len(AuthorsTrainParquet(tmp_path / "two.parquet")) == 2
+
+    def box_segmenter(image, bbox, points):
+        # fills the prompted box: exact for the rectangles, IoU < 0.6 for the triangle
+        # (the right triangle (2,2),(10,2),(10,10) covers about half of its box)
+        x1, y1, x2, y2 = bbox
+        m = np.zeros(image.shape[:2], bool)
+        m[y1:y2 + 1, x1:x2 + 1] = True
+        return m
+
+    kept, skipped = prepare(ds, tmp_path / "filtered.parquet", segmenter=box_segmenter,
+                            progress=False)
+    assert kept == 3 and skipped == {"sam2 consistency below threshold": 1}
+    with pytest.raises(ValueError, match="limit"):
+        prepare(ds, tmp_path / "x.parquet", limit=0)
+
+
+def test_command_line_entry_point(tmp_path):
+    img_dir = make_refer_fixture(tmp_path / "refer")
+    out = tmp_path / "cli.parquet"
+    res = subprocess.run([sys.executable, "-m", "data.prepare_refcocog", "--refer-root",
+                          str(tmp_path / "refer"), "--images", str(img_dir), "--out", str(out),
+                          "--limit", "1"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr
+    assert "kept 1, skipped 0" in res.stdout
+    assert len(AuthorsTrainParquet(out)) == 1
+
+
+def test_sam2_adapter_keeps_highest_scoring_mask(monkeypatch):
+    # The adapter's wiring, with sam2 replaced by a fake (the real predictor is tested in models/):
+    # box + points with positive labels, multimask output, the mask with the highest score.
+    import types
+
+    from data.prepare_refcocog import sam2_predictor_segmenter
+
+    calls = {}
+
+    class FakePredictor:
+        def __init__(self, model):
+            calls["model"] = model
+
+        def set_image(self, image):
+            calls["image_shape"] = image.shape
+
+        def predict(self, point_coords, point_labels, box, multimask_output):
+            calls.update(points=point_coords.tolist(), labels=point_labels.tolist(),
+                         box=box.tolist(), multimask=multimask_output)
+            masks = np.zeros((3, 4, 5), np.float32)
+            masks[1, 0, 0] = 1.0  # the best-scoring mask (score 0.9) has one pixel set
+            return masks, np.array([0.1, 0.9, 0.5]), None
+
+    monkeypatch.setitem(sys.modules, "sam2.build_sam", types.SimpleNamespace(
+        build_sam2=lambda cfg, ckpt, device: ("model", cfg, ckpt, device)))
+    monkeypatch.setitem(sys.modules, "sam2.sam2_image_predictor",
+                        types.SimpleNamespace(SAM2ImagePredictor=FakePredictor))
+    seg = sam2_predictor_segmenter("cfg.yaml", "ckpt.pt")
+    out = seg(np.zeros((4, 5, 3), np.uint8), [1, 1, 3, 2], [[2, 1]])
+    assert calls["model"] == ("model", "cfg.yaml", "ckpt.pt", "cpu")
+    assert calls["points"] == [[2.0, 1.0]] and calls["labels"] == [1]
+    assert calls["box"] == [1.0, 1.0, 3.0, 2.0] and calls["multimask"] is True
+    assert out.dtype == bool and out.sum() == 1 and out[0, 0]
+
+
+def test_sam2_filter_prefers_models_segmenter(monkeypatch):
+    import types
+
+    from data.prepare_refcocog import build_sam2_segmenter
+
+    class FakeSegmenter:
+        @classmethod
+        def from_config(cls, config, checkpoint, device="cpu"):
+            return ("models.segmenter", config, checkpoint, device)
+
+    monkeypatch.setitem(sys.modules, "models.segmenter",
+                        types.SimpleNamespace(Segmenter=FakeSegmenter))
+    assert build_sam2_segmenter("c.yaml", "k.pt", "cuda") == ("models.segmenter", "c.yaml",
+                                                              "k.pt", "cuda")
