@@ -1,0 +1,289 @@
+"""Evaluate Seg-Zero (policy + SAM2) on a segmentation set: gIoU, cIoU, parse failures (issue 6).
+
+Metrics as in SPEC.md section 7 (Seg-Zero arXiv 2503.06520, section 4, LISA's protocol): per
+sample I and U with "ignore" pixels excluded, gIoU = mean I/U, cIoU = sum I / sum U, in percent
+with one decimal; an unparseable answer is an empty mask (IoU 0). For ReasonSeg the table also has
+the short-query and sentence-query rows (``Sample.is_sentence``). Inference as in SPEC section 1:
+greedy decoding, SAM2 on the ORIGINAL image.
+
+Launch commands
+---------------
+Tiny random models on the synthetic set (any CPU machine, no download; checks the plumbing)::
+
+    python evaluate.py --preset tiny --output-dir runs/eval-tiny
+
+The authors' ReasonSeg parquet (val: 200 rows, test: 779), the released Seg-Zero-7B, 8 GPUs::
+
+    torchrun --nproc_per_node 8 evaluate.py --data /data/ReasonSeg_test \\
+        --model /ckpt/Seg-Zero-7B --sam2 facebook/sam2-hiera-large \\
+        --batch-size 8 --output-dir runs/reasonseg-test --visualize-first 20 --visualize-worst 20
+
+LISA's ReasonSeg folders (``--split val`` picks ``ReasonSeg/val``) and RefCOCO(+/g) in the refer
+format (``--refer-dataset refcoco --split testA``; RefCOCOg: ``--refer-dataset refcocog --split
+test``; the images are COCO train2014, ``--image-dir``)::
+
+    torchrun --nproc_per_node 8 evaluate.py --data /data/ReasonSeg --split val --model PATH ...
+    torchrun --nproc_per_node 8 evaluate.py --data /data/refer --refer-dataset refcoco \\
+        --split testA --image-dir /data/coco/train2014 --model PATH --output-dir runs/refcoco-testA
+
+The paper's ablations: ``--prompt-mode box|points`` (Table 2), ``--no-example`` (Table 5),
+``--no-think`` (non-CoT, Table 1).
+
+Output directory (see :mod:`eval.results` for the formats)
+----------------------------------------------------------
+``predictions.jsonl`` (one line per sample; written per rank as ``predictions.rank{r}.jsonl`` with
+an fsync per batch, merged by rank 0 at the end), ``bad_samples.jsonl``, ``metrics.json`` (the table
+and the run config, written atomically), ``run_config.json``, and ``vis/index.html`` with PNG
+panels when ``--visualize-first`` / ``--visualize-worst`` are set.
+
+Resume: run the same command again; samples already recorded are skipped (a different world size
+is fine). A run config that differs in what determines the predictions (data, model, SAM2, prompt,
+generation length) is a ValueError instead of a silently mixed result; ``--limit`` may change.
+``python evaluate.py --recompute DIR`` prints the table of DIR from its predictions alone.
+
+Distributed: under ``torchrun`` every rank loads both models and takes the dataset indices
+``rank, rank + world, ...`` (:func:`eval.loop.shard_indices`); there is no collective until the
+final barrier, after which rank 0 merges the files and recomputes the metrics from the merged
+predictions (so 1 rank and N ranks give the same table by construction).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from eval.loop import evaluate_shard
+from eval.results import (done_ids, format_table, merge_predictions, table_from_predictions,
+                          table_from_records, write_atomic, write_metrics)
+
+RUN_CONFIG = "run_config.json"
+
+#: Arguments that determine the predictions: a resume must not change them.
+PREDICTION_KEYS = ("data", "split", "refer_dataset", "split_by", "synthetic_seed", "model", "sam2",
+                   "sam2_config", "sam2_checkpoint", "preset", "prompt_mode", "example", "think",
+                   "max_new_tokens", "single_quotes")
+
+#: What ``--preset tiny`` sets (unless given on the command line).
+TINY_DEFAULTS = {"data": "synthetic:8", "max_new_tokens": 48, "batch_size": 4}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="'synthetic[:N]', a parquet file/folder, a LISA ReasonSeg folder, "
+                                  "or a refer root (instances.json + refs(...).p)")
+    p.add_argument("--split", help="dataset split (LISA sub-folder, parquet file prefix, refer split)")
+    p.add_argument("--refer-dataset", default="refcocog", help="refer format: refcoco|refcoco+|refcocog")
+    p.add_argument("--split-by", help="refer format: unc|umd|google (default: the dataset's usual one)")
+    p.add_argument("--image-dir", help="refer format: folder of the COCO train2014 images")
+    p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic set")
+    p.add_argument("--model", help="Qwen2.5-VL checkpoint directory or hub id")
+    p.add_argument("--sam2", help="SAM2 hub id, e.g. facebook/sam2-hiera-large")
+    p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package (with --sam2-checkpoint)")
+    p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (with --sam2-config)")
+    p.add_argument("--preset", choices=["tiny"], help="tiny: random tiny models + synthetic:8, CPU")
+    p.add_argument("--limit", type=int, help="evaluate only the first N samples of the dataset")
+    p.add_argument("--batch-size", type=int, help="samples per generation batch, per rank (default 1)")
+    p.add_argument("--output-dir", required=False, help="where predictions, metrics and panels go")
+    p.add_argument("--prompt-mode", default="box+points", choices=["box+points", "box", "points"],
+                   help="what SAM2 is prompted with (paper Table 2)")
+    p.add_argument("--no-example", dest="example", action="store_false",
+                   help="drop the example answer from the prompt (paper Table 5)")
+    p.add_argument("--no-think", dest="think", action="store_false",
+                   help="ask for the answer only, no reasoning (non-CoT, paper Table 1)")
+    p.add_argument("--single-quotes", action="store_true",
+                   help="also accept {'bbox': ...} answers (off: score what training rewarded)")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget (default 1024, SPEC)")
+    p.add_argument("--visualize-first", type=int, default=0, help="draw panels of the first K samples")
+    p.add_argument("--visualize-worst", type=int, default=0, help="draw panels of the K lowest IoUs")
+    p.add_argument("--device", help="cpu | cuda | cuda:K (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--recompute", metavar="DIR",
+                   help="print the table of DIR from its predictions alone (with --limit: of the first N)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line; fills the preset and SPEC defaults."""
+    args = build_parser().parse_args(argv)
+    if args.recompute:
+        return args
+    if args.preset == "tiny":
+        for key, value in TINY_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        if args.model or args.sam2 or args.sam2_config or args.sam2_checkpoint:
+            raise ValueError("--preset tiny builds its own models: drop --model / --sam2*")
+    else:
+        if not args.model:
+            raise ValueError("--model is required (or --preset tiny)")
+        if bool(args.sam2_config) != bool(args.sam2_checkpoint):
+            raise ValueError("--sam2-config and --sam2-checkpoint go together, got "
+                             f"config={args.sam2_config!r}, checkpoint={args.sam2_checkpoint!r}")
+        if args.sam2 and args.sam2_config:
+            raise ValueError("give either --sam2 HUB_ID or --sam2-config + --sam2-checkpoint, not both")
+        if not args.sam2 and not args.sam2_config:
+            args.sam2 = "facebook/sam2-hiera-large"
+    if not args.data:
+        raise ValueError("--data is required (or --preset tiny)")
+    if not args.output_dir:
+        raise ValueError("--output-dir is required")
+    args.batch_size = 1 if args.batch_size is None else args.batch_size
+    args.max_new_tokens = 1024 if args.max_new_tokens is None else args.max_new_tokens
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("limit", "visualize_first", "visualize_worst"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    return args
+
+
+# ------------------------------------------------------------------------------------------ build
+
+def init_distributed(device_arg: str | None) -> tuple[int, int, str]:
+    """(rank, world_size, device). Initialises torch.distributed when launched by torchrun.
+
+    gloo on CPU, nccl on CUDA; the timeout is long because ranks only meet at the final barrier,
+    and may finish their shards minutes apart.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_arg is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif device_arg == "cuda":
+        device = f"cuda:{local_rank}"
+    else:
+        device = device_arg
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                timeout=datetime.timedelta(hours=6))
+    return rank, world, device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def build_source(args: argparse.Namespace):
+    """The dataset named by ``--data`` (any format ``data.open_dataset`` reads)."""
+    from data import open_dataset
+
+    return open_dataset(args.data, split=args.split, seed=args.synthetic_seed,
+                        dataset=args.refer_dataset, split_by=args.split_by, image_dir=args.image_dir)
+
+
+def build_pipeline(args: argparse.Namespace, device: str):
+    """Policy + SAM2 -> ``models.pipeline.SegZeroPipeline`` with the ablation switches."""
+    from models.pipeline import SegZeroPipeline
+    from models.policy import SegZeroPolicy, load_policy
+    from models.segmenter import Segmenter
+
+    if args.preset == "tiny":
+        from models.tiny import build_tiny_qwen
+
+        model, processor = build_tiny_qwen(seed=0)
+        model = model.to(device)
+        segmenter = Segmenter.tiny(seed=0, device=device)
+    else:
+        model, processor = load_policy(args.model, device=device)
+        if args.sam2_config:
+            segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
+        else:
+            segmenter = Segmenter.from_hub(args.sam2, device=device)
+    policy = SegZeroPolicy(model, processor, with_example=args.example, think=args.think)
+    return SegZeroPipeline(policy, segmenter, prompt_mode=args.prompt_mode,
+                           max_new_tokens=args.max_new_tokens, single_quotes=args.single_quotes)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in PREDICTION_KEYS}
+
+
+def check_run_config(output_dir: str, config: dict[str, Any]) -> None:
+    """ValueError when ``output_dir`` holds a run made with different prediction settings."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    diff = {k: (old.get(k), config[k]) for k in config if old.get(k) != config[k]}
+    if diff:
+        raise ValueError(
+            f"{output_dir} holds predictions made with other settings (key: (then, now)): {diff}; "
+            "use another --output-dir, or delete that one to start over"
+        )
+
+
+# -------------------------------------------------------------------------------------------- run
+
+def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> dict | None:
+    """Evaluate (resuming), merge, print and save the table; returns it on rank 0 (None elsewhere).
+
+    ``pipeline`` / ``source`` override what the arguments would build (tests inject fakes).
+    """
+    rank, world, device = init_distributed(args.device)
+    config = run_config(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    check_run_config(args.output_dir, config)  # every rank, before anything is written
+    source = build_source(args) if source is None else source
+    pipeline = build_pipeline(args, device) if pipeline is None else pipeline
+    done = done_ids(args.output_dir)  # before any rank appends (barrier below)
+    barrier()
+    if rank == 0:
+        write_atomic(os.path.join(args.output_dir, RUN_CONFIG), json.dumps(config, indent=2) + "\n")
+    stats = evaluate_shard(pipeline, source, args.output_dir, rank=rank, world_size=world,
+                           batch_size=args.batch_size, limit=args.limit, done=done, log=log,
+                           progress=(rank == 0 and sys.stderr.isatty()))
+    log(f"[rank {rank}] evaluated {stats.num_evaluated}, bad {stats.num_bad}, skipped (done before) "
+        f"{stats.num_skipped} of {stats.num_assigned} in {stats.seconds:.1f} s")
+    barrier()
+    table = None
+    if rank == 0:
+        records = merge_predictions(args.output_dir)
+        if args.limit is not None:  # a resume with a smaller limit: report what was asked
+            records = [r for r in records if r.index < args.limit]
+        table = table_from_records(records)
+        for r in records:
+            if r.is_bad:
+                log(f"bad sample {r.id!r} (index {r.index}): {r.reason}")
+        split = f" [{args.split}]" if args.split else ""
+        log(format_table(table, title=f"{args.data}{split}: {len(records)} samples"))
+        path = write_metrics(args.output_dir, table, {"config": config, "world_size": world,
+                                                      "limit": args.limit})
+        log(f"metrics: {path}")
+        if args.visualize_first or args.visualize_worst:
+            from eval.visualize import render_visualizations
+
+            index = render_visualizations(records, source, args.output_dir,
+                                          args.visualize_first, args.visualize_worst)
+            log(f"visualisations: {index}")
+    barrier()
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.recompute:
+        table = table_from_predictions(args.recompute, limit=args.limit)
+        print(format_table(table, title=args.recompute))
+        return table
+    try:
+        return run(args)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""One-image Seg-Zero inference from the command line (issue 4 section 5; SPEC.md section 1).
+
+    python -m models.infer --image cat.jpg --query "the animal that could catch the mouse" --out out/ \\
+        --model /path/to/Seg-Zero-7B --sam2 facebook/sam2-hiera-large
+    python -m models.infer --image cat.jpg --query "the cat" --out out/ --tiny   # no weights needed
+
+Prints the reasoning and the answer (status; bbox and points in the 840 frame the policy sees and
+in the original frame), and writes in ``--out``:
+
+- ``mask.png``: the predicted mask, 8-bit single channel, 255 = object, original image size
+  (all zero when the answer did not parse: SPEC section 1.6);
+- ``overlay.png``: the image with the mask, box and points drawn (``models.draw.overlay``);
+- ``prediction.json``: query, completion, reasoning, status, coordinates, image size, mask area.
+
+``--tiny`` builds the random tiny Qwen2.5-VL (``models.tiny``) and tiny SAM2
+(``models.segmenter``): the text is garbage, but the whole path runs on a CPU machine without any
+download. Without ``--tiny``, ``--model`` is required; SAM2 comes from ``--sam2-config`` +
+``--sam2-checkpoint``, or ``--sam2 HUB_ID`` (default ``facebook/sam2-hiera-large``, the authors').
+
+User mistakes (missing or config-only weights, unreadable image, CUDA unavailable, missing SAM2
+checkpoint, contradictory options) end with exit code 2 and one line "error: ..." on stderr saying
+what to do; they are detected in that order, the policy's weights before anything heavy is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from models.segmenter import DEFAULT_SAM2_HUB_ID, PROMPT_MODES
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files; reported as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.infer",
+        description="Seg-Zero on one image: reasoning, box, points and mask for a query.",
+    )
+    parser.add_argument("--image", required=True, help="path of the image (any size, any format PIL reads)")
+    parser.add_argument("--query", required=True, help="the referring expression or reasoning question")
+    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    parser.add_argument("--model", help="reasoning model: checkpoint directory or hub id (Qwen2.5-VL)")
+    parser.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
+    parser.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt) matching --sam2-config")
+    parser.add_argument("--sam2", help=f"SAM2 hub id (default {DEFAULT_SAM2_HUB_ID} when no config is given)")
+    parser.add_argument("--prompt-mode", default="box+points", choices=PROMPT_MODES, help="SAM2 prompts (paper Table 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"),
+                        help="attention implementation of the reasoning model")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget (SPEC: 1024)")
+    parser.add_argument("--no-example", action="store_true", help="prompt without the example answer (paper Table 5)")
+    parser.add_argument("--no-think", action="store_true", help="non-CoT prompt: answer only (paper Table 1)")
+    parser.add_argument("--single-quotes", action="store_true",
+                        help="also accept {'bbox': ...} answers (off by default: evaluation parses like training)")
+    parser.add_argument("--tiny", action="store_true", help="random tiny Qwen2.5-VL and SAM2: runs anywhere, garbage text")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --tiny models")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> str:
+    """Option consistency and the device; returns the device. Raises UsageError."""
+    sam2_options = [name for name in ("sam2_config", "sam2_checkpoint", "sam2") if getattr(args, name)]
+    if args.tiny and (args.model or sam2_options):
+        raise UsageError("--tiny builds its own models: drop --model / --sam2* or drop --tiny")
+    if not args.tiny and not args.model:
+        raise UsageError("no reasoning model: pass --model PATH_OR_HUB_ID (e.g. a Seg-Zero checkpoint) or --tiny")
+    if bool(args.sam2_config) != bool(args.sam2_checkpoint):
+        raise UsageError("--sam2-config and --sam2-checkpoint go together: pass both, or --sam2 HUB_ID")
+    if args.sam2 and args.sam2_config:
+        raise UsageError("pass either --sam2 HUB_ID or --sam2-config with --sam2-checkpoint, not both")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} exists and is not a directory: pass a directory")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but CUDA is not available here: use --device cpu")
+    return device
+
+
+def load_models(args: argparse.Namespace, device: str):
+    """(policy, segmenter) for the options. Raises UsageError for weights that are not there."""
+    from models.policy import SegZeroPolicy, load_policy
+    from models.segmenter import Segmenter
+
+    if args.sam2_checkpoint and not os.path.isfile(args.sam2_checkpoint):  # cheap check before any loading
+        raise UsageError(
+            f"SAM2 checkpoint not found: {args.sam2_checkpoint!r}; download it (e.g. sam2.1_hiera_large.pt) "
+            f"or use --sam2 HUB_ID"
+        )
+    try:
+        if args.tiny:
+            from models.tiny import build_tiny_qwen
+
+            model, processor = build_tiny_qwen(seed=args.seed)
+            model = model.to(device)
+        else:
+            # load_policy reports missing weights (e.g. a directory with only config.json) first.
+            model, processor = load_policy(args.model, device=device, attn_implementation=args.attn)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise UsageError(f"reasoning model {args.model or 'tiny'!r}: {exc}") from exc
+    policy = SegZeroPolicy(model, processor, with_example=not args.no_example, think=not args.no_think)
+
+    try:
+        if args.tiny:
+            segmenter = Segmenter.tiny(seed=args.seed, device=device)
+        elif args.sam2_config:
+            segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
+        else:
+            segmenter = Segmenter.from_hub(args.sam2 or DEFAULT_SAM2_HUB_ID, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    return policy, segmenter
+
+
+def report(prediction, width: int, height: int) -> str:
+    """The text printed for one prediction."""
+    lines = []
+    if prediction.reasoning is not None:
+        lines += ["reasoning:", "  " + prediction.reasoning]
+    if not prediction.ok:
+        lines += [f"answer: none (status {prediction.status}); the mask is empty", "completion:",
+                  "  " + prediction.completion]
+        return "\n".join(lines)
+    area = int(prediction.mask.sum())
+    lines += [
+        f"answer (status {prediction.status}):",
+        f"  bbox    840 frame {prediction.bbox_840}  ->  {width}x{height} image {prediction.bbox}",
+        f"  points  840 frame {prediction.points_840}  ->  {width}x{height} image {prediction.points}",
+        f"  mask    {area} pixels ({100.0 * area / (width * height):.1f}% of the image)",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data.image import load_image
+    from models.draw import mask_to_png, overlay, save_rgb_png
+    from models.pipeline import SegZeroPipeline
+
+    device = check_args(args)
+    try:
+        image = load_image(args.image)  # uint8 RGB [H, W, 3]
+    except ValueError as exc:
+        raise UsageError(f"{exc}; pass a readable image file (jpg, png, ...)") from exc
+    policy, segmenter = load_models(args, device)
+
+    pipeline = SegZeroPipeline(policy, segmenter, prompt_mode=args.prompt_mode,
+                               max_new_tokens=args.max_new_tokens, single_quotes=args.single_quotes)
+    prediction = pipeline([image], [args.query])[0]
+    height, width = image.shape[:2]
+    print(report(prediction, width, height))
+
+    os.makedirs(args.out, exist_ok=True)
+    mask_to_png(prediction.mask, os.path.join(args.out, "mask.png"))
+    save_rgb_png(overlay(image, prediction.mask, prediction.bbox, prediction.points),
+                 os.path.join(args.out, "overlay.png"))
+    record = {
+        "image": os.path.abspath(args.image), "query": args.query, "width": width, "height": height,
+        "model": "tiny" if args.tiny else args.model, "prompt_mode": args.prompt_mode,
+        "completion": prediction.completion, "reasoning": prediction.reasoning, "status": prediction.status,
+        "bbox_840": prediction.bbox_840, "points_840": prediction.points_840,
+        "bbox": prediction.bbox, "points": prediction.points, "mask_area": int(prediction.mask.sum()),
+    }
+    with open(os.path.join(args.out, "prediction.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"wrote {os.path.join(args.out, 'mask.png')}, overlay.png and prediction.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

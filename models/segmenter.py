@@ -1,0 +1,277 @@
+"""SAM2 as the frozen promptable segmenter of Seg-Zero (SPEC.md section 1, step 5).
+
+Seg-Zero (arXiv 2503.06520, section 3.1) decouples reasoning from segmentation: the policy writes a
+box and two points, and a frozen SAM2 image predictor turns them into a mask. This module wraps
+``sam2.sam2_image_predictor.SAM2ImagePredictor`` with exactly the prompting the SPEC fixes:
+
+    box          = [x1, y1, x2, y2]               (original-image pixels)
+    point_coords = [[x1, y1], [x2, y2]]  [N, 2]   (original-image pixels)
+    point_labels = [1, 1]                [N]      (both foreground)
+    multimask_output = True  -> masks [3, H, W], scores [3]
+    mask = masks[argmax(scores)]                  (bool [H, W]; first index on ties)
+
+Prompt modes (the paper's Table 2 ablation): "box+points" (default), "box", "points".
+
+Constructors:
+- :meth:`Segmenter.from_config`: a sam2 package config name plus a checkpoint file (the checkpoint
+  is checked before anything is built; its keys must match the model exactly).
+- :meth:`Segmenter.from_hub`: a Hugging Face id such as ``facebook/sam2-hiera-large`` (the model
+  the authors use). This does what ``SAM2ImagePredictor.from_pretrained`` does (look the id up in
+  sam2's ``HF_MODEL_ID_TO_FILENAMES``, download that checkpoint) but reports a failed download with
+  what to do instead, and loads the file through :meth:`from_config`.
+- :meth:`Segmenter.tiny` / :func:`build_tiny_sam2`: the Hiera-T architecture at a small input size
+  with random weights, deterministic from a seed, for CPU tests.
+
+Departure from the plain predictor: ``SAM2ImagePredictor`` hard-codes the backbone feature sizes of
+a 1024-pixel input (``_bb_feat_sizes``); we set them from the model's ``image_size`` s as
+(s/4, s/4), (s/8, s/8), (s/16, s/16), which is the same for s = 1024 and makes small models work.
+On CUDA the predictor runs under bf16 autocast (as SAM2's own examples and the authors' inference
+code do); on CPU it runs in fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+#: Prompt modes of the paper's Table 2 ablation; the first is the default.
+PROMPT_MODES = ("box+points", "box", "points")
+
+#: The SAM2 checkpoint the Seg-Zero authors use (SPEC section 1).
+DEFAULT_SAM2_HUB_ID = "facebook/sam2-hiera-large"
+
+#: Architecture of the tiny test segmenter (a config shipped inside the sam2 package).
+TINY_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+def _sam2_package_dir() -> str:
+    import sam2
+
+    return os.path.dirname(sam2.__file__)
+
+
+def check_sam2_config(config: str) -> None:
+    """ValueError unless ``config`` names a yaml shipped inside the sam2 package.
+
+    sam2 builds models with hydra from its own config module, so the name is relative to the
+    package, e.g. ``configs/sam2.1/sam2.1_hiera_l.yaml`` or ``configs/sam2/sam2_hiera_l.yaml``.
+    """
+    root = _sam2_package_dir()
+    if not os.path.isfile(os.path.join(root, config)):
+        known = []
+        for sub in ("configs/sam2", "configs/sam2.1"):
+            folder = os.path.join(root, sub)
+            if os.path.isdir(folder):
+                known += [f"{sub}/{name}" for name in sorted(os.listdir(folder)) if name.endswith(".yaml")]
+        raise ValueError(
+            f"unknown SAM2 config {config!r}: give the name of a config inside the sam2 package, "
+            f"one of {known}"
+        )
+
+
+def _build_sam2_model(config: str, image_size: int | None = None):
+    """The SAM2Base model of a package config, random weights, on CPU, eval mode."""
+    from sam2.build_sam import build_sam2
+
+    check_sam2_config(config)
+    overrides = [] if image_size is None else [f"++model.image_size={int(image_size)}"]
+    return build_sam2(config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
+
+
+def build_tiny_sam2(seed: int = 0, image_size: int = 256, device: str | torch.device = "cpu"):
+    """A random-weight SAM2 (Hiera-T architecture, ``image_size`` input), deterministic from ``seed``.
+
+    The global torch RNG is left untouched (the seed is applied inside ``torch.random.fork_rng``).
+    Returns the ``SAM2Base`` model in eval mode on ``device``.
+    """
+    if image_size <= 0 or image_size % 16:
+        raise ValueError(f"image_size must be a positive multiple of 16, got {image_size!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _build_sam2_model(TINY_SAM2_CONFIG, image_size=image_size)
+    return model.to(device).eval()
+
+
+def make_predictor(model):
+    """``SAM2ImagePredictor`` for ``model`` with backbone feature sizes matching its image size."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    with warnings.catch_warnings():  # its transforms use torch.jit.script, deprecated in torch 2.x
+        warnings.simplefilter("ignore", FutureWarning)
+        predictor = SAM2ImagePredictor(model)
+    size = int(model.image_size)
+    # The backbone strides are 4, 8, 16: feature maps [C, s/4, s/4], [C, s/8, s/8], [C, s/16, s/16].
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    return predictor
+
+
+def _check_image(image) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image must be a uint8 RGB array [H, W, 3], got {desc}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must not be empty, got shape {image.shape}")
+    return image
+
+
+def sam2_prompts(bbox, points, mode: str):
+    """The predictor's prompt arrays for one image.
+
+    Returns (box float32 [4] or None, point_coords float32 [N, 2] or None, point_labels int32 [N]
+    or None). Raises ValueError for an unknown mode, a prompt the mode needs but is None, or a
+    prompt of the wrong shape / non-finite values.
+    """
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"mode must be one of {PROMPT_MODES}, got {mode!r}")
+    box = coords = labels = None
+    if mode in ("box+points", "box"):
+        if bbox is None:
+            raise ValueError(f"mode {mode!r} needs a bbox, got None")
+        box = np.asarray(bbox, dtype=np.float32)
+        if box.shape != (4,) or not np.isfinite(box).all():
+            raise ValueError(f"bbox must be 4 finite numbers [x1, y1, x2, y2], got {bbox!r}")
+    if mode in ("box+points", "points"):
+        if points is None:
+            raise ValueError(f"mode {mode!r} needs points, got None")
+        coords = np.asarray(points, dtype=np.float32)
+        if coords.ndim != 2 or coords.shape[0] < 1 or coords.shape[1] != 2 or not np.isfinite(coords).all():
+            raise ValueError(f"points must be finite [[x, y], ...] pairs, got {points!r}")
+        labels = np.ones(coords.shape[0], dtype=np.int32)  # every point is foreground (SPEC 1.5)
+    return box, coords, labels
+
+
+def best_mask(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The highest-scoring of the multimask outputs: masks [C, H, W], scores [C] -> bool [H, W]."""
+    assert masks.ndim == 3 and scores.shape == (masks.shape[0],), (masks.shape, scores.shape)
+    return masks[int(np.argmax(scores))] > 0.5  # predictor masks are 0.0 / 1.0 floats
+
+
+class Segmenter:
+    """SAM2 image predictor prompted the Seg-Zero way (see the module docstring).
+
+    ``segment`` handles one image, ``segment_batch`` encodes several images in one backbone pass
+    (``set_image_batch``; the mask decoder then runs per image, as sam2's ``predict_batch`` does).
+    Calling the object, ``segmenter(image, bbox, points)``, picks the mode from the prompts given
+    (both -> "box+points", one -> that one); the data filter uses it with the ground-truth box and
+    one point.
+    """
+
+    def __init__(self, model, *, autocast: bool = True):
+        """Wrap a built ``SAM2Base`` model (weights already loaded, on its device)."""
+        self.model = model.eval()
+        self.predictor = make_predictor(self.model)
+        self.autocast = autocast
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_config(cls, config: str, checkpoint: str, device: str | torch.device = "cpu") -> "Segmenter":
+        """SAM2 from a package config name and a checkpoint file (sam2's ``{"model": state_dict}``)."""
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(
+                f"SAM2 checkpoint not found: {checkpoint!r}; download it (e.g. sam2.1_hiera_large.pt from "
+                f"the SAM2 release) and pass its path, or use a hub id such as {DEFAULT_SAM2_HUB_ID!r}"
+            )
+        check_sam2_config(config)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state:
+            state = state["model"]
+        model = _build_sam2_model(config)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"SAM2 checkpoint {checkpoint!r} does not match config {config!r}: {exc}") from exc
+        return cls(model.to(device).eval())
+
+    @classmethod
+    def from_hub(cls, model_id: str = DEFAULT_SAM2_HUB_ID, device: str | torch.device = "cpu") -> "Segmenter":
+        """SAM2 from a Hugging Face id (``facebook/sam2-hiera-large``, ``facebook/sam2.1-hiera-large``, ...)."""
+        from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+        if model_id not in HF_MODEL_ID_TO_FILENAMES:
+            raise ValueError(f"unknown SAM2 hub id {model_id!r}; known: {sorted(HF_MODEL_ID_TO_FILENAMES)}")
+        config, filename = HF_MODEL_ID_TO_FILENAMES[model_id]
+        from huggingface_hub import hf_hub_download
+
+        try:
+            checkpoint = hf_hub_download(repo_id=model_id, filename=filename)
+        except (OSError, ValueError) as exc:  # offline, no network, gated, not cached
+            raise FileNotFoundError(
+                f"could not get {filename} of {model_id!r} from the Hugging Face hub ({type(exc).__name__}); "
+                f"connect to the internet once to cache it, or download {filename} and pass "
+                f"--sam2-config {config} --sam2-checkpoint PATH"
+            ) from exc
+        return cls.from_config(config, checkpoint, device=device)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, image_size: int = 256, device: str | torch.device = "cpu") -> "Segmenter":
+        """The random tiny SAM2 of :func:`build_tiny_sam2`, for tests and weight-free runs."""
+        return cls(build_tiny_sam2(seed=seed, image_size=image_size, device=device))
+
+    # ----------------------------------------------------------------- prediction
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def _autocast(self):
+        if self.autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, bbox=None, points=None, mode: str = "box+points") -> np.ndarray:
+        """Mask of one image: uint8 [H, W, 3] RGB + prompts in its pixels -> bool [H, W]."""
+        image = _check_image(image)
+        box, coords, labels = sam2_prompts(bbox, points, mode)
+        with self._autocast():
+            self.predictor.set_image(image)
+            masks, scores, _ = self.predictor.predict(
+                point_coords=coords, point_labels=labels, box=box, multimask_output=True
+            )  # masks [3, H, W], scores [3]
+        self.predictor.reset_predictor()
+        return best_mask(masks, scores)
+
+    @torch.inference_mode()
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        bboxes: Sequence | None = None,
+        points: Sequence | None = None,
+        mode: str = "box+points",
+    ) -> list[np.ndarray]:
+        """Masks of B images (sizes may differ), one backbone pass: -> B bool masks [H_i, W_i].
+
+        ``bboxes`` / ``points`` are per-image lists (each may be None when ``mode`` does not use it).
+        """
+        images = [_check_image(image) for image in images]
+        n = len(images)
+        if n == 0:
+            return []
+        bboxes = [None] * n if bboxes is None else list(bboxes)
+        points = [None] * n if points is None else list(points)
+        if len(bboxes) != n or len(points) != n:
+            raise ValueError(f"got {n} images, {len(bboxes)} bboxes and {len(points)} points lists")
+        prompts = [sam2_prompts(b, p, mode) for b, p in zip(bboxes, points)]
+        box_batch = None if prompts[0][0] is None else [box for box, _, _ in prompts]
+        coords_batch = None if prompts[0][1] is None else [coords for _, coords, _ in prompts]
+        labels_batch = None if prompts[0][2] is None else [labels for _, _, labels in prompts]
+        with self._autocast():
+            self.predictor.set_image_batch(list(images))
+            masks, scores, _ = self.predictor.predict_batch(
+                point_coords_batch=coords_batch,
+                point_labels_batch=labels_batch,
+                box_batch=box_batch,
+                multimask_output=True,
+            )  # B x masks [3, H_i, W_i], B x scores [3]
+        self.predictor.reset_predictor()
+        return [best_mask(m, s) for m, s in zip(masks, scores)]
+
+    def __call__(self, image: np.ndarray, bbox=None, points=None) -> np.ndarray:
+        """``segment`` with the mode implied by the prompts given (both, box only or points only)."""
+        if bbox is None and points is None:
+            raise ValueError("give a bbox, points, or both")
+        mode = "box+points" if bbox is not None and points is not None else ("box" if points is None else "points")
+        return self.segment(image, bbox=bbox, points=points, mode=mode)

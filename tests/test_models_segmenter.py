@@ -1,0 +1,172 @@
+"""models.segmenter: parity with sam2's own predictor, batching, prompt modes, loading errors."""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from models import segmenter as seg
+from models.segmenter import PROMPT_MODES, Segmenter, best_mask, build_tiny_sam2, sam2_prompts
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Segmenter.tiny(seed=0, image_size=256)
+
+
+def _image(h, w, seed):
+    rng = np.random.RandomState(seed)
+    image = rng.randint(0, 256, (h, w, 3), dtype=np.uint8)
+    image[h // 4 : h // 2, w // 4 : w // 2] = (250, 30, 30)  # a flat red block, something to find
+    return image
+
+
+BOX = [40, 20, 150, 90]
+POINTS = [[60, 40], [120, 70]]
+
+
+def test_tiny_is_deterministic_from_seed_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_tiny_sam2(seed=0, image_size=128).state_dict()
+    after = torch.rand(1)  # the builder used a forked RNG: the global stream is where it was
+    b = build_tiny_sam2(seed=0, image_size=128).state_dict()
+    c = build_tiny_sam2(seed=1, image_size=128).state_dict()
+    assert torch.equal(after, expected_next)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("mode", PROMPT_MODES)
+def test_segment_matches_sam2_image_predictor_called_directly(tiny, mode):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    image = _image(120, 200, seed=0)
+    # sam2's predictor on the same model, feature sizes written out for a 256 input: 256/4, /8, /16.
+    direct = SAM2ImagePredictor(tiny.model)
+    direct._bb_feat_sizes = [(64, 64), (32, 32), (16, 16)]
+    direct.set_image(image)
+    masks, scores, _ = direct.predict(
+        point_coords=None if mode == "box" else np.array(POINTS, dtype=np.float32),
+        point_labels=None if mode == "box" else np.array([1, 1]),
+        box=None if mode == "points" else np.array(BOX, dtype=np.float32),
+        multimask_output=True,
+    )
+    assert masks.shape == (3, 120, 200)
+    expected = masks[np.argmax(scores)].astype(bool)
+
+    got = tiny.segment(image, bbox=BOX, points=POINTS, mode=mode)
+    assert got.dtype == np.bool_ and got.shape == (120, 200)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_modes_use_different_prompts(tiny):
+    image = _image(120, 200, seed=0)
+    masks = {mode: tiny.segment(image, BOX, POINTS, mode=mode) for mode in PROMPT_MODES}
+    # Random weights still respond to the prompts: at least two modes disagree somewhere.
+    assert not (np.array_equal(masks["box"], masks["points"]) and np.array_equal(masks["box"], masks["box+points"]))
+
+
+def test_call_infers_mode_from_given_prompts(tiny):
+    image = _image(120, 200, seed=0)
+    np.testing.assert_array_equal(tiny(image, BOX, None), tiny.segment(image, BOX, mode="box"))
+    np.testing.assert_array_equal(tiny(image, None, POINTS), tiny.segment(image, points=POINTS, mode="points"))
+    # The data filter's use: ground-truth box plus one point (label 1).
+    np.testing.assert_array_equal(tiny(image, BOX, [POINTS[0]]), tiny.segment(image, BOX, [POINTS[0]]))
+    with pytest.raises(ValueError, match="bbox, points"):
+        tiny(image, None, None)
+
+
+def test_batch_equals_one_by_one(tiny):
+    images = [_image(120, 200, seed=0), _image(90, 64, seed=1), _image(150, 150, seed=2)]
+    bboxes = [BOX, [5, 5, 50, 60], [0, 0, 149, 149]]
+    points = [POINTS, [[20, 30], [30, 40]], [[75, 75], [10, 140]]]
+    for mode in ("box+points", "box"):
+        batch = tiny.segment_batch(images, bboxes, points if mode != "box" else None, mode=mode)
+        single = [tiny.segment(im, b, p, mode=mode) for im, b, p in zip(images, bboxes, points)]
+        assert [m.shape for m in batch] == [(120, 200), (90, 64), (150, 150)]
+        for b, s in zip(batch, single):
+            # One backbone pass over 3 images vs 3 passes: float sums may differ in the last bits,
+            # so allow a handful of pixels on the 0-logit boundary to flip (none did when written).
+            assert (b != s).sum() <= 3, (mode, int((b != s).sum()))
+            assert 0 < b.mean() < 1  # a real mask, not all or nothing
+    assert tiny.segment_batch([]) == []
+
+
+def test_best_mask_picks_highest_score_first_on_ties():
+    masks = np.zeros((3, 2, 2), dtype=np.float32)
+    masks[0, 0, 0] = masks[1, 1, 1] = masks[2, 0, 1] = 1.0
+    np.testing.assert_array_equal(best_mask(masks, np.array([0.1, 0.9, 0.3])), [[False, False], [False, True]])
+    # tie between 0 and 2 -> index 0
+    np.testing.assert_array_equal(best_mask(masks, np.array([0.5, 0.2, 0.5])), [[True, False], [False, False]])
+
+
+def test_prompt_arrays_and_their_errors():
+    box, coords, labels = sam2_prompts([1, 2, 3, 4], [[5, 6], [7, 8]], "box+points")
+    assert box.tolist() == [1, 2, 3, 4] and coords.shape == (2, 2) and labels.tolist() == [1, 1]
+    assert sam2_prompts([1, 2, 3, 4], None, "box")[1:] == (None, None)
+    assert sam2_prompts(None, [[5, 6], [7, 8]], "points")[0] is None
+    with pytest.raises(ValueError, match="'box-only'"):
+        sam2_prompts([1, 2, 3, 4], None, "box-only")
+    with pytest.raises(ValueError, match="needs points"):
+        sam2_prompts([1, 2, 3, 4], None, "box+points")
+    with pytest.raises(ValueError, match="needs a bbox"):
+        sam2_prompts(None, [[1, 2]], "box")
+    with pytest.raises(ValueError, match="4 finite"):
+        sam2_prompts([1, 2, 3], None, "box")
+    with pytest.raises(ValueError, match="finite"):
+        sam2_prompts(None, [[1, float("nan")]], "points")
+
+
+def test_image_validation(tiny):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        tiny.segment(np.zeros((10, 10, 3), dtype=np.float32), BOX, POINTS)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        tiny.segment(np.zeros((10, 10), dtype=np.uint8), BOX, POINTS)
+    with pytest.raises(ValueError, match="2 images, 1 bboxes"):
+        tiny.segment_batch([_image(20, 20, 0)] * 2, [BOX], [POINTS, POINTS])
+
+
+def test_from_config_round_trip_and_errors(tmp_path, monkeypatch):
+    model = build_tiny_sam2(seed=3, image_size=128)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"model": model.state_dict()}, ckpt)
+    loaded = Segmenter.from_config(seg.TINY_SAM2_CONFIG, str(ckpt))
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in model.state_dict().items())
+    # the package config builds a 1024 model; the predictor's feature sizes follow it
+    assert loaded.predictor._bb_feat_sizes == [(256, 256), (128, 128), (64, 64)]
+
+    torch.save({"model": {"not_a_sam2_key": torch.zeros(1)}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="does not match config"):
+        Segmenter.from_config(seg.TINY_SAM2_CONFIG, str(tmp_path / "bad.pt"))
+    with pytest.raises(ValueError, match="unknown SAM2 config 'configs/nope.yaml'"):
+        Segmenter.from_config("configs/nope.yaml", str(ckpt))
+
+    # A missing checkpoint is reported before any model is built.
+    def no_build(*args, **kwargs):
+        raise AssertionError("built a model before checking the checkpoint")
+
+    monkeypatch.setattr(seg, "_build_sam2_model", no_build)
+    with pytest.raises(FileNotFoundError, match="SAM2 checkpoint not found: .*missing.pt"):
+        Segmenter.from_config(seg.TINY_SAM2_CONFIG, str(tmp_path / "missing.pt"))
+
+
+def test_from_hub_errors_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="unknown SAM2 hub id 'me/sam3'"):
+        Segmenter.from_hub("me/sam3")
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(**kwargs):
+        raise LocalEntryNotFoundError("offline and not in cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    t0 = time.time()
+    with pytest.raises(FileNotFoundError, match="--sam2-config configs/sam2/sam2_hiera_l.yaml --sam2-checkpoint"):
+        Segmenter.from_hub("facebook/sam2-hiera-large")
+    assert time.time() - t0 < 5
