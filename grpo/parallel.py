@@ -1,0 +1,302 @@
+"""Distributed setup and FSDP2 sharding (issue 5, section 2). The only module besides train.py that
+imports torch.distributed: model code stays single-device.
+
+- :func:`init_distributed`: a process group under ``torchrun`` (env vars RANK, WORLD_SIZE, ...) or a
+  1-process group without it (so ``python train.py`` runs the same code path); gloo on CPU, NCCL on
+  GPU; a 1-D device mesh over all ranks (pure data parallel / ZeRO-3 style sharding).
+- :func:`shard_model`: ``fully_shard`` on every vision block and every decoder block, then on the
+  root (torchtitan's parallelize pattern). On GPU: bf16 parameters and compute, fp32 gradient
+  reduction (``MixedPrecisionPolicy``), fp32 master weights and optimizer state. On CPU: fp32.
+  Gradient division is turned OFF (``set_gradient_divide_factor(1.0)``): our losses are normalised
+  by one GLOBAL count (grpo.update), so the per-rank gradients must be SUMMED, not averaged.
+- generation under FSDP2: the rollout calls ``model.generate``, which does not go through the root
+  ``forward`` hook; :func:`shard_model` registers it with ``register_fsdp_forward_method`` so the
+  root parameters are all-gathered around it.
+- the frozen reference model is sharded the same way (optionally with its shards in CPU memory).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: rank, world size, device and the data-parallel mesh."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
+    """Initialise (or reuse) the default process group; works with and without torchrun.
+
+    ``device``: 'cpu' (gloo), 'cuda' (nccl, one GPU per local rank) or 'auto'.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config field device='cuda' but no CUDA device is available; use --device cpu")
+    if "RANK" not in os.environ:  # plain `python train.py`: a group of one
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    world = dist.get_world_size()
+    mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
+    return DistInfo(rank=dist.get_rank(), world_size=world, local_rank=local_rank, device=dev, mesh=mesh)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs (the same on every rank: model init must agree across ranks)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a Qwen2.5-VL model: vision blocks then decoder layers.
+
+    Found by structure (any ModuleList named ``blocks`` or ``layers``), so that it works for the
+    transformers layout (model.visual.blocks, model.language_model.layers) without naming classes.
+    """
+    blocks: list[nn.Module] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("blocks", "layers"):
+            blocks.extend(mod)
+    if not blocks:
+        raise ValueError(f"no transformer blocks (ModuleList named 'blocks' or 'layers') found in "
+                         f"{type(model).__name__}")
+    return blocks
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass (non-reentrant checkpoint wrapper)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing as _apply,
+    )
+
+    targets = {id(b) for b in transformer_blocks(model)}
+    _apply(model, check_fn=lambda m: id(m) in targets)
+
+
+def shard_model(model: nn.Module, info: DistInfo, *, mixed_precision: bool = True,
+                cpu_offload: bool = False, activation_checkpointing: bool = False,
+                frozen: bool = False) -> nn.Module:
+    """FSDP2: shard each vision / decoder block, then the root. Returns the (same) model object.
+
+    ``frozen`` (the reference model): parameters get requires_grad=False and the model eval mode.
+    """
+    if activation_checkpointing and not frozen:
+        apply_activation_checkpointing(model)
+    if frozen:
+        model.requires_grad_(False)
+        model.eval()
+    on_gpu = info.device.type == "cuda"
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if (on_gpu and mixed_precision) else MixedPrecisionPolicy())
+    offload: OffloadPolicy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        fully_shard(block, mesh=info.mesh, mp_policy=mp, offload_policy=offload)
+    # The root keeps its parameters gathered between forward and backward (reshard_after_forward=
+    # False), so that the several entry points of one training forward (see
+    # attach_forward_function) all find them gathered.
+    fully_shard(model, mesh=info.mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=False)
+    for mod in [model, *blocks]:
+        # Sum, not average, the gradients over ranks: losses are normalised by a global count.
+        mod.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+        # plain SUM collectives (gloo has no PREMUL_SUM; with factor 1.0 nothing is scaled anyway)
+        mod.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
+    # generate: an entry point other than forward (transformers' own decoding; ours calls forward).
+    for method in ("generate",):
+        if hasattr(model, method):
+            register_fsdp_forward_method(model, method)
+    from models.policy import response_logprobs
+
+    attach_forward_function(model, FORWARD_FUNCTION, response_logprobs)
+    return model
+
+
+@contextmanager
+def unsharded_for_generation(model: nn.Module) -> Iterator[None]:
+    """Gather every FSDP2 shard of ``model`` once, keep the full parameters during the block, reshard.
+
+    Why: decoding stops when all rows of THIS rank finished (models.rollout), so ranks run different
+    numbers of forward calls; under plain FSDP2 each forward all-gathers (a collective), so ranks
+    would wait on each other forever. Here every rank issues the same all-gathers up front
+    (``unshard`` on each FSDP module), and with ``reshard_after_forward=False`` the forwards inside
+    the block find the parameters gathered and communicate nothing. Costs the memory of one full
+    copy of the (bf16 on GPU) parameters during generation; it also makes decoding faster.
+    No-op for a model that is not sharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)  # root: False (shard_model)
+
+
+FORWARD_FUNCTION = "fsdp_response_logprobs"
+"""Name under which shard_model attaches models.policy.response_logprobs to the sharded model."""
+
+
+def attach_forward_function(model: nn.Module, name: str, fn) -> None:
+    """Make ``fn(model, ...)`` callable as ``model.<name>(...)`` with FSDP2's root all-gather around it.
+
+    Why: models.policy.response_logprobs calls root-owned pieces of the model (the input embedding,
+    which Qwen2.5-VL-3B ties to lm_head, and the vision patch embedding / merger) OUTSIDE the root
+    ``forward``; registered as a forward method of the root, the root parameters are gathered for
+    the whole call and FSDP2's backward hooks cover it (the root keeps its parameters gathered
+    through the nested forward calls: fully_shard's default for the root).
+    """
+    import types
+
+    setattr(model, name, types.MethodType(fn, model))
+    register_fsdp_forward_method(model, name)
+
+
+def unwrapped_class(model: nn.Module) -> type:
+    """The model's own class (FSDP2 swaps in a subclass named FSDP<cls>)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for cls in type(model).__mro__:
+        if not issubclass(cls, FSDPModule) and issubclass(cls, nn.Module):
+            return cls
+    return type(model)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """In-place SUM over ranks (no-op in a 1-process run); returns x."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def all_gather_objects(obj):
+    """List over ranks of a picklable object (for metrics and held-out reports)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: max_memory_allocated on CUDA, peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+
+
+class StepSampler:
+    """Which dataset indices each rank reads at each step: deterministic, resumable, sharded.
+
+    The training order is a permutation of ``range(num_samples)`` per epoch, seeded by
+    ``(seed, epoch)``; the epochs are concatenated into one stream. Step ``s`` consumes stream
+    positions ``[s * B, (s + 1) * B)`` (B = global prompts per step, so a batch may straddle two
+    epochs) and rank r takes the r-th of ``world_size`` equal contiguous slices of it. The position
+    is a function of the step alone, so resuming at step s needs nothing but s; the number of ranks
+    does not change which prompts make up a global batch (1 rank with B prompts == 2 ranks with
+    B / 2 each).
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int):
+        if num_samples < 1:
+            raise ValueError(f"the training set is empty (num_samples={num_samples}); check data_path")
+        if global_batch % world_size != 0:
+            raise ValueError(f"prompts_per_step={global_batch} is not divisible by the {world_size} ranks")
+        self.num_samples = num_samples
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world_size
+        self.rank = rank
+        self.seed = seed
+        self._perm_cache: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perm_cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm_cache = {epoch: torch.randperm(self.num_samples, generator=g).tolist()}
+        return self._perm_cache[epoch]
+
+    def stream_index(self, position: int) -> int:
+        """Dataset index at a position of the concatenated-epochs stream."""
+        epoch, offset = divmod(position, self.num_samples)
+        return self._perm(epoch)[offset]
+
+    def epoch(self, step: int) -> float:
+        """Epochs completed at the START of ``step`` (fractional)."""
+        return step * self.global_batch / self.num_samples
+
+    def positions(self, step: int) -> list[int]:
+        """Stream positions of this rank's prompts at ``step`` (length local_batch)."""
+        start = step * self.global_batch + self.rank * self.local_batch
+        return list(range(start, start + self.local_batch))
+
+    def indices(self, step: int) -> list[int]:
+        """Dataset indices of this rank's prompts at ``step``."""
+        return [self.stream_index(p) for p in self.positions(step)]

@@ -1,0 +1,141 @@
+"""train.py end to end, in subprocesses: 2 gloo ranks == 1 rank, exact resume, artifacts, errors.
+
+All runs: tiny random Qwen2.5-VL, synthetic data, CPU, a few tokens per response.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+# A step that moves the parameters by an amount proportional to the gradient (SGD, not AdamW whose
+# first step is lr * sign(g) and would hide a wrong gradient scale). Random tiny policy: rewards are
+# 0, so the gradient comes from the entropy bonus (and KL, 0 at the first step), normalised by the
+# GLOBAL token count.
+SMALL = ["--warmstart-sft-steps", "0", "--heldout-size", "0", "--max-new-tokens", "6",
+         "--group-size", "2", "--prompts-per-step", "2", "--micro-batch-size", "2",
+         "--entropy-coef", "0.1", "--progress", "false"]
+
+
+def run(args, nproc=1, check=True):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            "--standalone", str(ROOT / "train.py")] if nproc > 1 else [sys.executable, str(ROOT / "train.py")])
+    res = subprocess.run(cmd + [str(a) for a in args], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    if check:
+        assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+def weights(run_dir):
+    return load_file(str(Path(run_dir) / "hf_export" / "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_two_ranks_equal_one_rank_after_one_step(tmp_path):
+    common = SMALL + ["--max-steps", "1", "--optimizer", "sgd", "--lr", "50", "--max-grad-norm", "0"]
+    run(common + ["--output-dir", tmp_path / "one"], nproc=1)
+    run(common + ["--output-dir", tmp_path / "two"], nproc=2)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    from models.tiny import save_tiny_qwen
+
+    init = load_file(str(Path(save_tiny_qwen(tmp_path / "init", seed=0)) / "model.safetensors"))
+    assert init.keys() == one.keys()
+    moved = max((one[k] - init[k]).abs().max().item() for k in one if k in init)
+    assert moved > 1e-3  # the step did something (a wrong gradient scale would show)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert m1[-1]["num_tokens"] == m2[-1]["num_tokens"]  # same samples, whatever the split
+    assert m1[-1]["entropy"] == pytest.approx(m2[-1]["entropy"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """4 steps straight vs 2 steps + --resume + 2 more (AdamW: its state must be restored too)."""
+    base = tmp_path_factory.mktemp("resume")
+    common = SMALL + ["--lr", "1e-2", "--checkpoint-every", "2", "--heldout-size", "2"]
+    run(common + ["--max-steps", "4", "--output-dir", base / "straight"])
+    run(common + ["--max-steps", "2", "--output-dir", base / "split"])
+    res = run(common + ["--max-steps", "4", "--output-dir", base / "split", "--resume"])
+    return base, res
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(resumed):
+    base, _ = resumed
+    a, b = weights(base / "straight"), weights(base / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the resumed run started at step 2: its 'train' rows are steps 1, 2 then 3, 4
+    rows = [json.loads(x) for x in (base / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["phase"] == "train"] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
+    base, _ = resumed
+    out = base / "straight"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["max_steps"] == 4 and cfg["rollout"]["group_size"] == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for key in ("loss", "kl", "entropy", "clipfrac", "grad_norm", "zero_var_group_frac",
+                "response_len_mean", "reward/total", "reward/bbox_iou", "reward/thinking_format",
+                "tokens_per_s", "time/rollout", "time/reward", "time/reference", "time/update",
+                "peak_memory_bytes", "lr", "epoch"):
+        assert key in rows[-1], key
+    assert rows[-1]["epoch"] == pytest.approx(4 * 2 / 512)  # 4 steps x 2 prompts / 512 samples (tiny preset)
+    ckpts = out / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_000004"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000002", "step_000004"]
+    assert len((out / "heldout.jsonl").read_text().splitlines()) == 2  # start and end reports
+
+    from data import SyntheticDataset
+    from models.policy import SegZeroPolicy, load_policy
+
+    model, processor = load_policy(out / "hf_export")
+    exported = weights(out)
+    loaded = dict(model.named_parameters())
+    assert len(loaded) > 0
+    for name, p in loaded.items():  # every loaded parameter is one of the exported tensors
+        assert any(v.shape == p.shape and torch.equal(v, p.detach()) for v in exported.values()), name
+    sample = SyntheticDataset(1, seed=5)[0]
+    texts = SegZeroPolicy(model, processor).complete([sample.image], [sample.query], max_new_tokens=4)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+@pytest.mark.slow
+def test_sft_baseline_runs_and_lowers_its_loss(tmp_path):
+    # SFT on the ground-truth answer text: 3 steps on the SAME batch (1 sample repeated via a
+    # 2-sample dataset and 2 prompts per step = every step sees both samples) must lower the NLL.
+    run(["--algo", "sft", "--max-steps", "3", "--num-synthetic", "2", "--prompts-per-step", "2",
+         "--lr", "3e-3", "--heldout-size", "0", "--progress", "false", "--export-hf", "false",
+         "--max-new-tokens", "96", "--output-dir", tmp_path])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (tmp_path / "checkpoints" / "step_000003" / "COMPLETE").is_file()
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    res = run(SMALL + ["--model-path", tmp_path / "no_such_model", "--output-dir", tmp_path / "o"], check=False)
+    assert res.returncode != 0
+    assert "no_such_model" in res.stderr
+    assert "ValueError" in res.stderr or "FileNotFoundError" in res.stderr
+
+
+@pytest.mark.dist
+def test_batch_not_divisible_across_ranks_fails_before_work(tmp_path):
+    res = run(SMALL + ["--prompts-per-step", "3", "--output-dir", tmp_path], nproc=2, check=False)
+    assert res.returncode != 0
+    assert "prompts_per_step=3 is not divisible by the 2 ranks" in res.stderr

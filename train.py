@@ -1,0 +1,322 @@
+"""Seg-Zero training: GRPO (or the SFT baseline) of Qwen2.5-VL with FSDP2 (issue 5; SPEC.md section 8).
+
+    torchrun --nproc_per_node=2 train.py                      # default preset "tiny": CPU, minutes
+    python train.py --max-steps 5                             # the same in one process
+    torchrun --nproc_per_node=8 train.py --preset seg_zero_3b --model-path DIR --data-path DIR
+    python train.py --help                                    # every option, every preset
+
+One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B * G, L tokens):
+  1. rows      this rank's B samples of the global batch (grpo.parallel.StepSampler)
+  2. rollout   prompts -> G sampled responses each: ids / mask / sampling log-probs [N, L]
+  3. rewards   the five Seg-Zero terms from the completion text (rewards; no SAM2) -> [N]
+  4. advantage group-normalised rewards [N] (grpo.advantages)
+  5. reference log-probs of the frozen initial policy [N, L] (skipped when kl_coef = 0)
+  6. update    clipped surrogate + KL - entropy over micro-batches, global normalisation,
+               grad clip, optimizer step (grpo.update)
+  7. log + checkpoint (grpo.tracking, grpo.checkpoint)
+Departures from the paper: the tiny preset warm-starts the random tiny policy with a short SFT
+pass (``warmstart_sft_steps``) so that it emits the format at all; the real presets do not.
+Rollouts are seeded per (seed, step, prompt position), so the samples do not depend on the number
+of ranks and a resumed run draws exactly what an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from grpo import RolloutBuffer, group_advantages, grpo_update
+from grpo.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
+from grpo.parallel import (FORWARD_FUNCTION, StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
+                           seed_everything, shard_model, shutdown, unsharded_for_generation)
+from grpo.recipe import Config, check_world_size, parse_args
+from grpo.sft import sft_step
+from grpo.tracking import PhaseTimer, Tracker, format_report, heldout_report
+from grpo.update import UpdateConfig
+from models.policy import SegZeroPolicy
+from rewards import score_completions
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    info = init_distributed(cfg.parallel.device)
+    check_world_size(cfg, info.world_size)
+    out = Path(cfg.train.output_dir)
+    seed_everything(cfg.train.seed)
+    train_set, heldout = build_data(cfg, info)
+    sampler = StepSampler(len(train_set), cfg.train.prompts_per_step, info.rank, info.world_size,
+                          cfg.data.data_seed)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json())
+    model_path = cfg.model.model_path
+    if cfg.train.algo == "grpo" and cfg.train.warmstart_sft_steps > 0:
+        model_path = warm_start(cfg, info, train_set, heldout, out / "warmstart_sft")
+    policy = build_policy(cfg, info, model_path, frozen=False)
+    ref = (build_policy(cfg, info, model_path, frozen=True).model
+           if cfg.train.algo == "grpo" and cfg.grpo.kl_coef > 0 else None)
+    optimizer = build_optimizer(cfg, policy.model, cfg.optim.lr)
+    scheduler = build_scheduler(cfg, optimizer)
+    start_step = 0
+    if cfg.train.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
+        extra = load_checkpoint(ckpt, policy.model, optimizer)
+        scheduler.load_state_dict(extra["scheduler"])
+        start_step = extra["step"]
+    tracker = Tracker(out, is_main=info.is_main, total_steps=cfg.train.max_steps, start_step=start_step,
+                      progress=cfg.train.progress, tensorboard=cfg.train.tensorboard, desc=cfg.train.algo)
+    report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})")
+    update_cfg = build_update_config(cfg)
+    for step in range(start_step, cfg.train.max_steps):
+        timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
+        samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]  # 1. rows
+        if cfg.train.algo == "sft":
+            with timer("update"):
+                metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
+                                   micro_batch_size=cfg.grpo.micro_batch_size,
+                                   max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
+        else:
+            with timer("rollout"):  # 2. prompts -> G samples per prompt
+                rollouts = rollout(cfg, policy, samples, step, sampler.positions(step))
+            with timer("reward"):  # 3. text-only rewards, [N]
+                solutions = [s.solution for s in samples for _ in range(cfg.rollout.group_size)]
+                rb = score_completions([t for r in rollouts for t in r.texts], solutions,
+                                       strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
+                                       think=cfg.rollout.think)
+            buffer = make_buffer(rollouts, rb, cfg, info.device)  # 4. advantages inside
+            with timer("reference"):  # 5. frozen-reference log-probs
+                if ref is not None:
+                    with torch.no_grad():
+                        buffer.ref_logp = make_logprob_fn(ref, cfg, entropy=False)(buffer)[0]
+            with timer("update"):  # 6. clipped surrogate + KL - entropy, one optimizer step
+                metrics = grpo_update(make_logprob_fn(policy.model, cfg, entropy=True), optimizer,
+                                      buffer, update_cfg)
+            metrics.update(global_reward_terms(rb, info.device))
+        scheduler.step()
+        metrics.update(timer.metrics(), lr=scheduler.get_last_lr()[0], epoch=sampler.epoch(step + 1),
+                       peak_memory_bytes=peak_memory_bytes(info.device))
+        if "num_tokens" in metrics:
+            metrics["tokens_per_s"] = metrics["num_tokens"] / max(metrics["time/step"], 1e-9)
+        tracker.log(step + 1, metrics)  # 7. log + checkpoint
+        every = cfg.train.checkpoint_every
+        if (every and (step + 1) % every == 0) or step + 1 == cfg.train.max_steps:
+            save_checkpoint(out / "checkpoints", step + 1, policy.model, optimizer,
+                            {"scheduler": scheduler.state_dict(),
+                             "data_position": (step + 1) * cfg.train.prompts_per_step})
+    report(cfg, policy, heldout, tracker, f"{cfg.train.algo} end (step {cfg.train.max_steps})")
+    tracker.close()
+    if cfg.train.export_hf:
+        export_hf(out / "hf_export", policy.model, policy.processor)
+    shutdown()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The machinery, one call away
+
+
+def build_data(cfg: Config, info):
+    """(train SampleSource, held-out samples of this rank). Raises ValueError on an empty set."""
+    from data import SyntheticDataset, open_dataset
+
+    if cfg.data.data_path == "synthetic":
+        train_set = SyntheticDataset(cfg.data.num_synthetic, seed=cfg.data.data_seed)
+    else:
+        train_set = open_dataset(cfg.data.data_path, seed=cfg.data.data_seed)
+    if len(train_set) == 0:
+        raise ValueError(f"config field data_path={cfg.data.data_path!r}: the training set is empty")
+    # held-out synthetic samples (a different seed), split evenly over ranks
+    n = cfg.data.heldout_size - cfg.data.heldout_size % info.world_size
+    held = SyntheticDataset(n, seed=cfg.data.data_seed + 10_000) if n else []
+    heldout = [held[i] for i in range(info.rank, n, info.world_size)]
+    return train_set, heldout
+
+
+def read_sample(source, sampler: StepSampler, position: int):
+    """The sample at a stream position; on BadSampleError it is reported and the sample at the next
+    stream position is used instead (deterministic, so resume and rank count do not matter)."""
+    from data import BadSampleError, solution_from_mask
+
+    for k in range(100):
+        try:
+            sample = source[sampler.stream_index(position + k)]
+        except BadSampleError as err:
+            print(f"skipping bad sample: {err}", flush=True)
+            continue
+        if sample.solution is None:
+            sample.solution = solution_from_mask(sample.mask)
+        return sample
+    raise ValueError(f"100 consecutive unreadable samples around stream position {position}")
+
+
+def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPolicy:
+    """Load (or build the tiny) Qwen2.5-VL and shard it with FSDP2 (grpo.parallel.shard_model)."""
+    if model_path == "tiny":
+        from models.tiny import build_tiny_qwen
+
+        model, processor = build_tiny_qwen(cfg.model.tiny_seed, attn_implementation=cfg.model.attn_implementation)
+        model = model.to(info.device)
+    else:
+        from models.policy import load_policy
+
+        model, processor = load_policy(model_path, device=str(info.device), dtype=cfg.model.dtype,
+                                       attn_implementation=cfg.model.attn_implementation,
+                                       min_pixels=cfg.model.min_pixels or None,
+                                       max_pixels=cfg.model.max_pixels or None)
+    model.train(not frozen)
+    shard_model(model, info, mixed_precision=cfg.parallel.mixed_precision,
+                cpu_offload=frozen and cfg.parallel.ref_cpu_offload,
+                activation_checkpointing=cfg.parallel.activation_checkpointing and not frozen, frozen=frozen)
+    return SegZeroPolicy(model, processor, with_example=cfg.rollout.with_example, think=cfg.rollout.think)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                             eps=cfg.optim.adam_eps, weight_decay=cfg.optim.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer, total_steps: int | None = None):
+    """Linear warmup from 0 over warmup_steps, then constant or cosine to 0 at the last step."""
+    warm, total = cfg.optim.warmup_steps, total_steps or cfg.train.max_steps
+
+    def factor(step: int) -> float:  # step = optimizer steps done so far
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.optim.lr_schedule == "cosine":
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_update_config(cfg: Config) -> UpdateConfig:
+    g = cfg.grpo
+    return UpdateConfig(micro_batch_size=g.micro_batch_size, ppo_epochs=g.ppo_epochs,
+                        num_mini_batches=g.num_mini_batches, clip_low=g.clip_eps,
+                        clip_high=g.clip_eps_high or g.clip_eps, kl_coef=g.kl_coef, kl_kind=g.kl_estimator,
+                        entropy_coef=g.entropy_coef, loss_mode=g.aggregation,
+                        max_grad_norm=cfg.optim.max_grad_norm or None,
+                        temperature=cfg.rollout.temperature, max_response_len=cfg.rollout.max_new_tokens)
+
+
+def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):
+    """One Rollout per prompt, each with its own generator seeded by (seed, step, stream position),
+    so the samples of a prompt do not depend on how the batch is split over ranks."""
+    out = []
+    policy.model.eval()
+    with unsharded_for_generation(policy.model), torch.no_grad():
+        for sample, pos in zip(samples, positions):
+            gen = torch.Generator(policy.device).manual_seed(
+                (cfg.train.seed * 1_000_003 + step) * 1_000_003 + pos)
+            out.append(policy.rollout([sample.image], [sample.query], cfg.rollout.group_size,
+                                      max_new_tokens=cfg.rollout.max_new_tokens,
+                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                      generator=gen))
+    policy.model.train()
+    return out
+
+
+def _pad_cat(tensors: list[torch.Tensor], value) -> torch.Tensor:
+    """Concatenate [n_i, L_i] tensors along rows, right-padding to max L_i -> [sum n_i, max L_i]."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def make_buffer(rollouts, rb, cfg: Config, device) -> RolloutBuffer:
+    """Per-prompt rollouts + rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G)."""
+    G = cfg.rollout.group_size
+    rewards = torch.as_tensor(rb.total, dtype=torch.float32, device=device)  # [N]
+    mask = _pad_cat([r.response_mask for r in rollouts], 0)  # [N, L]
+    return RolloutBuffer(
+        response_ids=_pad_cat([r.response_ids for r in rollouts], 0),  # [N, L] (pad ids are masked)
+        response_mask=mask,
+        old_logp=_pad_cat([r.logp.float() for r in rollouts], 0.0),  # [N, L]
+        rewards=rewards,
+        advantages=group_advantages(rewards, G, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std,
+                                    estimator=cfg.grpo.adv_estimator),
+        group_ids=torch.arange(len(rollouts), device=device).repeat_interleave(G),  # [N]
+        reward_terms={k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in rb.terms.items()},
+        prompts=[r.batch for r in rollouts],
+    )
+
+
+def make_logprob_fn(model, cfg: Config, entropy: bool):
+    """logprob_fn(mb) -> (logp [n, L], entropy [n, L] | None) for grpo.update: one forward per
+    prompt group present in the micro-batch (its rows are adjacent), the image encoded once."""
+    def logprob_fn(mb: RolloutBuffer):
+        logps, ents = [], []
+        for g, batch in enumerate(mb.prompts):
+            rows = (mb.group_ids == g).nonzero().squeeze(1)  # [n_g], contiguous
+            res = getattr(model, FORWARD_FUNCTION)(batch, mb.response_ids[rows], mb.response_mask[rows],
+                                    group_size=len(rows), temperature=cfg.rollout.temperature,
+                                    return_entropy=entropy)
+            logps.append(res[0] if entropy else res)
+            if entropy:
+                ents.append(res[1])
+        order = torch.cat([(mb.group_ids == g).nonzero().squeeze(1) for g in range(len(mb.prompts))])
+        assert torch.equal(order, torch.arange(mb.num_seqs, device=order.device)), "groups not in row order"
+        return torch.cat(logps), (torch.cat(ents) if entropy else None)
+    return logprob_fn
+
+
+def global_reward_terms(rb, device) -> dict[str, float]:
+    """Mean of each reward term and the parse-failure rate over ALL ranks' responses."""
+    names = sorted(rb.terms)
+    sums = torch.tensor([float(rb.terms[k].sum()) for k in names]
+                        + [float(sum(s != "ok" for s in rb.statuses)), float(len(rb))],
+                       dtype=torch.float64, device=device)
+    all_reduce_sum(sums)
+    n = max(float(sums[-1]), 1.0)
+    out = {f"reward/{k}": float(sums[i]) / n for i, k in enumerate(names)}
+    out["reward/total"] = sum(out.values())
+    out["parse_fail"] = float(sums[-2]) / n
+    return out
+
+
+def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title: str) -> None:
+    """Held-out reward terms and box-IoU proxy, printed on rank 0 and logged (phase 'heldout')."""
+    if cfg.data.heldout_size == 0:
+        return
+    policy.model.eval()
+    with unsharded_for_generation(policy.model), torch.no_grad():
+        rep = heldout_report(policy, heldout, max_new_tokens=cfg.rollout.max_new_tokens,
+                             think=cfg.rollout.think, strict=cfg.reward.strict_format,
+                             soft=cfg.reward.soft_accuracy)
+    policy.model.train()
+    tracker.print(format_report(title, rep))
+    if tracker.is_main:
+        with (Path(cfg.train.output_dir) / "heldout.jsonl").open("a") as f:
+            f.write(json.dumps({"title": title, **rep}) + "\n")
+
+
+def warm_start(cfg: Config, info, train_set, heldout, export_dir: Path) -> str:
+    """The tiny run's warm start: ``warmstart_sft_steps`` SFT steps from ``model_path``, exported
+    to ``export_dir`` (reused when it exists, e.g. on resume). Returns the export path."""
+    if not export_dir.is_dir():
+        policy = build_policy(cfg, info, cfg.model.model_path, frozen=False)
+        optimizer = build_optimizer(cfg, policy.model, cfg.train.warmstart_lr)
+        sampler = StepSampler(len(train_set), cfg.train.prompts_per_step, info.rank, info.world_size,
+                              cfg.data.data_seed + 1)
+        tracker = Tracker(export_dir.parent, is_main=info.is_main, total_steps=cfg.train.warmstart_sft_steps,
+                          progress=cfg.train.progress, desc="warm-start sft")
+        report(cfg, policy, heldout, tracker, "initial policy")
+        for step in range(cfg.train.warmstart_sft_steps):
+            samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]
+            metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
+                               micro_batch_size=cfg.grpo.micro_batch_size,
+                               max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
+            tracker.log(step + 1, metrics, phase="warmstart_sft")
+        tracker.close()
+        export_hf(export_dir, policy.model, policy.processor)
+        del policy, optimizer
+    return str(export_dir)
+
+
+if __name__ == "__main__":
+    main()
