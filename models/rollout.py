@@ -12,7 +12,13 @@ Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance
    (``next_pos`` of :func:`models.policy.prompt_positions`, equal to transformers' ``rope_deltas``
    + number of real tokens), so decode token t is at ``next_pos + t``.
 4. Sampling in float32: s = logits / T; greedy takes argmax(s); otherwise top-p (nucleus)
-   filtering of softmax(s) then a multinomial draw with the optional ``torch.Generator``.
+   filtering of softmax(s), then inverse-CDF sampling: one uniform u per row and step, drawn with
+   the optional ``torch.Generator`` for ALL N rows whatever rows are still in the batch, and the
+   token is the first index whose cumulative probability exceeds u * total. Because the random
+   stream does not depend on which rows are being decoded, removing finished rows (below) leaves
+   every sampled token unchanged (tested: same generator seed -> same tokens and log-probs with and
+   without compaction). This is an exact draw from the filtered distribution, like
+   ``torch.multinomial`` (which the first version used; its stream depends on the batch size).
 
 Returned log-probs: log softmax(logits / T)[token] under the FULL temperature-scaled distribution,
 computed by ``grpo.token_logprobs`` -- the same function and scaling as the training forward
@@ -22,11 +28,22 @@ renormalises over the nucleus, while the PPO ratio and KL use the full distribut
 the authors' released code do by recomputing log-probs with a plain forward). With greedy
 decoding the log-probs are likewise those of softmax(logits / T).
 
-Finished rows. A row that emitted EOS (``<|im_end|>``) keeps being decoded, but from then on its
-token is forced to pad and its mask is 0 (the mask covers the tokens up to and including the
-first EOS). Removing finished rows from the batch is a later optimisation (issue 7) not done here.
-Whether all rows finished is checked on the host only every ``check_every`` steps, so there is no
-host synchronisation per token; the result is trimmed to the longest response at the end.
+Finished rows. A row that emitted EOS (``<|im_end|>``) gets pad tokens and mask 0 from then on
+(the mask covers the tokens up to and including the first EOS). The host looks at the batch only
+every ``check_every`` steps (the only host synchronisation; none per token). At such a check the
+decode loop stops if every row finished; otherwise, with ``compact=True`` (default), finished rows
+LEAVE the batch: the working set (the StaticCache's keys/values [n, kv_heads, P + T, head_dim] of
+every layer, the attention mask, positions, next tokens) is ``index_select``-ed down to the active
+rows, and ``rows`` maps working-set rows back to output rows, which are written with index_put.
+So a finished row costs at most ``check_every - 1`` wasted decode steps. Why compaction every k
+steps rather than per step: selecting the active rows needs their count on the host (a sync), and
+copying the cache costs one pass over the active KV, about one decode step's memory traffic; at
+k = 16 both are amortised. ``compact=False`` keeps the first version's behaviour (finished rows
+stay and are masked); tests compare the two. The result is trimmed to the longest response.
+
+A decode step compiled with ``torch.compile`` or captured as a CUDA graph is not done: a CUDA graph
+needs fixed shapes, which compaction changes (it would need power-of-two row buckets); left for a
+measured GPU session.
 
 Departure from transformers' ``generate``: none in the distribution (the greedy test compares
 token for token); the attention of the decode steps spans all P + max_new_tokens cache slots
@@ -75,6 +92,20 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
+def sample_inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` [n, V] (rows need not sum to 1) from uniforms [n] in [0, 1).
+
+    token = the first index v with cdf[v] > u * cdf[V-1], cdf = cumsum(probs). A zero-probability
+    token v has cdf[v] == cdf[v-1], so it is never the first to exceed (right=True search).
+    Example: probs [0.2, 0, 0.5, 0.3], cdf [0.2, 0.2, 0.7, 1.0]: u 0.1 -> 0, u 0.2 -> 2 (index 1
+    has zero mass), u 0.69 -> 2, u 0.7 -> 3.
+    """
+    cdf = probs.cumsum(-1)  # [n, V]
+    target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # [n, 1]
+    token = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [n]
+    return token.clamp_max(probs.shape[-1] - 1)
+
+
 def _check_args(group_size, max_new_tokens, temperature, top_p, check_every):
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
@@ -102,8 +133,12 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     check_every: int = 16,
+    compact: bool = True,
 ) -> Generation:
-    """Decode ``group_size`` responses for each prompt of ``batch`` from one shared prefill."""
+    """Decode ``group_size`` responses for each prompt of ``batch`` from one shared prefill.
+
+    ``compact``: remove finished rows from the batch at each check (see the module docstring).
+    """
     _check_args(group_size, max_new_tokens, temperature, top_p, check_every)
     batch = left_align(batch)
     device = batch.device
@@ -138,28 +173,40 @@ def generate(
     )  # [N, P + max_new_tokens]; slots not yet written are hidden by causality
     next_pos = next_pos.repeat_interleave(group_size)  # [N]
 
-    # 3. decode
+    # 3. decode. Outputs are [N, T]; the working set has n <= N rows, rows[i] = its output row.
     tokens = torch.full((num_rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((num_rows, max_new_tokens), dtype=torch.long, device=device)
     logp = torch.zeros((num_rows, max_new_tokens), dtype=torch.float32, device=device)
-    finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
+    rows = torch.arange(num_rows, device=device)  # [n]
+    finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # [n]
     for step in range(max_new_tokens):
-        scaled = logits.float() / temperature  # [N, V]
+        scaled = logits.float() / temperature  # [n, V]
         if greedy:
-            next_tok = scaled.argmax(-1)  # [N]
+            next_tok = scaled.argmax(-1)  # [n]
         else:
-            probs = top_p_filter(torch.softmax(scaled, dim=-1), top_p)
-            next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [N]
+            # uniforms for all N rows every step, so the stream ignores the working set
+            uniform = torch.rand(num_rows, generator=generator, device=device)[rows]  # [n]
+            next_tok = sample_inverse_cdf(top_p_filter(torch.softmax(scaled, dim=-1), top_p), uniform)
         next_tok = next_tok.masked_fill(finished, pad_token_id)
-        tokens[:, step] = next_tok
-        mask[:, step] = (~finished).long()
-        logp[:, step] = token_logprobs(logits[:, None], next_tok[:, None], temperature)[:, 0]
+        tokens[rows, step] = next_tok
+        mask[rows, step] = (~finished).long()
+        logp[rows, step] = token_logprobs(logits[:, None], next_tok[:, None], temperature)[:, 0]
         finished = finished | (next_tok == eos_token_id)
         if step + 1 == max_new_tokens:
             break
-        if (step + 1) % check_every == 0 and bool(finished.all()):  # the only host sync
-            break
-        step_pos = (next_pos + step).view(1, num_rows, 1).expand(3, -1, -1)  # [3, N, 1]
+        if (step + 1) % check_every == 0:  # the only host syncs
+            active = int((~finished).sum())
+            if active == 0:
+                break
+            if compact and active < rows.shape[0]:
+                keep = (~finished).nonzero().squeeze(1)  # [n'] working-set rows still decoding
+                for layer in cache.layers:
+                    layer.keys = layer.keys.index_select(0, keep)  # [n', kv_heads, P + T, head_dim]
+                    layer.values = layer.values.index_select(0, keep)
+                    layer.batch_size = active
+                rows, finished, next_tok = rows[keep], finished[keep], next_tok[keep]
+                attention_mask, next_pos = attention_mask[keep], next_pos[keep]
+        step_pos = (next_pos + step).view(1, -1, 1).expand(3, -1, -1)  # [3, n, 1]
         out = model(
             input_ids=next_tok[:, None],
             attention_mask=attention_mask,
@@ -167,7 +214,7 @@ def generate(
             cache=cache,
             use_cache=True,
         )
-        logits = out.logits[:, -1]  # [N, V]
+        logits = out.logits[:, -1]  # [n, V]
 
     length = max(int(mask.sum(-1).max()), 1)
     return Generation(tokens[:, :length], mask[:, :length], logp[:, :length])
