@@ -4,7 +4,7 @@
     python -m grpo.bench --model 3b --device cuda --out bench_3b.json   # the real shape, random init
 
 What one run measures, on a randomly initialised Qwen2.5-VL (the tiny test shape, or the real
-3B / 7B shape from ``/work/shared/reference/*.json`` in bf16 on CUDA) with B random 840 x 840
+3B / 7B shape from ``models/configs/*.json`` in bf16 on CUDA) with B random 840 x 840
 images and the SPEC prompt (models.prompt), G samples each and exactly T new tokens per row
 (random weights never stop: EOS is disabled for both engines):
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -48,6 +49,7 @@ import torch
 from grpo.advantages import group_advantages
 from grpo.buffer import RolloutBuffer
 from grpo.update import UpdateConfig, grpo_update
+from models.configs import REAL_CONFIG_DIR
 from models.policy import SegZeroPolicy, response_logprobs
 from models.rollout import generate
 from rewards.seg_zero import score_completions
@@ -89,7 +91,7 @@ def build(args):
             image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
             video_processor=Qwen2VLVideoProcessor(), chat_template=build_tiny_processor(tokenizer).chat_template,
         )
-        config = config_from_file(f"{args.reference_dir}/qwen2_5_vl_{args.model}_architecture.json")
+        config = config_from_file(os.path.join(args.reference_dir, f"qwen2_5_vl_{args.model}.json"))
         ids = tiny_qwen_config(tokenizer)  # the tokenizer's special-token ids
         for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
                      "bos_token_id", "eos_token_id", "pad_token_id"):
@@ -258,7 +260,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak table")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="override the HBM table")
-    parser.add_argument("--reference-dir", default="/work/shared/reference")
+    parser.add_argument("--reference-dir", default=REAL_CONFIG_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)

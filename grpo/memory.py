@@ -51,8 +51,10 @@ import math
 import os
 from dataclasses import dataclass
 
+from models.configs import REAL_CONFIG_DIR
+
 GiB = 1024 ** 3
-REFERENCE_DIR = os.environ.get("SEGZERO_REFERENCE_DIR", "/work/shared/reference")
+REFERENCE_DIR = os.environ.get("SEGZERO_REFERENCE_DIR", REAL_CONFIG_DIR)
 PATCHES_PER_IMAGE = 3600  # 840 x 840 px in 14 px patches: 60 * 60
 KV_BYTES = 2  # bf16 cache
 
@@ -95,7 +97,7 @@ def arch_from_reference(size: str, reference_dir: str = REFERENCE_DIR) -> Arch:
 
     if size not in ("3b", "7b"):
         raise ValueError(f"model must be '3b' or '7b', got {size!r}")
-    path = os.path.join(reference_dir, f"qwen2_5_vl_{size}_architecture.json")
+    path = os.path.join(reference_dir, f"qwen2_5_vl_{size}.json")
     config = Qwen2_5_VLConfig.from_json_file(path)
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)

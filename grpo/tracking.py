@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,7 @@ class Tracker:
         if not is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_rows_after(start_step)
         if progress:
             from tqdm import tqdm
 
@@ -84,6 +86,25 @@ class Tracker:
                       "metrics.jsonl only", flush=True)
             else:
                 self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
+
+    def _drop_rows_after(self, start_step: int) -> None:
+        """Drop the "train" rows of steps > start_step: a resumed run re-logs the steps that its
+        crashed predecessor logged after its last checkpoint, and a fresh run (start_step 0) starts
+        its curve anew. Rows of other phases (the warm start) stay; a torn last line (crash
+        mid-write) is dropped. Rewritten atomically."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and not (row.get("phase") == "train" and row.get("step", 0) > start_step):
+                kept.append(line + "\n")
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: dict[str, Any], phase: str = "train") -> None:
         if not self.is_main:

@@ -12,10 +12,13 @@ in the original frame), and writes in ``--out``:
 - ``overlay.png``: the image with the mask, box and points drawn (``models.draw.overlay``);
 - ``prediction.json``: query, completion, reasoning, status, coordinates, image size, mask area.
 
-``--tiny`` builds the random tiny Qwen2.5-VL (``models.tiny``) and tiny SAM2
-(``models.segmenter``): the text is garbage, but the whole path runs on a CPU machine without any
-download. Without ``--tiny``, ``--model`` is required; SAM2 comes from ``--sam2-config`` +
-``--sam2-checkpoint``, or ``--sam2 HUB_ID`` (default ``facebook/sam2-hiera-large``, the authors').
+``--tiny`` fills in every model the command line does not name with a random tiny one: the tiny
+Qwen2.5-VL (``models.tiny``) unless ``--model`` is given, the tiny SAM2 (``models.segmenter``)
+unless a SAM2 option is given. ``--tiny`` alone runs the whole path on a CPU machine without any
+download (the text is garbage); ``--model runs/tiny/hf_export --tiny`` runs the policy exported by
+the default training run with the tiny SAM2. Without ``--tiny``, ``--model`` is required; SAM2
+comes from ``--sam2-config`` + ``--sam2-checkpoint``, or ``--sam2 HUB_ID`` (default
+``facebook/sam2-hiera-large``, the authors').
 
 User mistakes (missing or config-only weights, unreadable image, CUDA unavailable, missing SAM2
 checkpoint, contradictory options) end with exit code 2 and one line "error: ..." on stderr saying
@@ -58,16 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-think", action="store_true", help="non-CoT prompt: answer only (paper Table 1)")
     parser.add_argument("--single-quotes", action="store_true",
                         help="also accept {'bbox': ...} answers (off by default: evaluation parses like training)")
-    parser.add_argument("--tiny", action="store_true", help="random tiny Qwen2.5-VL and SAM2: runs anywhere, garbage text")
+    parser.add_argument("--tiny", action="store_true",
+                        help="random tiny Qwen2.5-VL (unless --model) and tiny SAM2 (unless --sam2*): runs anywhere")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --tiny models")
     return parser
 
 
+def sam2_given(args: argparse.Namespace) -> bool:
+    """Whether the command line names a SAM2 (config + checkpoint, or hub id)."""
+    return any(getattr(args, name) for name in ("sam2_config", "sam2_checkpoint", "sam2"))
+
+
 def check_args(args: argparse.Namespace) -> str:
     """Option consistency and the device; returns the device. Raises UsageError."""
-    sam2_options = [name for name in ("sam2_config", "sam2_checkpoint", "sam2") if getattr(args, name)]
-    if args.tiny and (args.model or sam2_options):
-        raise UsageError("--tiny builds its own models: drop --model / --sam2* or drop --tiny")
     if not args.tiny and not args.model:
         raise UsageError("no reasoning model: pass --model PATH_OR_HUB_ID (e.g. a Seg-Zero checkpoint) or --tiny")
     if bool(args.sam2_config) != bool(args.sam2_checkpoint):
@@ -95,7 +101,7 @@ def load_models(args: argparse.Namespace, device: str):
             f"or use --sam2 HUB_ID"
         )
     try:
-        if args.tiny:
+        if args.tiny and not args.model:
             from models.tiny import build_tiny_qwen
 
             model, processor = build_tiny_qwen(seed=args.seed)
@@ -108,7 +114,7 @@ def load_models(args: argparse.Namespace, device: str):
     policy = SegZeroPolicy(model, processor, with_example=not args.no_example, think=not args.no_think)
 
     try:
-        if args.tiny:
+        if args.tiny and not sam2_given(args):
             segmenter = Segmenter.tiny(seed=args.seed, device=device)
         elif args.sam2_config:
             segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                  os.path.join(args.out, "overlay.png"))
     record = {
         "image": os.path.abspath(args.image), "query": args.query, "width": width, "height": height,
-        "model": "tiny" if args.tiny else args.model, "prompt_mode": args.prompt_mode,
+        "model": args.model or "tiny", "prompt_mode": args.prompt_mode,
         "completion": prediction.completion, "reasoning": prediction.reasoning, "status": prediction.status,
         "bbox_840": prediction.bbox_840, "points_840": prediction.points_840,
         "bbox": prediction.bbox, "points": prediction.points, "mask_area": int(prediction.mask.sum()),

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from models.configs import REAL_CONFIG_DIR, real_config_path  # noqa: F401  (re-exported)
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -150,7 +151,7 @@ def load_policy(
 
 
 def config_from_file(path: str | os.PathLike) -> Qwen2_5_VLConfig:
-    """A Qwen2_5_VLConfig from a config.json (e.g. /work/shared/reference/*.json)."""
+    """A Qwen2_5_VLConfig from a config.json (e.g. ``real_config_path("3b")``)."""
     return Qwen2_5_VLConfig.from_json_file(os.fspath(path))
 
 

@@ -1,5 +1,6 @@
 """models.infer (one-image CLI) and models.draw (overlays, PNG writers, evaluation panel)."""
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 import models.tiny
 from models import draw, infer
 from models.draw import mask_to_png, overlay, panel, save_rgb_png, text_block
-from models.policy import SegZeroPolicy
+from models.policy import SegZeroPolicy, real_config_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -186,7 +187,11 @@ def test_missing_sam2_checkpoint_and_option_mistakes(tmp_path, image_path, capsy
     _expect_error(base + ["--model", str(tmp_path), "--sam2-config", "configs/sam2.1/sam2.1_hiera_l.yaml",
                           "--sam2-checkpoint", str(tmp_path / "sam2.pt")], capsys, "SAM2 checkpoint not found", "sam2.pt")
     _expect_error(base, capsys, "pass --model PATH_OR_HUB_ID", "--tiny")
-    _expect_error(base + ["--tiny", "--model", "x/y"], capsys, "--tiny builds its own models")
+    # --tiny only fills in what is not named: a named --model is still loaded (and checked) as given
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(real_config_path("3b"), config_only / "config.json")
+    _expect_error(base + ["--tiny", "--model", str(config_only)], capsys, "no weights")
     _expect_error(base + ["--model", "x/y", "--sam2-config", "c.yaml"], capsys, "go together")
     _expect_error(base + ["--tiny", "--max-new-tokens", "0"], capsys, "--max-new-tokens must be >= 1, got 0")
     (tmp_path / "file").write_text("")

@@ -1,19 +1,21 @@
 """Policy (models/prompt.py, models/policy.py): the SPEC prompt, loading errors, the real 3B/7B
 shapes on the meta device, prompt batches, and the parity of response log-probs."""
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from models.configs import REAL_CONFIG_DIR
 from models.policy import (
     SegZeroPolicy, config_from_file, left_align, load_policy, prepare_inputs, response_logprobs,
 )
 from models.prompt import EXAMPLE_ANSWER, build_messages, build_prompt, normalize_query
 from models.tiny import build_tiny_qwen
 
-REFERENCE = "/work/shared/reference/qwen2_5_vl_{}_architecture.json"
+REFERENCE = os.path.join(REAL_CONFIG_DIR, "qwen2_5_vl_{}.json")
 
 
 # ------------------------------------------------------------------ prompt (SPEC section 2)
