@@ -15,7 +15,8 @@ One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B 
                grad clip, optimizer step (grpo.update)
   7. log + checkpoint (grpo.tracking, grpo.checkpoint)
 Departures from the paper: the tiny preset warm-starts the random tiny policy with a short SFT
-pass (``warmstart_sft_steps``) so that it emits the format at all; the real presets do not.
+pass (``warmstart_sft_steps``) so that it emits the format at all, and samples at temperature 0.7
+with the soft accuracy rewards (grpo.recipe.preset_tiny says why); the real presets do neither.
 Rollouts are seeded per (seed, step, prompt position), so the samples do not depend on the number
 of ranks and a resumed run draws exactly what an uninterrupted run would.
 """

@@ -305,20 +305,44 @@ def check_world_size(cfg: Config, world_size: int) -> None:
 def preset_tiny() -> dict:
     """Tiny random Qwen2.5-VL, synthetic shapes, CPU + gloo: the default run; shows learning in minutes.
 
-    Launch (2 processes on 2 CPU cores, about 10 minutes):
+    Launch (2 processes on 2 CPU cores, about 7 minutes):
         torchrun --nproc_per_node=2 train.py
     or one process:
         python train.py
+
+    What it does: a 200-step SFT warm start (8 prompts/step, lr 1e-3) on the SAME synthetic
+    training rows that GRPO then uses, with a one-sentence reasoning ("{query} is the target."),
+    deliberately partial: the policy writes the tags but half of its answers are not valid JSON
+    (it gets the digit count of the coordinates wrong). Then 90 GRPO steps, 8 prompts x G=8.
+    Choices: temperature 0.7 (at 1.0 almost no sample parses, so groups carry little signal);
+    soft accuracy rewards (paper Table 4 ablation; with the hard thresholds IoU > 0.5 / L1 < 10 px
+    the box terms of a 16-image-token model stay at 0 and only the format terms can move);
+    lr 3e-4 with the paper's KL (5e-3, k3); no entropy bonus (the run is meant to sharpen the
+    policy); 96 new tokens (the warm-start target is ~70-80 tokens, digits one per token).
+
+    Measured 2026-11-25 on 2 CPU cores (shared machine), seed 0:
+      wall time (time torchrun ...) ............. 7 min 05 s (warm start 1 min 42 s, GRPO ~3.3 s/step)
+      held-out (32 samples, greedy), after the warm start -> after GRPO:
+        thinking_format 0.97 -> 1.00   segmentation_format 0.53 -> 0.91   bbox_l1 (soft) 0.39 -> 0.68
+        bbox_iou (soft) 0.00 -> 0.01   point_l1 (soft) 0.00 -> 0.00       total 1.89 -> 2.60
+        parse_fail 0.47 -> 0.09
+      metrics.jsonl reward/total (sampled, T=0.7), mean of the first vs last 10 GRPO steps:
+        1.49 -> 2.31 (segmentation_format 0.43 -> 0.81, bbox_l1 0.21 -> 0.53, parse_fail 0.57 ->
+        0.20); kl rises to ~0.33, entropy falls 0.88 -> 0.51.
+    Expect the same shape on another machine, not the same digits. What is learned is the answer
+    FORMAT and a box prior: the tiny policy ends up writing one box for every image (e.g. [333,
+    333, 333, 333]), so box_iou_proxy stays ~0; localisation needs a real model.
     """
     return {
         "model.model_path": "tiny", "model.dtype": "float32",
-        "data.data_path": "synthetic", "data.num_synthetic": 512, "data.heldout_size": 16,
-        "rollout.group_size": 4, "rollout.max_new_tokens": 48, "rollout.temperature": 1.0,
+        "data.data_path": "synthetic", "data.num_synthetic": 512, "data.heldout_size": 32,
+        "rollout.group_size": 8, "rollout.max_new_tokens": 96, "rollout.temperature": 0.7,
+        "reward.soft_accuracy": True,
         "grpo.kl_coef": 5e-3, "grpo.entropy_coef": 0.0, "grpo.micro_batch_size": 8,
         "optim.lr": 3e-4, "optim.weight_decay": 0.0, "optim.warmup_steps": 0,
         "parallel.device": "cpu",
-        "train.max_steps": 20, "train.prompts_per_step": 4, "train.output_dir": "runs/tiny",
-        "train.checkpoint_every": 10, "train.warmstart_sft_steps": 60, "train.warmstart_lr": 1e-3,
+        "train.max_steps": 90, "train.prompts_per_step": 8, "train.output_dir": "runs/tiny",
+        "train.checkpoint_every": 30, "train.warmstart_sft_steps": 200, "train.warmstart_lr": 1e-3,
     }
 
 

@@ -5,7 +5,7 @@ Here SFT trains the policy to write the ground-truth answer text:
 
     target(sample) = rewards.format_answer(bbox_gt, points_gt, reasoning, think)
                      + EOS (<|im_end|>)
-    reasoning      = "the {query} is the target." (a short templated sentence: the datasets carry
+    reasoning      = "{query} is the target." (a short templated sentence: the datasets carry
                      no reasoning text; the paper's SFT baseline has none either, so with
                      think=True this only teaches the tag format)
 
@@ -18,6 +18,12 @@ gradient of 1 rank with the whole batch equals the SUM over ranks of the gradien
 
 Departure: the paper's SFT baseline details (epochs, lr) are not given; we reuse the GRPO data,
 optimizer and checkpoint machinery unchanged.
+
+The tiny run's warm start (``train.warmstart_sft_steps``, train.py ``warm_start``) is this same
+step on the SAME synthetic training rows that GRPO then uses (another shuffling seed): it only has
+to teach the random tiny policy the answer format. The reasoning is kept to one short sentence so
+that the whole target (~70-80 tiny-tokenizer tokens, digits one per token) fits the tiny preset's
+96-token response budget.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from rewards import format_answer
 
 def reasoning_text(query: str) -> str:
     """The templated reasoning of the SFT target (think variant)."""
-    return f"the {normalize_query(query).strip()} is the target."
+    return f"{normalize_query(query).strip()} is the target."
 
 
 def sft_target(sample: Sample, think: bool = True) -> str:
