@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> Path:
                                    max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
         else:
             with timer("rollout"):  # 2. prompts -> G samples per prompt
-                rollouts = rollout(cfg, policy, samples, step, sampler.positions(step))
+                ro = rollout(cfg, policy, samples, step, sampler.positions(step))
             with timer("reward"):  # 3. text-only rewards, [N]
                 solutions = [s.solution for s in samples for _ in range(cfg.rollout.group_size)]
-                rb = score_completions([t for r in rollouts for t in r.texts], solutions,
+                rb = score_completions(ro.texts, solutions,
                                        strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
                                        think=cfg.rollout.think)
-            buffer = make_buffer(rollouts, rb, cfg, info.device)  # 4. advantages inside
+            buffer = make_buffer(ro, rb, cfg, info.device)  # 4. advantages inside
             with timer("reference"):  # 5. frozen-reference log-probs
                 if ref is not None:
                     with torch.no_grad():
@@ -207,43 +207,36 @@ def build_update_config(cfg: Config) -> UpdateConfig:
 
 
 def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):
-    """One Rollout per prompt, each with its own generator seeded by (seed, step, stream position),
-    so the samples of a prompt do not depend on how the batch is split over ranks."""
-    out = []
+    """G samples for each of this rank's B prompts, in ONE batched rollout (one prefill of the B
+    prompts, N = B * G rows decoded together). Prompt b draws from its own generator seeded by
+    (seed, step, stream position), so its samples do not depend on how the global batch is split
+    over ranks."""
+    generators = [torch.Generator(policy.device).manual_seed((cfg.train.seed * 1_000_003 + step) * 1_000_003 + pos)
+                  for pos in positions]
     policy.model.eval()
     with unsharded_for_generation(policy.model), torch.no_grad():
-        for sample, pos in zip(samples, positions):
-            gen = torch.Generator(policy.device).manual_seed(
-                (cfg.train.seed * 1_000_003 + step) * 1_000_003 + pos)
-            out.append(policy.rollout([sample.image], [sample.query], cfg.rollout.group_size,
-                                      max_new_tokens=cfg.rollout.max_new_tokens,
-                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                      generator=gen))
+        out = policy.rollout([s.image for s in samples], [s.query for s in samples], cfg.rollout.group_size,
+                             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                             top_p=cfg.rollout.top_p, generator=generators)
     policy.model.train()
     return out
 
 
-def _pad_cat(tensors: list[torch.Tensor], value) -> torch.Tensor:
-    """Concatenate [n_i, L_i] tensors along rows, right-padding to max L_i -> [sum n_i, max L_i]."""
-    width = max(t.shape[1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
-
-
-def make_buffer(rollouts, rb, cfg: Config, device) -> RolloutBuffer:
-    """Per-prompt rollouts + rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G)."""
+def make_buffer(ro, rb, cfg: Config, device) -> RolloutBuffer:
+    """The rollout + its rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G)."""
     G = cfg.rollout.group_size
+    num_prompts = ro.response_ids.shape[0] // G
     rewards = torch.as_tensor(rb.total, dtype=torch.float32, device=device)  # [N]
-    mask = _pad_cat([r.response_mask for r in rollouts], 0)  # [N, L]
     return RolloutBuffer(
-        response_ids=_pad_cat([r.response_ids for r in rollouts], 0),  # [N, L] (pad ids are masked)
-        response_mask=mask,
-        old_logp=_pad_cat([r.logp.float() for r in rollouts], 0.0),  # [N, L]
+        response_ids=ro.response_ids,  # [N, L] (pad ids after EOS are masked)
+        response_mask=ro.response_mask,  # [N, L]
+        old_logp=ro.logp.float(),  # [N, L] sampling log-probs = old log-probs (one step per rollout)
         rewards=rewards,
         advantages=group_advantages(rewards, G, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std,
                                     estimator=cfg.grpo.adv_estimator),
-        group_ids=torch.arange(len(rollouts), device=device).repeat_interleave(G),  # [N]
+        group_ids=torch.arange(num_prompts, device=device).repeat_interleave(G),  # [N]
         reward_terms={k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in rb.terms.items()},
-        prompts=[r.batch for r in rollouts],
+        prompts=[ro.batch.select([b]) for b in range(num_prompts)],  # each prompt's own inputs, unpadded
     )
 
 

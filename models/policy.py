@@ -597,8 +597,11 @@ class SegZeroPolicy:
                                  temperature=temperature, return_entropy=return_entropy)
 
     def rollout(self, images, queries, group_size: int, *, max_new_tokens: int, temperature: float = 1.0,
-                top_p: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
-        """G responses per (image, query), sampled (or greedy) with the shared-prefix engine."""
+                top_p: float = 1.0, greedy: bool = False,
+                generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Rollout:
+        """G responses per (image, query), sampled (or greedy) with the shared-prefix engine.
+
+        ``generator``: one for the batch or one per prompt (see :func:`models.rollout.generate`)."""
         from models.rollout import generate  # models.rollout imports this module
 
         batch = self.prepare(images, queries)

@@ -13,7 +13,10 @@ Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance
    + number of real tokens), so decode token t is at ``next_pos + t``.
 4. Sampling in float32: s = logits / T; greedy takes argmax(s); otherwise top-p (nucleus)
    filtering of softmax(s), then inverse-CDF sampling: one uniform u per row and step, drawn with
-   the optional ``torch.Generator`` for ALL N rows whatever rows are still in the batch, and the
+   the optional ``torch.Generator`` for ALL N rows whatever rows are still in the batch (or, given
+   one generator per prompt, G uniforms from each prompt's own generator: a prompt's samples then
+   do not depend on which other prompts share the batch, which lets the trainer batch a rank's
+   prompts and still draw what any other split over ranks would draw), and the
    token is the first index whose cumulative probability exceeds u * total. Because the random
    stream does not depend on which rows are being decoded, removing finished rows (below) leaves
    every sampled token unchanged (tested: same generator seed -> same tokens and log-probs with and
@@ -52,6 +55,7 @@ token for token); the attention of the decode steps spans all P + max_new_tokens
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -131,19 +135,29 @@ def generate(
     greedy: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     check_every: int = 16,
     compact: bool = True,
 ) -> Generation:
     """Decode ``group_size`` responses for each prompt of ``batch`` from one shared prefill.
 
-    ``compact``: remove finished rows from the batch at each check (see the module docstring).
+    ``generator``: one ``torch.Generator`` for the whole batch, or one per prompt (B of them: the
+    G samples of prompt b then depend only on generator b). ``compact``: remove finished rows from
+    the batch at each check (see the module docstring).
     """
     _check_args(group_size, max_new_tokens, temperature, top_p, check_every)
     batch = left_align(batch)
     device = batch.device
     num_prompts, prompt_len = batch.input_ids.shape
     num_rows = num_prompts * group_size
+    if isinstance(generator, Sequence) and len(generator) != num_prompts:
+        raise ValueError(f"got {len(generator)} generators for {num_prompts} prompts: pass one per prompt or one")
+
+    def draw_uniforms() -> torch.Tensor:
+        """[N] uniforms in [0, 1) for every output row, whatever rows are still decoding."""
+        if isinstance(generator, Sequence):
+            return torch.cat([torch.rand(group_size, generator=g, device=device) for g in generator])
+        return torch.rand(num_rows, generator=generator, device=device)
 
     # 1. prefill B prompts (each image encoded once), logits of the last column only
     pos, next_pos = prompt_positions(model, batch)  # [3, B, P], [B]
@@ -185,7 +199,7 @@ def generate(
             next_tok = scaled.argmax(-1)  # [n]
         else:
             # uniforms for all N rows every step, so the stream ignores the working set
-            uniform = torch.rand(num_rows, generator=generator, device=device)[rows]  # [n]
+            uniform = draw_uniforms()[rows]  # [n]
             next_tok = sample_inverse_cdf(top_p_filter(torch.softmax(scaled, dim=-1), top_p), uniform)
         next_tok = next_tok.masked_fill(finished, pad_token_id)
         tokens[rows, step] = next_tok

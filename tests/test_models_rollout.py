@@ -1,24 +1,17 @@
 """Rollout engine (models/rollout.py) on the tiny model: top-p filter numbers, log-prob parity
 with a separate forward, greedy parity with transformers' generate, and the EOS mask."""
-import numpy as np
 import pytest
 import torch
 
 from models.policy import SegZeroPolicy, response_logprobs
 from models.rollout import generate, top_p_filter
 from models.tiny import build_tiny_qwen
-
-QUERIES = ["the red circle", "the largest blue square left of the green triangle and the star"]
+from tiny_inputs import QUERIES, random_images
 
 
 @pytest.fixture(scope="module")
 def policy():
     return SegZeroPolicy(*build_tiny_qwen(seed=0))
-
-
-def _images(n, seed=0):
-    rs = np.random.RandomState(seed)
-    return [rs.randint(0, 256, (50 + 9 * i, 64, 3), dtype=np.uint8) for i in range(n)]
 
 
 def test_top_p_filter_hand_computed():
@@ -33,7 +26,7 @@ def test_top_p_filter_hand_computed():
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (0.7, 0.9)])
 def test_rollout_logprobs_equal_a_separate_forward(policy, temperature, top_p):
     gen = torch.Generator().manual_seed(0)
-    out = policy.rollout(_images(2), QUERIES, 3, max_new_tokens=10, temperature=temperature,
+    out = policy.rollout(random_images(2), QUERIES, 3, max_new_tokens=10, temperature=temperature,
                          top_p=top_p, generator=gen)
     assert out.response_ids.shape[0] == 6 and out.logp.shape == out.response_ids.shape
     with torch.no_grad():
@@ -46,16 +39,16 @@ def test_rollout_logprobs_equal_a_separate_forward(policy, temperature, top_p):
 
 
 def test_same_generator_seed_gives_same_samples(policy):
-    a = policy.rollout(_images(1), QUERIES[:1], 2, max_new_tokens=6,
+    a = policy.rollout(random_images(1), QUERIES[:1], 2, max_new_tokens=6,
                        generator=torch.Generator().manual_seed(7))
-    b = policy.rollout(_images(1), QUERIES[:1], 2, max_new_tokens=6,
+    b = policy.rollout(random_images(1), QUERIES[:1], 2, max_new_tokens=6,
                        generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logp, b.logp)
 
 
 def test_greedy_equals_transformers_generate(policy):
     model = policy.model
-    batch = policy.prepare(_images(2), QUERIES)
+    batch = policy.prepare(random_images(2), QUERIES)
     new = 12
     with torch.no_grad():
         ref = model.generate(
@@ -70,7 +63,7 @@ def test_greedy_equals_transformers_generate(policy):
                    pad_token_id=policy.pad_token_id, greedy=True)
     assert got.response_ids.shape == (4, new)
     assert torch.equal(got.response_ids, ref.repeat_interleave(2, 0))
-    texts = policy.complete(_images(2), QUERIES, max_new_tokens=new)
+    texts = policy.complete(random_images(2), QUERIES, max_new_tokens=new)
     assert texts == policy.processor.tokenizer.batch_decode(ref, skip_special_tokens=True)
 
 
@@ -83,7 +76,7 @@ def test_mask_ends_at_first_eos_and_pads_after(policy):
 
     handle = model.lm_head.register_forward_hook(favour_eos)
     try:
-        out = policy.rollout(_images(2), QUERIES, 4, max_new_tokens=40,
+        out = policy.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
                              generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             again = response_logprobs(model, out.batch, out.response_ids, out.response_mask, 4)
@@ -108,7 +101,7 @@ def test_mask_ends_at_first_eos_and_pads_after(policy):
 
 
 def test_generate_argument_errors(policy):
-    batch = policy.prepare(_images(1), QUERIES[:1])
+    batch = policy.prepare(random_images(1), QUERIES[:1])
     kwargs = dict(eos_token_id=policy.eos_token_id, pad_token_id=policy.pad_token_id)
     for bad in [dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=0.0),
                 dict(max_new_tokens=4, top_p=0.0), dict(max_new_tokens=4, top_p=1.5)]:

@@ -1,24 +1,17 @@
 """Rollout engine with finished rows leaving the batch (models/rollout.py, compact=True) against the
 first version (compact=False), the inverse-CDF sampler, and a plain forward's log-probs."""
-import numpy as np
 import pytest
 import torch
 
 from models.policy import SegZeroPolicy, plain_logprobs
 from models.rollout import generate, sample_inverse_cdf
 from models.tiny import build_tiny_qwen
-
-QUERIES = ["the red circle", "the largest blue square left of the green triangle and the star"]
+from tiny_inputs import QUERIES, random_images
 
 
 @pytest.fixture(scope="module")
 def policy():
     return SegZeroPolicy(*build_tiny_qwen(seed=0))
-
-
-def _images(n, seed=0):
-    rs = np.random.RandomState(seed)
-    return [rs.randint(0, 256, (50 + 9 * i, 64, 3), dtype=np.uint8) for i in range(n)]
 
 
 def test_inverse_cdf_hand_computed():
@@ -63,7 +56,7 @@ def _run(policy, batch, compact, sizes, temperature=0.8, top_p=1.0):
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
 def test_compaction_leaves_tokens_and_logprobs_unchanged(policy, top_p):
-    batch = policy.prepare(_images(2), QUERIES)
+    batch = policy.prepare(random_images(2), QUERIES)
     sizes_c, sizes_p = [], []
     comp, plain_c = _run(policy, batch, True, sizes_c, top_p=top_p)
     full, plain_f = _run(policy, batch, False, sizes_p, top_p=top_p)
@@ -85,7 +78,7 @@ def test_compaction_leaves_tokens_and_logprobs_unchanged(policy, top_p):
 
 def test_all_finished_stops_early(policy):
     # with EOS forced, every row ends at step 0; the loop stops at the first check (step 4)
-    batch = policy.prepare(_images(1), QUERIES[:1])
+    batch = policy.prepare(random_images(1), QUERIES[:1])
     sizes = []
     model, eos = policy.model, policy.eos_token_id
 
@@ -103,3 +96,29 @@ def test_all_finished_stops_early(policy):
         handle.remove()
     assert out.response_ids.shape == (3, 1) and bool((out.response_ids == eos).all())
     assert len(sizes) == 1 + 3  # prefill, then decode steps 1..3 before the check after step 3
+
+
+def test_one_generator_per_prompt_makes_samples_independent_of_the_batch(policy):
+    """Prompt b of a batched rollout with generators [g_0, g_1] draws exactly what a rollout of
+    prompt b alone with g_b draws: how the trainer batches a rank's prompts and still samples what
+    any other split of the global batch over ranks would."""
+    images = random_images(2, seed=4)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    kwargs = dict(max_new_tokens=24, temperature=1.0)
+    both = policy.rollout(images, QUERIES, 3, generator=gens(11, 12), **kwargs)
+    for b, seed in enumerate((11, 12)):
+        alone = policy.rollout(images[b:b + 1], QUERIES[b:b + 1], 3, generator=gens(seed), **kwargs)
+        rows = slice(3 * b, 3 * b + 3)
+        width = alone.response_ids.shape[1]
+        assert torch.equal(both.response_ids[rows, :width], alone.response_ids)
+        assert torch.equal(both.response_mask[rows, :width], alone.response_mask)
+        assert both.response_mask[rows, width:].sum() == 0
+        torch.testing.assert_close(both.logp[rows, :width], alone.logp, atol=1e-5, rtol=0)
+    # the samples are random: the two prompts' streams differ, and a different seed differs
+    other = policy.rollout(images[:1], QUERIES[:1], 3, generator=gens(99), **kwargs)
+    assert not torch.equal(other.response_ids[:, :4], both.response_ids[:3, :4])
+    with pytest.raises(ValueError, match="one per prompt"):
+        policy.rollout(images, QUERIES, 3, generator=gens(1), **kwargs)
