@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sam2_given(args: argparse.Namespace) -> bool:
+    """Whether the command line names a SAM2 (hub id, or config + checkpoint)."""
+    return bool(args.sam2 or args.sam2_config or args.sam2_checkpoint)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line; fills the preset and SPEC defaults."""
     args = build_parser().parse_args(argv)
@@ -117,11 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in TINY_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
-        if args.model or args.sam2 or args.sam2_config or args.sam2_checkpoint:
-            raise ValueError("--preset tiny builds its own models: drop --model / --sam2*")
-    else:
-        if not args.model:
-            raise ValueError("--model is required (or --preset tiny)")
+    elif not args.model:
+        raise ValueError("--model is required (or --preset tiny)")
+    # --preset tiny fills in the models the command line does not name with random tiny ones
+    # (e.g. --model runs/tiny/hf_export evaluates the default training run's policy + tiny SAM2)
+    if sam2_given(args) or args.preset != "tiny":
         if bool(args.sam2_config) != bool(args.sam2_checkpoint):
             raise ValueError("--sam2-config and --sam2-checkpoint go together, got "
                              f"config={args.sam2_config!r}, checkpoint={args.sam2_checkpoint!r}")
@@ -189,14 +194,16 @@ def build_pipeline(args: argparse.Namespace, device: str):
     from models.policy import SegZeroPolicy, load_policy
     from models.segmenter import Segmenter
 
-    if args.preset == "tiny":
+    if args.model:
+        model, processor = load_policy(args.model, device=device)
+    else:  # --preset tiny
         from models.tiny import build_tiny_qwen
 
         model, processor = build_tiny_qwen(seed=0)
         model = model.to(device)
+    if args.preset == "tiny" and not sam2_given(args):
         segmenter = Segmenter.tiny(seed=0, device=device)
     else:
-        model, processor = load_policy(args.model, device=device)
         if args.sam2_config:
             segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
         else:
@@ -286,4 +293,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:  # user mistakes: one line, no traceback
+        sys.exit(f"error: {err}")

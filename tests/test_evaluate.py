@@ -174,6 +174,11 @@ def test_bad_arguments():
         evaluate.parse_args(["--preset", "tiny", "--output-dir", "x", "--batch-size", "0"])
     with pytest.raises(ValueError, match="sam2-config"):
         evaluate.parse_args(["--model", "m", "--data", "d", "--output-dir", "x", "--sam2-config", "c"])
+    # --preset tiny fills in only the models that are not named
+    args = evaluate.parse_args(["--preset", "tiny", "--model", "runs/tiny/hf_export", "--output-dir", "x"])
+    assert (args.model, args.sam2, args.data) == ("runs/tiny/hf_export", None, "synthetic:8")
+    with pytest.raises(ValueError, match="sam2-config"):
+        evaluate.parse_args(["--preset", "tiny", "--output-dir", "x", "--sam2-config", "c"])
     with pytest.raises(ValueError):
         shard_indices(10, 2, 2)
     assert list(shard_indices(7, 1, 3)) == [1, 4]
@@ -302,3 +307,10 @@ def test_tiny_preset_one_and_two_ranks_and_recompute(tmp_path, capsys):
     evaluate.main(["--recompute", str(tmp_path / "one")])
     assert table_lines(capsys.readouterr().out) == table_lines(one)
     assert os.path.exists(tmp_path / "one" / "vis" / "index.html")
+
+
+def test_command_line_mistake_is_one_line_without_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "evaluate.py", "--data", "synthetic", "--output-dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.strip() == "error: --model is required (or --preset tiny)"
