@@ -141,8 +141,11 @@ def load_policy(
     _check_checkpoint(name_or_path)
 
     torch_dtype = _resolve_dtype(dtype, device)
-    pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-    processor = AutoProcessor.from_pretrained(name_or_path, **pixel_kwargs)
+    processor = AutoProcessor.from_pretrained(name_or_path)
+    if min_pixels or max_pixels:  # the pixel budget is the image processor's size (min/max pixels)
+        size = processor.image_processor.size
+        processor = AutoProcessor.from_pretrained(name_or_path, size={
+            "shortest_edge": min_pixels or size.shortest_edge, "longest_edge": max_pixels or size.longest_edge})
     processor.tokenizer.padding_side = "left"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
