@@ -29,6 +29,8 @@ reconstructs the mask with IoU >= 0.6).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Sequence
 
 import numpy as np
@@ -110,17 +112,29 @@ def scale_to_frame(bbox: Sequence, points: Sequence[Sequence], width: int, heigh
     """Map a box and points from a W x H image to the frame x frame square (SPEC section 5).
 
     v' = int(v * frame / size + 0.5), x values by ``width``, y values by ``height``.
+
+    Raises:
+        ValueError: a size that is not a positive integer, a bbox that is not 4 values, a point
+            that is not [x, y], or a value that is not a finite real number (bools are refused:
+            ``True`` is not a coordinate).
     """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got width={width}, height={height}")
+    for size in (width, height):
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0:
+            raise ValueError(f"image size must be positive integers, got width={width!r}, height={height!r}")
     if len(bbox) != 4:
         raise ValueError(f"bbox must have 4 values [x1, y1, x2, y2], got {bbox!r}")
 
+    def checked(v):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"coordinates must be finite real numbers, got {v!r} in bbox={bbox!r}, "
+                             f"points={points!r}")
+        return v
+
     def sx(v):
-        return int(v * frame / width + 0.5)
+        return int(checked(v) * frame / width + 0.5)
 
     def sy(v):
-        return int(v * frame / height + 0.5)
+        return int(checked(v) * frame / height + 0.5)
 
     x1, y1, x2, y2 = bbox
     new_points = []

@@ -17,7 +17,8 @@ _INT = r"\s*(-?\d+)\s*"
 _PAIR = r"\(" + _INT + "," + _INT + r"\)"
 _SOLUTION_RE = re.compile(
     r"^\s*<box>\s*" + _PAIR + r"\s*,\s*" + _PAIR + r"\s*</box>\s*"
-    r"<points>\s*" + _PAIR + r"\s*,\s*" + _PAIR + r"\s*</points>\s*$"
+    r"<points>\s*" + _PAIR + r"\s*,\s*" + _PAIR + r"\s*</points>\s*$",
+    re.ASCII,  # digits 0-9 only: int() would also accept e.g. Arabic-Indic digits
 )
 
 

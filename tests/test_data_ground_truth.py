@@ -127,6 +127,43 @@ def test_scale_to_frame_rounding():
         scale_to_frame([0, 0, 1, 1], [[0, 0], [0, 0]], width=0, height=5)
 
 
+def test_scale_to_frame_refuses_bools_non_finite_and_non_integer_sizes():
+    # True is an int to Python: unchecked, bbox [True, 0, 1, 1] in a 2 x 2 image became
+    # [int(1 * 840 / 2 + 0.5), ...] = [420, ...] and width=True scaled x by 840 / 1.
+    # NaN / inf used to escape as "cannot convert float NaN" / OverflowError without the value.
+    for bbox, points, width, height, message in [
+        ([True, 0, 1, 1], [[0, 0], [1, 1]], 2, 2, "got True"),
+        ([0, 0, 1, 1], [[np.bool_(True), 0], [1, 1]], 2, 2, "True"),  # repr np.True_
+        ([0, 0, 1, 1], [[0, 0], [1, 1]], True, 2, "width=True"),
+        ([0, 0, 1, 1], [[0, 0], [1, 1]], 2.5, 2, "width=2.5"),
+        ([math.nan, 0, 1, 1], [[0, 0], [1, 1]], 2, 2, "got nan"),
+        ([0, 0, 1, 1], [[math.inf, 0], [1, 1]], 2, 2, "got inf"),
+        (["1", 0, 1, 1], [[0, 0], [1, 1]], 2, 2, "got '1'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            scale_to_frame(bbox, points, width, height)
+    # numpy integers are fine: x by width 6 -> 3 * 140 = 420, y by height 5 -> 2 * 168 = 336.
+    assert scale_to_frame(np.array([3, 2, 3, 2]), [np.array([3, 2])] * 2, np.int64(6), np.int32(5)) == (
+        [420, 336, 420, 336], [[420, 336], [420, 336]])
+
+
+def test_one_row_image_and_border_touching_line():
+    # 1 x 5 image, mask [0, 1, 1, 1, 0]. D = [0, 1, 2, 1, 0] (col 2 is 2 from cols 0 and 4).
+    # p1 = (row 0, col 2). Distances to p1: [1, 0, 1], median 1, none strictly greater -> fallback:
+    # cy = int(0) = 0, cx = int(6 / 3) = 2; window rows [-10, 10) -> [0, 1), cols [-8, 12) -> [0, 5);
+    # its max of D is col 2 -> p2 = p1 = (2, 0). bbox [1, 0, 3, 0].
+    # 840 frame: x * 840 / 5 = x * 168; y * 840 / 1 = 0 for y = 0.
+    m = np.array([[0, 1, 1, 1, 0]], dtype=np.uint8)
+    assert ground_truth_from_mask(m) == ([1, 0, 3, 0], [[2, 0], [2, 0]])
+    assert solution_from_mask(m) == {"bbox": [168, 0, 504, 0], "points": [[336, 0], [336, 0]]}
+    # A vertical line touching the top border: rows 0..2 of col 1 in a 4 x 3 image. The border is
+    # not background ("on M as is"): D = [1, 1, 1] (every pixel has a zero left/right neighbour).
+    # p1 = first max = (row 0, col 1). Distances [0, 1, 2], median 1, far = {row 2} -> p2 = (1, 2).
+    m = np.zeros((4, 3), dtype=np.uint8)
+    m[0:3, 1] = 1
+    assert ground_truth_from_mask(m) == ([1, 0, 1, 2], [[1, 0], [1, 2]])
+
+
 def test_solution_from_mask_in_840_frame():
     # The 3 x 5 rectangle above in a 5 x 7 image: bbox [1, 1, 5, 3], points (2, 2), (4, 2).
     # x * 840 / 7 = x * 120; y * 840 / 5 = y * 168.
@@ -169,6 +206,9 @@ def test_solution_string_round_trip_and_errors():
             parse_solution(bad)
     with pytest.raises(ValueError, match="2 points"):
         format_solution({"bbox": [1, 2, 3, 4], "points": [[1, 2]]})
+    # Only ASCII digits: "\u0663" is ARABIC-INDIC DIGIT THREE, which int() would read as 3.
+    with pytest.raises(ValueError, match="malformed"):
+        parse_solution("<box>(\u0663,2),(3,4)</box><points>(5,6),(7,8)</points>")
 
 
 def test_load_and_resize_image(tmp_path):
