@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from grpo import RolloutBuffer, group_advantages, grpo_update
+from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
 from grpo.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo.parallel import (FORWARD_FUNCTION, StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> Path:
                 if ref is not None:
                     with torch.no_grad():
                         buffer.ref_logp = make_logprob_fn(ref, cfg, entropy=False)(buffer)[0]
-            with timer("update"):  # 6. clipped surrogate + KL - entropy, one optimizer step
-                metrics = grpo_update(make_logprob_fn(policy.model, cfg, entropy=True), optimizer,
-                                      buffer, update_cfg)
+            with timer("update"):  # 6. clipped surrogate + KL - entropy, ppo_epochs x mini-batches steps
+                metrics = update(policy.model, optimizer, buffer, cfg, update_cfg)
             metrics.update(global_reward_terms(rb, info.device))
         scheduler.step()
         metrics.update(timer.metrics(), lr=scheduler.get_last_lr()[0], epoch=sampler.epoch(step + 1),
@@ -185,7 +184,7 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int | None = None):
     """Linear warmup from 0 over warmup_steps, then constant or cosine to 0 at the last step."""
     warm, total = cfg.optim.warmup_steps, total_steps or cfg.train.max_steps
 
-    def factor(step: int) -> float:  # step = optimizer steps done so far
+    def factor(step: int) -> float:  # step = training steps (rollouts) done so far
         if warm and step < warm:
             return (step + 1) / warm
         if cfg.optim.lr_schedule == "cosine":
@@ -257,6 +256,16 @@ def make_logprob_fn(model, cfg: Config, entropy: bool):
         assert torch.equal(order, torch.arange(mb.num_seqs, device=order.device)), "groups not in row order"
         return torch.cat(logps), (torch.cat(ents) if entropy else None)
     return logprob_fn
+
+
+def update(model, optimizer, buffer: RolloutBuffer, cfg: Config, update_cfg: UpdateConfig) -> dict[str, float]:
+    """Step 6 (grpo.update). With one optimizer step per rollout the sampling log-probs in the
+    buffer are the old log-probs; with more (ppo_epochs > 1 or num_mini_batches > 1) pi_old is
+    first fixed by a no-grad pass of the trainer's own forward (grpo.update module docstring)."""
+    if not update_cfg.one_step_per_rollout:
+        buffer.old_logp = compute_old_logprobs(make_logprob_fn(model, cfg, entropy=False), buffer,
+                                               update_cfg.micro_batch_size)
+    return grpo_update(make_logprob_fn(model, cfg, entropy=True), optimizer, buffer, update_cfg)
 
 
 def global_reward_terms(rb, device) -> dict[str, float]:

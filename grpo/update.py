@@ -1,7 +1,7 @@
 """One GRPO update: PPO epochs x mini-batches, gradient accumulation with global normalisers.
 
     for epoch in ppo_epochs:
-        for mini-batch in num_mini_batches contiguous slices of the (local) rollout rows:
+        for mini-batch in num_mini_batches strided row sets of the (local) rollout (see below):
             counts  = all-reduce SUM (valid tokens, sequences) of this mini-batch over ranks
             for micro-batch of micro_batch_size rows:
                 logp, entropy = logprob_fn(micro)            current policy, with grad
@@ -30,8 +30,13 @@ them; then fill ``buffer.old_logp = compute_old_logprobs(logprob_fn, buffer, mic
 BEFORE the update, with the same temperature, so that the ratio is measured against one fixed
 policy (sampling log-probs from an inference engine may differ slightly from the trainer's).
 
-Mini-batches are contiguous row slices (no shuffling), so with whole groups per slice they keep
-groups together; the update never needs groups, only the precomputed advantages.
+Mini-batches are strided row sets: mini-batch k holds the local rows i with i % num_mini_batches
+== k (no shuffling). Why strided, not contiguous slices: rank r holds the global rows
+r * n + i (n local rows, a multiple of num_mini_batches), and (r * n + i) % M == i % M, so the
+global mini-batch k is the same set of rows whatever the number of ranks (contiguous local slices
+would pair rows 0..n/M of EVERY rank, which differs from 1 rank's first slice). Rows of one group
+stay adjacent inside a mini-batch; the update never needs whole groups, only the precomputed
+advantages.
 """
 from __future__ import annotations
 
@@ -110,6 +115,16 @@ def compute_old_logprobs(logprob_fn: LogprobFn, buffer: RolloutBuffer, micro_bat
     return torch.cat(parts, dim=0)  # [N, L]
 
 
+def mini_batch_rows(num_rows: int, num_mini_batches: int, k: int) -> torch.Tensor:
+    """Local rows [num_rows / num_mini_batches] of mini-batch k: i with i % num_mini_batches == k.
+
+    Example: 6 rows, 2 mini-batches -> [0, 2, 4] and [1, 3, 5]. With 12 global rows on 2 ranks
+    (global rows 0..5 and 6..11), rank 1's local [0, 2, 4] are global [6, 8, 10]: mini-batch 0 is
+    the even global rows on 2 ranks as on 1 (module docstring).
+    """
+    return torch.arange(k, num_rows, num_mini_batches)
+
+
 def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
     """Global grad 2-norm (clipping to max_norm when given); FSDP2 DTensor grads handled by torch."""
     norm = torch.nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)
@@ -145,14 +160,13 @@ def grpo_update(
     else:
         max_len = all_reduce(torch.tensor(float(buffer.max_len), device=device), "max", process_group).item()
 
-    rows_per_mini = num_rows // cfg.num_mini_batches
     totals: dict[str, float] = {}
     grad_norms: list[float] = []
     skipped = 0
     optimizer.zero_grad(set_to_none=True)
     for _epoch in range(cfg.ppo_epochs):
         for k in range(cfg.num_mini_batches):
-            mini = buffer.select(slice(k * rows_per_mini, (k + 1) * rows_per_mini))
+            mini = buffer.select(mini_batch_rows(num_rows, cfg.num_mini_batches, k))  # module doc
             counts = torch.tensor([mini.num_valid_tokens, mini.num_seqs], dtype=torch.float64, device=device)
             num_tokens, num_seqs = all_reduce(counts, "sum", process_group).tolist()  # global counts
             step_terms: dict[str, torch.Tensor] = {}

@@ -18,6 +18,11 @@ from test_grpo_update import logprob_fn_for, make_buffer, make_policy, param_del
 from grpo import UpdateConfig, grpo_update  # noqa: E402
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+BASE = dict(micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0.5)
+CONFIGS = {mode: dict(BASE, loss_mode=mode) for mode in MODES}
+# 2 epochs x 2 mini-batches (4 steps): the mini-batches must be the same global rows on 1 and 2
+# ranks (grpo.update: strided rows; contiguous local slices would differ).
+CONFIGS["2x2-steps"] = dict(BASE, loss_mode="token-mean", ppo_epochs=2, num_mini_batches=2)
 
 
 def _sum_over_ranks(grad: torch.Tensor) -> torch.Tensor:
@@ -27,18 +32,18 @@ def _sum_over_ranks(grad: torch.Tensor) -> torch.Tensor:
 
 
 def _updates(rank: int, world_size: int):
-    """For each mode: (param deltas after one SGD step with lr 1, metrics) on this rank's shard."""
+    """For each config: (param deltas after the SGD steps with lr 1, metrics) on this rank's shard."""
     results = {}
-    for mode in MODES:
+    for name, kwargs in CONFIGS.items():
         policy = make_policy()
         if world_size > 1:
             for p in policy.parameters():  # SUM each backward's gradient over ranks
                 p.register_hook(_sum_over_ranks)
         before = [p.detach().clone() for p in policy.parameters()]
         buf = make_buffer(num_groups=4, group_size=3).shard(rank, world_size)
-        cfg = UpdateConfig(micro_batch_size=2, loss_mode=mode, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0.5)
-        metrics = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
-        results[mode] = (param_deltas(policy, before), metrics)
+        metrics = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf,
+                              UpdateConfig(**kwargs))
+        results[name] = (param_deltas(policy, before), metrics)
     return results
 
 
@@ -63,7 +68,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     single = _updates(0, 1)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for mode in MODES:
+    for mode in CONFIGS:
         deltas, metrics = single[mode]
         for rank_result in ranks:
             rank_deltas, rank_metrics = rank_result[mode]

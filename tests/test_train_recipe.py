@@ -114,3 +114,46 @@ def test_scheduler_warmup_then_cosine():
         sched.step()
     # warmup (s+1)/2: 0.5, 1.0; cosine over 2 steps: progress 0 -> 1.0, progress 0.5 -> 0.5
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.5])
+
+
+class _ToyTrainModel(torch.nn.Module):
+    """Stands in for the sharded policy: the forward method train.make_logprob_fn calls
+    (grpo.parallel.FORWARD_FUNCTION), on per-prompt features [L, 3] held in buffer.prompts."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(3, 5)
+
+    def fsdp_response_logprobs(self, features, response_ids, response_mask, group_size, temperature,
+                               return_entropy):
+        from grpo import token_logprobs_and_entropy
+
+        logits = self.head(features).expand(group_size, -1, -1)  # [G, L, V]
+        logp, ent = token_logprobs_and_entropy(logits, response_ids, temperature)
+        return (logp, ent) if return_entropy else logp
+
+
+@pytest.mark.parametrize("epochs,minis", [(1, 1), (2, 1), (1, 2)])
+def test_old_logprobs_recomputed_exactly_when_more_than_one_step_per_rollout(epochs, minis):
+    import train
+    from grpo import RolloutBuffer
+
+    cfg = build_config({"ppo_epochs": epochs, "num_mini_batches": minis, "kl_coef": 0.0, "group_size": 2,
+                        "micro_batch_size": 2})
+    model = _ToyTrainModel()
+    g = torch.Generator().manual_seed(1)
+    buf = RolloutBuffer(
+        response_ids=torch.randint(0, 5, (4, 3), generator=g), response_mask=torch.ones(4, 3),
+        old_logp=torch.zeros(4, 3),  # deliberately NOT the policy's log-probs (a sampler mismatch)
+        rewards=torch.tensor([0.0, 1.0, 1.0, 0.0]), advantages=torch.tensor([-1.0, 1.0, 1.0, -1.0]),
+        group_ids=torch.tensor([0, 0, 1, 1]), prompts=[torch.randn(3, 3, generator=g) for _ in range(2)])
+    with torch.no_grad():
+        initial = train.make_logprob_fn(model, cfg, entropy=False)(buf)[0]  # log pi_old, before any step
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = train.update(model, opt, buf, cfg, train.build_update_config(cfg))
+    assert metrics["optimizer_steps"] == epochs * minis
+    if epochs * minis == 1:  # the sampling log-probs ARE pi_old: no extra forward, buffer untouched
+        assert torch.equal(buf.old_logp, torch.zeros(4, 3))
+    else:  # pi_old = the trainer's own forward at the start of the update, at the sampling temperature
+        torch.testing.assert_close(buf.old_logp, initial)
