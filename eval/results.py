@@ -134,11 +134,22 @@ def decode_mask(rle: dict | None, shape: Sequence[int] | None = None) -> np.ndar
 
 # ------------------------------------------------------------------------------- write and read
 
+def _parses_as_record(line: bytes) -> bool:
+    """True when ``line`` is a whole record: the test :func:`read_records` applies to a last line."""
+    try:
+        PredictionRecord.from_dict(json.loads(line.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def truncate_partial_line(path: str) -> int:
     """Cut a torn last line (no trailing newline) off ``path``; return the bytes removed.
 
     A writer appends whole lines ending in ``\\n``; anything after the last ``\\n`` is the remains of
-    a write interrupted by a crash.
+    a write interrupted by a crash. One exception: a last line that is a complete record (the crash
+    came just before its ``\\n``) is kept and given its newline. :func:`read_records` counts such a
+    line, so the resume has already marked its id done; cutting it would lose that sample for good.
     """
     if not os.path.exists(path):
         return 0
@@ -146,10 +157,13 @@ def truncate_partial_line(path: str) -> int:
         data = f.read()
         keep = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
         removed = len(data) - keep
-        if removed:
+        if removed and _parses_as_record(data[keep:]):
+            f.write(b"\n")  # the file position is at the end after read()
+            removed = 0
+        elif removed:
             f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
     return removed
 
 
@@ -191,7 +205,7 @@ def read_records(path: str) -> list[PredictionRecord]:
             continue
         try:
             records.append(PredictionRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, ValueError, TypeError) as err:
+        except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:  # AttributeError: not an object
             if number == len(lines):  # after the last "\n": an interrupted append
                 warnings.warn(f"{path}: ignoring a torn last line ({len(line)} chars): {err}")
                 continue

@@ -547,7 +547,7 @@ class Rollout:
 
     Attributes:
         response_ids: [N, L] N = B * G; after a row's EOS the ids are pad.
-        response_mask: [N, L] 1 up to and including the first EOS.
+        response_mask: [N, L] 1 up to and including the first EOS (any of ``eos_token_ids``).
         logp: [N, L] float32 log-probs of the sampled tokens under softmax(logits / T).
         texts: N decoded completions (special tokens removed).
         batch: the B prompts.
@@ -572,6 +572,11 @@ class SegZeroPolicy:
         self.think = think
         tok = processor.tokenizer
         self.eos_token_id = int(tok.convert_tokens_to_ids("<|im_end|>"))
+        # Every id that ends a response: <|im_end|> first, then those of the generation config
+        # (Qwen2.5-VL-Instruct: [<|im_end|>, <|endoftext|>]), as transformers' generate stops.
+        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        config_eos = [] if config_eos is None else [config_eos] if isinstance(config_eos, int) else list(config_eos)
+        self.eos_token_ids = list(dict.fromkeys([self.eos_token_id, *map(int, config_eos)]))
         self.pad_token_id = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_id)
 
     @classmethod
@@ -610,7 +615,7 @@ class SegZeroPolicy:
         batch = self.prepare(images, queries)
         out = generate(
             self.model, batch, group_size, max_new_tokens=max_new_tokens,
-            eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, greedy=greedy,
+            eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, greedy=greedy,
             temperature=temperature, top_p=top_p, generator=generator,
         )
         texts = self.decode(out.response_ids, out.response_mask)

@@ -31,7 +31,8 @@ renormalises over the nucleus, while the PPO ratio and KL use the full distribut
 the authors' released code do by recomputing log-probs with a plain forward). With greedy
 decoding the log-probs are likewise those of softmax(logits / T).
 
-Finished rows. A row that emitted EOS (``<|im_end|>``) gets pad tokens and mask 0 from then on
+Finished rows. A row that emitted EOS (``<|im_end|>``, or any id of the checkpoint's generation
+config: Qwen2.5-VL-Instruct also stops on ``<|endoftext|>``) gets pad tokens and mask 0 from then on
 (the mask covers the tokens up to and including the first EOS). The host looks at the batch only
 every ``check_every`` steps (the only host synchronisation; none per token). At such a check the
 decode loop stops if every row finished; otherwise, with ``compact=True`` (default), finished rows
@@ -130,7 +131,7 @@ def generate(
     group_size: int,
     *,
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_token_id: int,
     greedy: bool = False,
     temperature: float = 1.0,
@@ -143,7 +144,9 @@ def generate(
 
     ``generator``: one ``torch.Generator`` for the whole batch, or one per prompt (B of them: the
     G samples of prompt b then depend only on generator b). ``compact``: remove finished rows from
-    the batch at each check (see the module docstring).
+    the batch at each check (see the module docstring). ``eos_token_id``: one id or several (a row
+    finishes at the first of any of them, as transformers' ``generate`` does with a list: the
+    Qwen2.5-VL-Instruct checkpoints list ``<|im_end|>`` and ``<|endoftext|>``).
     """
     _check_args(group_size, max_new_tokens, temperature, top_p, check_every)
     batch = left_align(batch)
@@ -158,6 +161,11 @@ def generate(
         if isinstance(generator, Sequence):
             return torch.cat([torch.rand(group_size, generator=g, device=device) for g in generator])
         return torch.rand(num_rows, generator=generator, device=device)
+
+    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                           dtype=torch.long, device=device)  # [E]
+    if eos_ids.numel() == 0:
+        raise ValueError("eos_token_id must be an id or a non-empty list of ids, got an empty list")
 
     # 1. prefill B prompts (each image encoded once), logits of the last column only
     pos, next_pos = prompt_positions(model, batch)  # [3, B, P], [B]
@@ -205,7 +213,7 @@ def generate(
         tokens[rows, step] = next_tok
         mask[rows, step] = (~finished).long()
         logp[rows, step] = token_logprobs(logits[:, None], next_tok[:, None], temperature)[:, 0]
-        finished = finished | (next_tok == eos_token_id)
+        finished = finished | torch.isin(next_tok, eos_ids)
         if step + 1 == max_new_tokens:
             break
         if (step + 1) % check_every == 0:  # the only host syncs

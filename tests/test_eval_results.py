@@ -93,6 +93,21 @@ def test_truncate_partial_line(tmp_path):
     assert truncate_partial_line(str(path)) == 0
 
 
+def test_complete_last_line_without_newline_is_kept_not_cut(tmp_path):
+    # A crash just before a record's "\n": the reader counts that record, so the resume marks its id
+    # done; the writer must then keep it (and add the newline), or that sample is never evaluated.
+    out = str(tmp_path)
+    path = rank_file(out, 0)
+    records = hand_records()
+    with open(path, "w") as f:
+        f.write(records[0].to_json() + "\n" + records[1].to_json())  # no "\n" after s1
+    assert done_ids(out) == {"s0", "s1"}
+    with PredictionWriter(path) as w:  # the resumed run skips s0, s1 and appends s2
+        w.write_batch(records[2:3])
+    assert [r.id for r in read_records(path)] == ["s0", "s1", "s2"]
+    assert truncate_partial_line(path) == 0
+
+
 def test_merge_rank_files(tmp_path):
     out = str(tmp_path)
     records = hand_records()

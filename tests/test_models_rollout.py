@@ -100,6 +100,50 @@ def test_mask_ends_at_first_eos_and_pads_after(policy):
     torch.testing.assert_close(out.logp[on], again[on], atol=1e-5, rtol=0)
 
 
+def test_every_eos_id_of_the_generation_config_ends_a_row(policy):
+    # The Qwen2.5-VL-Instruct checkpoints list eos_token_id [<|im_end|>, <|endoftext|>] in their
+    # generation config, and transformers' generate stops at either: so must the rollout engine.
+    model, tok = policy.model, policy.processor.tokenizer
+    im_end, endoftext = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [im_end, endoftext]
+
+    def favour_endoftext(module, inputs, output):  # rows stop at different steps, on <|endoftext|>
+        output[..., endoftext] += 5.0
+        return output
+
+    handle = model.lm_head.register_forward_hook(favour_endoftext)
+    try:
+        two_eos = SegZeroPolicy(model, policy.processor)
+        assert two_eos.eos_token_ids == [im_end, endoftext]
+        out = two_eos.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
+                              generator=torch.Generator().manual_seed(1))
+        batch = two_eos.prepare(random_images(2), QUERIES)
+        with torch.no_grad():
+            ref = model.generate(  # default generation config: stops at either id, pads after
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
+                mm_token_type_ids=batch.mm_token_type_ids, max_new_tokens=12, do_sample=False,
+            )[:, batch.input_ids.shape[1]:]
+        model.model.rope_deltas = None
+        greedy = two_eos.rollout(random_images(2), QUERIES, 1, max_new_tokens=12, greedy=True)
+    finally:
+        handle.remove()
+        model.generation_config.eos_token_id = saved
+    lengths = out.response_mask.sum(-1)
+    stopped = 0
+    for row, n in zip(out.response_ids, lengths.tolist()):
+        ends = torch.isin(row, torch.tensor([im_end, endoftext])).nonzero().flatten().tolist()
+        if ends:
+            assert n == ends[0] + 1  # the mask stops at the first of EITHER id
+            stopped += int(row[ends[0]] == endoftext)
+        else:
+            assert n == out.response_ids.shape[1]
+    assert stopped > 0 and len(set(lengths.tolist())) > 1
+    assert torch.equal(greedy.response_ids, ref[:, :greedy.response_ids.shape[1]])
+    assert greedy.response_ids.shape[1] == ref.shape[1]
+
+
 def test_generate_argument_errors(policy):
     batch = policy.prepare(random_images(1), QUERIES[:1])
     kwargs = dict(eos_token_id=policy.eos_token_id, pad_token_id=policy.pad_token_id)
