@@ -135,18 +135,22 @@ def build_data(cfg: Config, info):
 
 
 def read_sample(source, sampler: StepSampler, position: int):
-    """The sample at a stream position; on BadSampleError it is reported and the sample at the next
-    stream position is used instead (deterministic, so resume and rank count do not matter)."""
+    """The sample at a stream position; a bad one (unreadable: BadSampleError; an empty mask or a
+    query that is empty once normalised: ValueError) is reported and the sample at the next stream
+    position is used instead (deterministic, so resume and rank count do not matter)."""
     from data import BadSampleError, solution_from_mask
+    from models.prompt import normalize_query
 
     for k in range(100):
+        index = sampler.stream_index(position + k)
         try:
-            sample = source[sampler.stream_index(position + k)]
-        except BadSampleError as err:
-            print(f"skipping bad sample: {err}", flush=True)
+            sample = source[index]
+            normalize_query(sample.query)
+            if sample.solution is None:
+                sample.solution = solution_from_mask(sample.mask)
+        except (BadSampleError, ValueError) as err:
+            print(f"skipping bad sample at index {index}: {err}", flush=True)
             continue
-        if sample.solution is None:
-            sample.solution = solution_from_mask(sample.mask)
         return sample
     raise ValueError(f"100 consecutive unreadable samples around stream position {position}")
 

@@ -19,11 +19,12 @@ number of ranks neither repeats nor misses a sample. No collective runs inside t
 may finish at different times; ``evaluate.py`` merges the rank files on rank 0 after a barrier.
 
 Unparseable answers (SPEC section 1.6 / 7): whatever mask the pipeline returned is ignored, the
-prediction counts as an empty mask: I = 0, U = target area, IoU = 0 (IoU = 1 only if the target is
-empty too, section 7).
+prediction counts as an empty mask: I = 0, U = target area, IoU = 0 -- also when the target is
+empty (U = 0), where a parsed empty prediction would score 1: an answer that did not parse never
+earns IoU (section 7 "unparseable predictions count as IoU 0").
 
-Bad samples: a ``BadSampleError`` from the dataset (corrupt image, missing annotation), or a sample
-without a ground-truth mask, becomes a record with ``status == "bad_sample"`` and the reason; it is
+Bad samples: a ``BadSampleError`` from the dataset (corrupt image, missing annotation), a sample
+without a ground-truth mask, or a query that is empty once normalised (e.g. "..."), becomes a record with ``status == "bad_sample"`` and the reason; it is
 logged, written like any other record, counted in the table, and never stops the run. Any other
 exception (from the model, say) is a bug and propagates: the batches already written survive it.
 """
@@ -36,6 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from data.types import BadSampleError, Sample
+from models.prompt import normalize_query
 from eval.results import BAD_SAMPLE, PredictionRecord, PredictionWriter, done_ids, encode_mask, rank_file
 
 
@@ -102,7 +104,7 @@ def score_prediction(index: int, sample: Sample, prediction: Any, seconds: float
         points=_as_list(prediction.points),
         intersection=int(inter),
         union=int(union),
-        iou=float(sample_iou(inter, union)),
+        iou=float(sample_iou(inter, union, parsed)),
         seconds=float(seconds),
         height=sample.height,
         width=sample.width,
@@ -168,6 +170,11 @@ def evaluate_shard(
                 if sample.mask is None:
                     records.append(bad_record(index, sample.id, sample.query,
                                               "no ground-truth mask in this dataset format", rank))
+                    continue
+                try:
+                    normalize_query(sample.query)  # the prompt's rule (SPEC 2): a query must remain
+                except ValueError as err:
+                    records.append(bad_record(index, sample.id, str(sample.query), str(err), rank))
                     continue
                 batch.append((index, sample))
             for r in records:

@@ -66,10 +66,14 @@ def intersection_union(pred_mask: Any, gt_mask: Any) -> tuple[int, int]:
     return intersection, union
 
 
-def sample_iou(intersection: float, union: float) -> float:
-    """I / U, and 1.0 when U = 0 (nothing to find and nothing predicted)."""
+def sample_iou(intersection: float, union: float, parsed: bool = True) -> float:
+    """I / U, and 1.0 when U = 0 (nothing to find and nothing predicted); 0.0 whenever the answer
+    could not be parsed (SPEC section 7: "unparseable predictions count as IoU 0"), also on an
+    empty target, where the empty mask it stands for would otherwise score 1."""
     if intersection < 0 or union < 0 or intersection > union:
         raise ValueError(f"need 0 <= intersection <= union, got intersection={intersection}, union={union}")
+    if not parsed:
+        return 0.0
     return 1.0 if union == 0 else intersection / union
 
 
@@ -87,7 +91,7 @@ class IoURow:
 
     def add(self, intersection: float, union: float, parsed: bool) -> None:
         self.count += 1
-        self.sum_iou += sample_iou(intersection, union)
+        self.sum_iou += sample_iou(intersection, union, parsed)
         self.sum_intersection += intersection
         self.sum_union += union
         self.num_parse_failures += 0 if parsed else 1

@@ -314,3 +314,40 @@ def test_command_line_mistake_is_one_line_without_traceback(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert res.stderr.strip() == "error: --model is required (or --preset tiny)"
+
+
+def test_unparsed_answer_on_an_empty_target_scores_zero():
+    from types import SimpleNamespace
+
+    from eval.loop import score_prediction
+
+    empty = Sample(id="e", image=np.zeros((4, 5, 3), np.uint8), query="nothing", mask=np.zeros((4, 5), np.uint8))
+    common = dict(completion="", reasoning=None, bbox_840=None, points_840=None, bbox=None, points=None)
+    unparsed = SimpleNamespace(status="no_json", mask=np.zeros((4, 5), bool), **common)
+    parsed_empty = SimpleNamespace(status="ok", mask=np.zeros((4, 5), bool), **common)
+    # I = U = 0 in both cases; a parsed empty prediction of an empty target is right (IoU 1), an
+    # unparseable answer never earns IoU (SPEC 7)
+    rec = score_prediction(0, empty, unparsed, 0.0)
+    assert (rec.intersection, rec.union, rec.iou) == (0, 0, 0.0)
+    assert score_prediction(0, empty, parsed_empty, 0.0).iou == 1.0
+    assert table_from_records([rec])["all"]["gIoU"] == 0.0
+
+
+def test_query_empty_after_normalisation_is_a_counted_bad_sample(tmp_path):
+    class Source:
+        ids = ["dots"]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return Sample(id="dots", image=np.zeros((4, 4, 3), np.uint8), query="...",
+                          mask=np.ones((4, 4), np.uint8))
+
+    def pipeline(images, queries):  # never reached: the sample is refused before the models run
+        raise AssertionError(f"pipeline called with {queries}")
+
+    stats = evaluate_shard(pipeline, Source(), str(tmp_path), log=None)
+    assert (stats.num_evaluated, stats.num_bad) == (0, 1)
+    (rec,) = read_predictions(str(tmp_path))
+    assert rec.status == "bad_sample" and "empty after normalisation" in rec.reason

@@ -53,8 +53,10 @@ def test_unparseable_prediction_and_empty_target():
     only_ignore = np.zeros((4, 4), bool)
     only_ignore[2, 2] = True
     assert intersection_union(only_ignore, empty_gt) == (0, 0)
-    # empty target, unparsed: U = 0 -> IoU 1 (nothing to find)
+    # empty target, unparsed: U = 0, but an answer that did not parse never earns IoU (SPEC 7)
     assert intersection_union(None, empty_gt) == (0, 0)
+    assert sample_iou(0, 0, parsed=False) == 0.0
+    assert sample_iou(3, 4, parsed=False) == 0.0
 
 
 def test_intersection_union_user_errors():
@@ -84,6 +86,11 @@ def test_giou_ciou_hand_computed():
     assert acc.giou == pytest.approx(0.5) and acc.ciou == pytest.approx(0.4)
     assert acc.parse_failure_rate == pytest.approx(1 / 3)
     assert acc.summary() == {"overall": {"gIoU": 50.0, "cIoU": 40.0, "parse_fail": 33.3, "count": 3}}
+    # an unparsed sample on an EMPTY target (U = 0): IoU 0, not 1 (a parsed empty mask would be 1)
+    acc.add(0, 0, parsed=False)
+    # gIoU = (0.5 + 1 + 0 + 0) / 4 = 0.375; cIoU unchanged 4 / 10; failures 2/4
+    assert acc.giou == pytest.approx(0.375) and acc.ciou == pytest.approx(0.4)
+    assert acc.parse_failure_rate == pytest.approx(0.5)
 
 
 def test_groups_and_empty_rows():

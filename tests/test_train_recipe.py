@@ -157,3 +157,38 @@ def test_old_logprobs_recomputed_exactly_when_more_than_one_step_per_rollout(epo
         assert torch.equal(buf.old_logp, torch.zeros(4, 3))
     else:  # pi_old = the trainer's own forward at the start of the update, at the sampling temperature
         torch.testing.assert_close(buf.old_logp, initial)
+
+
+def test_read_sample_skips_unusable_samples_deterministically(capsys):
+    import numpy as np
+
+    import train
+    from data.types import BadSampleError, Sample
+
+    class Source:
+        ids = ["bad-query", "empty-mask", "unreadable", "good"]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            if i == 2:
+                raise BadSampleError("unreadable", "x.jpg", "cannot decode")
+            mask = np.zeros((4, 4), np.uint8)
+            if i == 3:
+                mask[1, 2] = 1
+            return Sample(id=self.ids[i], image=np.zeros((4, 4, 3), np.uint8),
+                          query="..." if i == 0 else "the shape", mask=mask)
+
+    class InOrder:  # stream position p -> dataset index p
+        def stream_index(self, position):
+            return position
+
+    sample = train.read_sample(Source(), InOrder(), 0)
+    assert sample.id == "good"
+    # ground truth from the mask, in the 840 frame: pixel (x=2, y=1) of a 4 x 4 image
+    # -> int(2 * 840 / 4 + 0.5) = 420, int(1 * 840 / 4 + 0.5) = 210
+    assert sample.solution == {"bbox": [420, 210, 420, 210], "points": [[420, 210], [420, 210]]}
+    out = capsys.readouterr().out
+    assert "index 0" in out and "empty after normalisation" in out
+    assert "index 1" in out and "index 2" in out and "cannot decode" in out
