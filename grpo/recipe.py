@@ -184,7 +184,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip (SPEC 8: 1.0; 0 = no clipping)."""
     warmup_steps: int = 0
-    """Linear learning-rate warmup from 0, in optimizer steps."""
+    """Linear learning-rate warmup from 0, in training steps (one scheduler step per rollout)."""
     lr_schedule: str = "constant"
     """After warmup: constant or cosine (to 0 at the last step)."""
 
