@@ -47,6 +47,7 @@ from models.configs import REAL_CONFIG_DIR, real_config_path  # noqa: F401  (re-
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.cache_utils import Cache, DynamicLayer
 
+from data.image import resize_to_frame as data_resize_to_frame
 from data.types import FRAME
 from grpo import token_entropy, token_logprobs
 from models.prompt import build_messages
@@ -220,16 +221,13 @@ class PolicyBatch:
 
 
 def resize_to_frame(image, frame: int = FRAME) -> Image.Image:
-    """SPEC section 1 step 1: RGB, resized to frame x frame with bilinear filtering."""
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"image array must be uint8 [H, W, 3], got dtype {image.dtype} shape {image.shape}"
-            )
-        image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
+    """SPEC section 1 step 1 (:func:`data.image.resize_to_frame`) for a PIL image or a uint8
+    [H, W, 3] array, returned as a PIL image for the processor."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    elif not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a PIL image or a uint8 [H, W, 3] array, got {type(image).__name__}")
-    return image.convert("RGB").resize((frame, frame), Image.BILINEAR)
+    return Image.fromarray(data_resize_to_frame(image, frame))
 
 
 def prepare_inputs(
