@@ -66,7 +66,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -81,7 +81,8 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     return DistInfo(rank=dist.get_rank(), world_size=world, local_rank=local_rank, device=dev, mesh=mesh)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a single-process or test rendezvous)."""
     import socket
 
     with socket.socket() as s:

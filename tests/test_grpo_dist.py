@@ -5,7 +5,6 @@ divide factor set to 1, see grpo/update.py): each rank's loss is normalised by t
 so the SUM of the two ranks' gradients is the full-batch gradient.
 """
 import os
-import socket
 import sys
 
 import pytest
@@ -16,6 +15,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(__file__))
 from test_grpo_update import logprob_fn_for, make_buffer, make_policy, param_deltas  # noqa: E402
 from grpo import UpdateConfig, grpo_update  # noqa: E402
+from grpo.parallel import free_port  # noqa: E402
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 BASE = dict(micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0.5)
@@ -57,16 +57,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.dist
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     single = _updates(0, 1)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for mode in CONFIGS:
         deltas, metrics = single[mode]
