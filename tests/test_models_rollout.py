@@ -6,7 +6,7 @@ import torch
 from models.policy import SegZeroPolicy, response_logprobs
 from models.rollout import generate, top_p_filter
 from models.tiny import build_tiny_qwen
-from tiny_inputs import QUERIES, random_images
+from tiny_inputs import QUERIES, boosted_logit, random_images
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +69,11 @@ def test_greedy_equals_transformers_generate(policy):
 
 def test_mask_ends_at_first_eos_and_pads_after(policy):
     model, eos, pad = policy.model, policy.eos_token_id, policy.pad_token_id
-
-    def favour_eos(module, inputs, output):  # make EOS likely so rows stop at different steps
-        output[..., eos] += 5.0
-        return output
-
-    handle = model.lm_head.register_forward_hook(favour_eos)
-    try:
+    with boosted_logit(model, eos, 5.0):  # EOS likely: rows stop at different steps
         out = policy.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
                              generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             again = response_logprobs(model, out.batch, out.response_ids, out.response_mask, 4)
-    finally:
-        handle.remove()
     ids, mask = out.response_ids, out.response_mask
     lengths = mask.sum(-1)
     assert len(set(lengths.tolist())) > 1  # rows ended at different steps
@@ -107,28 +99,22 @@ def test_every_eos_id_of_the_generation_config_ends_a_row(policy):
     im_end, endoftext = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [im_end, endoftext]
-
-    def favour_endoftext(module, inputs, output):  # rows stop at different steps, on <|endoftext|>
-        output[..., endoftext] += 5.0
-        return output
-
-    handle = model.lm_head.register_forward_hook(favour_endoftext)
     try:
-        two_eos = SegZeroPolicy(model, policy.processor)
-        assert two_eos.eos_token_ids == [im_end, endoftext]
-        out = two_eos.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
-                              generator=torch.Generator().manual_seed(1))
-        batch = two_eos.prepare(random_images(2), QUERIES)
-        with torch.no_grad():
-            ref = model.generate(  # default generation config: stops at either id, pads after
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
-                mm_token_type_ids=batch.mm_token_type_ids, max_new_tokens=12, do_sample=False,
-            )[:, batch.input_ids.shape[1]:]
-        model.model.rope_deltas = None
-        greedy = two_eos.rollout(random_images(2), QUERIES, 1, max_new_tokens=12, greedy=True)
+        with boosted_logit(model, endoftext, 5.0):  # rows stop at different steps, on <|endoftext|>
+            two_eos = SegZeroPolicy(model, policy.processor)
+            assert two_eos.eos_token_ids == [im_end, endoftext]
+            out = two_eos.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
+                                  generator=torch.Generator().manual_seed(1))
+            batch = two_eos.prepare(random_images(2), QUERIES)
+            with torch.no_grad():
+                ref = model.generate(  # default generation config: stops at either id, pads after
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
+                    mm_token_type_ids=batch.mm_token_type_ids, max_new_tokens=12, do_sample=False,
+                )[:, batch.input_ids.shape[1]:]
+            model.model.rope_deltas = None
+            greedy = two_eos.rollout(random_images(2), QUERIES, 1, max_new_tokens=12, greedy=True)
     finally:
-        handle.remove()
         model.generation_config.eos_token_id = saved
     lengths = out.response_mask.sum(-1)
     stopped = 0

@@ -6,7 +6,7 @@ import torch
 from models.policy import SegZeroPolicy, plain_logprobs
 from models.rollout import generate, sample_inverse_cdf
 from models.tiny import build_tiny_qwen
-from tiny_inputs import QUERIES, random_images
+from tiny_inputs import QUERIES, boosted_logit, random_images
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +36,12 @@ def test_inverse_cdf_frequencies():
 
 def _run(policy, batch, compact, sizes, temperature=0.8, top_p=1.0):
     model, eos = policy.model, policy.eos_token_id
-
-    def favour_eos(module, inputs, output):  # make EOS likely so rows stop at different steps
-        sizes.append(output.shape[0])
-        output[..., eos] += 3.0
-        return output
-
-    handle = model.lm_head.register_forward_hook(favour_eos)
-    try:
+    with boosted_logit(model, eos, 3.0, sizes):  # EOS likely: rows stop at different steps
         out = generate(model, batch, 4, max_new_tokens=40, eos_token_id=eos,
                        pad_token_id=policy.pad_token_id, temperature=temperature, top_p=top_p,
                        generator=torch.Generator().manual_seed(3), check_every=4, compact=compact)
         with torch.no_grad():
             plain = plain_logprobs(model, batch, out.response_ids, out.response_mask, 4, temperature)
-    finally:
-        handle.remove()
     return out, plain
 
 
@@ -81,19 +72,10 @@ def test_all_finished_stops_early(policy):
     batch = policy.prepare(random_images(1), QUERIES[:1])
     sizes = []
     model, eos = policy.model, policy.eos_token_id
-
-    def force_eos(module, inputs, output):
-        sizes.append(output.shape[0])
-        output[..., eos] += 1e4
-        return output
-
-    handle = model.lm_head.register_forward_hook(force_eos)
-    try:
+    with boosted_logit(model, eos, 1e4, sizes):  # EOS forced
         out = generate(model, batch, 3, max_new_tokens=50, eos_token_id=eos,
                        pad_token_id=policy.pad_token_id, check_every=4,
                        generator=torch.Generator().manual_seed(0))
-    finally:
-        handle.remove()
     assert out.response_ids.shape == (3, 1) and bool((out.response_ids == eos).all())
     assert len(sizes) == 1 + 3  # prefill, then decode steps 1..3 before the check after step 3
 
