@@ -75,35 +75,22 @@ def lookup(table: dict, name: str):
 
 def build(args):
     """(policy, text parameter count) for the chosen shape on the chosen device."""
-    from models.tiny import build_tiny_processor, build_tiny_qwen, tiny_qwen_config
+    from models.tiny import build_tiny_qwen
 
     if args.tiny:
         model, processor = build_tiny_qwen(seed=args.seed)
         model = model.to(args.device)
     else:
-        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-        from models.policy import config_from_file
-        from models.tiny import build_tiny_tokenizer
+        from transformers import Qwen2_5_VLForConditionalGeneration
+        from models.weights import real_shape_config
 
-        tokenizer = build_tiny_tokenizer()
-        processor = Qwen2_5_VLProcessor(
-            image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(), chat_template=build_tiny_processor(tokenizer).chat_template,
-        )
-        config = config_from_file(os.path.join(args.reference_dir, f"qwen2_5_vl_{args.model}.json"))
-        ids = tiny_qwen_config(tokenizer)  # the tokenizer's special-token ids
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                     "bos_token_id", "eos_token_id", "pad_token_id"):
-            setattr(config, name, getattr(ids, name))
-        config.text_config.eos_token_id = ids.eos_token_id
-        config.text_config.pad_token_id = ids.pad_token_id
+        config, processor = real_shape_config(args.model)
         config._attn_implementation = args.attn
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         torch.manual_seed(args.seed)
         with torch.device(args.device):
             model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
-        model.generation_config.pad_token_id = ids.pad_token_id
+        model.generation_config.pad_token_id = config.text_config.pad_token_id
         model.eval()
     text_params = sum(p.numel() for p in model.model.language_model.parameters())
     text_params += 0 if model.config.tie_word_embeddings else model.lm_head.weight.numel()

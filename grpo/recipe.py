@@ -233,7 +233,9 @@ class TrainConfig:
     resume: bool = False
     """Continue from the latest complete checkpoint in output_dir/checkpoints."""
     checkpoint_every: int = 0
-    """Save a checkpoint every K steps (0 = only at the end)."""
+    """Save a checkpoint every K steps (0 = only after the last step, if save_last)."""
+    save_last: bool = True
+    """Save a checkpoint after the last step (besides the checkpoint_every ones)."""
     export_hf: bool = True
     """At the end, export the policy in Hugging Face format to output_dir/hf_export."""
     tensorboard: bool = False

@@ -117,16 +117,15 @@ def test_scheduler_warmup_then_cosine():
 
 
 class _ToyTrainModel(torch.nn.Module):
-    """Stands in for the sharded policy: the forward method train.make_logprob_fn calls
-    (grpo.parallel.FORWARD_FUNCTION), on per-prompt features [L, 3] held in buffer.prompts."""
+    """Stands in for the policy's training forward (models.policy.ResponseLogProbs, the module
+    train.make_logprob_fn calls), on per-prompt features [L, 3] held in buffer.prompts."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.head = torch.nn.Linear(3, 5)
 
-    def fsdp_response_logprobs(self, features, response_ids, response_mask, group_size, temperature,
-                               return_entropy):
+    def forward(self, features, response_ids, response_mask, group_size, temperature, return_entropy):
         from grpo import token_logprobs_and_entropy
 
         logits = self.head(features).expand(group_size, -1, -1)  # [G, L, V]
