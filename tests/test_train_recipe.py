@@ -191,3 +191,33 @@ def test_read_sample_skips_unusable_samples_deterministically(capsys):
     out = capsys.readouterr().out
     assert "index 0" in out and "empty after normalisation" in out
     assert "index 1" in out and "index 2" in out and "cannot decode" in out
+
+
+def test_read_sample_skips_a_lisa_empty_target(tmp_path, capsys):
+    """An all-"flag" LISA file is an empty target: evaluation scores it, training has no box to
+    take from it, so it is reported and the next stream position is used."""
+    import numpy as np
+    from PIL import Image
+
+    import train
+    from data import LisaReasonSeg
+
+    for name, label in (("a", "Flag"), ("b", "target")):
+        Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / f"{name}.jpg")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"text": ["the thing"], "is_sentence": False,
+                                                           "shapes": [{"label": label, "points": [
+                                                               [2, 1], [5, 1], [5, 2], [2, 2]]}]}))
+
+    class InOrder:
+        def stream_index(self, position):
+            return position
+
+    source = LisaReasonSeg(tmp_path)
+    assert not source[0].mask.any()  # the reader keeps it (no BadSampleError)
+    sample = train.read_sample(source, InOrder(), 0)
+    assert sample.id == "b"
+    # b: target x 2..5, y 1..2 of an 8 x 4 image; box [2, 1, 5, 2] -> x * 105, y * 210:
+    # int(2 * 840 / 8 + 0.5) = 210, int(1 * 840 / 4 + 0.5) = 210, 525, 420
+    assert sample.solution["bbox"] == [210, 210, 525, 420]
+    out = capsys.readouterr().out
+    assert "skipping bad sample at index 0" in out and "empty mask" in out
