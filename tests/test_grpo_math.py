@@ -31,6 +31,20 @@ def test_tied_group_gives_zero_advantage():
     torch.testing.assert_close(adv, torch.tensor([0.0, 0.0, -0.707107, 0.707107]))
 
 
+@pytest.mark.parametrize("group_size", [3, 5, 7, 8, 16])
+@pytest.mark.parametrize("value", [0.7, 2.2, 0.1, 2.9])
+def test_exactly_tied_non_dyadic_rewards_give_exactly_zero_advantage(group_size, value):
+    # float32 statistics of 0.7 x 8: mean 0.69999993 != 0.69999999, std 6.4e-8 -> A = 0.056 for
+    # every sample; in float64 the sum of G equal float32 values is exact, so A = 0 exactly.
+    rewards = torch.full((2 * group_size,), value)  # float32, as train.make_buffer builds them
+    rewards[group_size:] = torch.arange(group_size) / group_size  # a second, untied group
+    for kwargs in ({}, {"scale_by_std": False}, {"estimator": "rloo"}):
+        adv = group_advantages(rewards, group_size, **kwargs)
+        assert adv.dtype == torch.float32
+        assert torch.equal(adv[:group_size], torch.zeros(group_size)), (kwargs, adv[:group_size])
+        assert adv[group_size:].abs().max() > 0.1
+
+
 def test_group_advantages_float64_reference():
     g = torch.Generator().manual_seed(0)
     r = torch.rand(6 * 5, generator=g, dtype=torch.float64)
