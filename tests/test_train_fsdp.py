@@ -6,6 +6,9 @@ their responses. Here rank 0's responses are all ONE token long (its padded widt
 1's are longer; a rank that skipped the shared-prefix response pass for L = 1 would issue fewer
 all-gathers than the other (a hang, turned into an error by the 60 s process-group timeout). The
 2-rank step must also equal the 1-process step on the same 4 rows (no FSDP).
+
+The same step with ``mixed_precision`` (bf16 parameters and compute, fp32 gradient reduction and
+master weights, the GPU precision path) runs on CPU + gloo too: ratio exactly 1 at the step.
 """
 import os
 import sys
@@ -70,14 +73,19 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
 
     info = init_distributed("cpu", timeout_s=60)
     try:
-        model, buf = _model_and_buffer()
-        shard_model(model, info, mixed_precision=False)
-        local = _trim(buf.shard(rank, world_size))
-        assert local.max_len == (1 if rank == 0 else 4)
-        metrics = _step(model, local)
-        params = {n: p.full_tensor() for n, p in model.named_parameters()}
+        results = {}
+        for precision in ("fp32", "bf16"):
+            model, buf = _model_and_buffer()
+            shard_model(model, info, mixed_precision=precision == "bf16")
+            dtypes = []
+            model.lm_head.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+            local = _trim(buf.shard(rank, world_size))
+            assert local.max_len == (1 if rank == 0 else 4)
+            metrics = _step(model, local)
+            params = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
+            results[precision] = (params, metrics, sorted({str(d) for d in dtypes}))
         if rank == 0:
-            torch.save((params, metrics), os.path.join(out_dir, "fsdp.pt"))
+            torch.save(results, os.path.join(out_dir, "fsdp.pt"))
     finally:
         shutdown()
 
@@ -90,7 +98,9 @@ def test_one_token_responses_on_one_rank_keep_the_collectives_in_step(tmp_path):
     setattr(model, FORWARD_FUNCTION, types.MethodType(response_logprobs, model))
     single = _step(model, buf)
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    params, metrics = torch.load(tmp_path / "fsdp.pt", weights_only=False)
+    results = torch.load(tmp_path / "fsdp.pt", weights_only=False)
+    params, metrics, dtypes = results["fp32"]
+    assert dtypes == ["torch.float32"]
     init, _ = _model_and_buffer()
     moved = max((p.detach() - q).abs().max().item() for p, q in zip(model.parameters(), init.parameters()))
     assert moved > 1e-3  # a real step
@@ -99,3 +109,17 @@ def test_one_token_responses_on_one_rank_keep_the_collectives_in_step(tmp_path):
     for key in ("loss", "policy_loss", "entropy", "num_tokens"):
         assert metrics[key] == pytest.approx(single[key], rel=1e-5), key
     assert metrics["clipfrac"] == 0 and metrics["approx_kl_old"] == 0
+
+    # bf16 compute (every lm_head output bf16), fp32 master weights: ratio exactly 1 at the step,
+    # and the step is the fp32 step up to bf16 rounding
+    params, metrics, dtypes = results["bf16"]
+    assert dtypes == ["torch.bfloat16"]
+    assert metrics["clipfrac"] == 0 and metrics["approx_kl_old"] == 0
+    assert metrics["entropy"] == pytest.approx(single["entropy"], rel=2e-2)
+    names = [n for n, _ in model.named_parameters()]
+    assert all(params[n].dtype == torch.float32 for n in names)
+    init_params = dict(init.named_parameters())
+    step_bf16 = torch.cat([(params[n] - init_params[n].detach()).flatten() for n in names])
+    step_fp32 = torch.cat([(p.detach() - init_params[n].detach()).flatten() for n, p in model.named_parameters()])
+    assert torch.nn.functional.cosine_similarity(step_bf16, step_fp32, dim=0) > 0.99
+    assert step_bf16.norm().item() == pytest.approx(step_fp32.norm().item(), rel=5e-2)
