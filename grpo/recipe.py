@@ -367,8 +367,8 @@ def preset_tiny() -> dict:
     the box terms of a 16-image-token model stay at 0 and only the format terms can move);
     lr 3e-4 with the paper's KL (5e-3, k3); no entropy bonus (the run is meant to sharpen the
     policy); 96 new tokens (the warm-start target is ~70-80 tokens, digits one per token);
-    token-mean aggregation and fp32 compute (``mixed_precision`` false), with which the figures
-    below were measured (the real presets: seq-mean-token-mean, bf16 compute).
+    token-mean aggregation and fp32 compute (``mixed_precision`` false), the setting of the
+    figures below (the real presets: seq-mean-token-mean, bf16 compute).
 
     Measured 2026-11-25 on 2 CPU cores, seed 0 (batched rollout of each rank's prompts):
       wall time (time torchrun ...) ............. 4 min 27 s (warm start 1 min 07 s, GRPO ~2 s/step)
