@@ -370,18 +370,18 @@ def preset_tiny() -> dict:
     token-mean aggregation and fp32 compute (``mixed_precision`` false), the setting of the
     figures below (the real presets: seq-mean-token-mean, bf16 compute).
 
-    Measured 2026-11-25 on 2 CPU cores, seed 0 (batched rollout of each rank's prompts):
-      wall time (time torchrun ...) ............. 4 min 27 s (warm start 1 min 07 s, GRPO ~2 s/step)
+    Measured 2026-11-30 on 2 CPU cores, seed 0 (batched rollout of each rank's prompts):
+      wall time (time torchrun ...) ............. 3 min 17 s (warm start ~52 s, GRPO ~1.5 s/step)
       held-out (32 samples, greedy), after the warm start -> after GRPO:
-        thinking_format 0.97 -> 1.00   segmentation_format 0.53 -> 0.88   bbox_l1 (soft) 0.39 -> 0.61
-        bbox_iou (soft) 0.00 -> 0.00   point_l1 (soft) 0.00 -> 0.08       total 1.89 -> 2.57
-        parse_fail 0.47 -> 0.13
+        thinking_format 0.97 -> 1.00   segmentation_format 0.53 -> 0.94   bbox_l1 (soft) 0.39 -> 0.74
+        bbox_iou (soft) 0.00 -> 0.01   point_l1 (soft) 0.00 -> 0.00       total 1.89 -> 2.69
+        parse_fail 0.47 -> 0.06
       metrics.jsonl reward/total (sampled, T=0.7), mean of the first vs last 10 GRPO steps:
-        1.48 -> 2.19 (segmentation_format 0.42 -> 0.77, bbox_l1 0.20 -> 0.46, parse_fail 0.58 ->
-        0.23); kl rises to ~0.25, entropy falls 0.89 -> 0.57.
+        1.40 -> 2.22 (segmentation_format 0.38 -> 0.75, bbox_l1 0.19 -> 0.49, parse_fail 0.62 ->
+        0.25); kl rises to ~0.3, entropy falls 0.92 -> 0.57.
     Expect the same shape on another machine, not the same digits. What is learned is the answer
-    FORMAT and a box prior: the tiny policy ends up writing one box for every image (e.g. [333,
-    333, 333, 333]), so box_iou_proxy stays ~0; localisation needs a real model.
+    FORMAT and a box prior: the tiny policy ends up writing one box for nearly every image (e.g.
+    [388, 388, 488, 388]), so box_iou_proxy stays ~0; localisation needs a real model.
     """
     return {
         "model.model_path": "tiny", "model.dtype": "float32",
