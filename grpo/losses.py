@@ -3,8 +3,9 @@
 Notation (shapes): N responses, L padded response length; logp, old_logp, ref_logp [N, L] are the
 log-probs of the sampled tokens under the current, the "old" (the policy that sampled, as the
 trainer's own forward computes it) and the frozen reference policy; rollout_logp [N, L] are the
-sampler's own numbers for the same tokens (only used by 5. below); adv is [N] (one advantage per response, broadcast over its tokens) or [N, L]; mask [N, L]
-is 1 on real response tokens (up to and including EOS) and 0 on padding.
+sampler's own numbers for the same tokens (only used by 5. below); adv is [N] (one advantage per
+response, broadcast over its tokens) or [N, L]; mask [N, L] is 1 on real response tokens (up to
+and including EOS) and 0 on padding.
 
 1. Clipped surrogate, per token (PPO, Schulman et al. 2017, arXiv 1707.06347, eq. 7; GRPO,
    Shao et al. 2024, arXiv 2402.03300, eq. 3), written as a loss to MINIMISE:
