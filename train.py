@@ -4,6 +4,7 @@
     python train.py --max-steps 5                             # the same in one process
     torchrun --nproc_per_node=8 train.py --preset seg_zero_3b --model-path DIR --data-path DIR
     python train.py --help                                    # every option, every preset
+    python train.py --preset seg_zero_3b --print-config ...   # the resolved configuration, as JSON
 
 One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B * G, L tokens):
   1. rows      this rank's B samples of the global batch (grpo.parallel.StepSampler)
@@ -33,7 +34,7 @@ from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_upd
 from grpo.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
-from grpo.recipe import Config, check_world_size, parse_args
+from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
 from grpo.sft import sft_step
 from grpo.tracking import PhaseTimer, Tracker, format_report, heldout_report
 from grpo.update import UpdateConfig
@@ -41,10 +42,16 @@ from models.policy import SegZeroPolicy
 from rewards import score_completions
 
 
-def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> Path | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--print-config" in argv:  # the resolved configuration (preset + overrides); nothing loaded
+        print(parse_args([a for a in argv if a != "--print-config"]).to_json())
+        return None
+    cfg = parse_args(argv)
     info = init_distributed(cfg.parallel.device)
     check_world_size(cfg, info.world_size)
+    if info.is_main and (note := micro_batch_note(cfg, info.world_size)):
+        print(note, flush=True)
     out = Path(cfg.train.output_dir)
     seed_everything(cfg.train.seed)
     train_set, heldout = build_data(cfg, info)
@@ -226,7 +233,8 @@ def build_update_config(cfg: Config) -> UpdateConfig:
                         clip_high=g.clip_eps_high or g.clip_eps, kl_coef=g.kl_coef, kl_kind=g.kl_estimator,
                         entropy_coef=g.entropy_coef, loss_mode=g.aggregation,
                         max_grad_norm=cfg.optim.max_grad_norm or None,
-                        temperature=cfg.rollout.temperature, max_response_len=cfg.rollout.max_new_tokens)
+                        temperature=cfg.rollout.temperature, max_response_len=cfg.rollout.max_new_tokens,
+                        tis_cap=g.tis_cap or None)
 
 
 def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):
@@ -246,14 +254,17 @@ def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: l
 
 
 def make_buffer(ro, rb, cfg: Config, device) -> RolloutBuffer:
-    """The rollout + its rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G)."""
+    """The rollout + its rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G).
+
+    old_logp is left None (``update`` fills it when there is more than one optimizer step); the
+    sampler's log-probs go to rollout_logp, for the mismatch diagnostic and optional TIS only."""
     G = cfg.rollout.group_size
     num_prompts = ro.response_ids.shape[0] // G
     rewards = torch.as_tensor(rb.total, dtype=torch.float32, device=device)  # [N]
     return RolloutBuffer(
         response_ids=ro.response_ids,  # [N, L] (pad ids after EOS are masked)
         response_mask=ro.response_mask,  # [N, L]
-        old_logp=ro.logp.float(),  # [N, L] sampling log-probs = old log-probs (one step per rollout)
+        rollout_logp=ro.logp.float(),  # [N, L] the sampler's log-probs (never pi_old)
         rewards=rewards,
         advantages=group_advantages(rewards, G, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std,
                                     estimator=cfg.grpo.adv_estimator),
@@ -283,9 +294,10 @@ def make_logprob_fn(model, cfg: Config, entropy: bool):
 
 
 def update(model, optimizer, buffer: RolloutBuffer, cfg: Config, update_cfg: UpdateConfig) -> dict[str, float]:
-    """Step 6 (grpo.update). With one optimizer step per rollout the sampling log-probs in the
-    buffer are the old log-probs; with more (ppo_epochs > 1 or num_mini_batches > 1) pi_old is
-    first fixed by a no-grad pass of the trainer's own forward (grpo.update module docstring)."""
+    """Step 6 (grpo.update). pi_old is always the trainer's own forward: with one optimizer step per
+    rollout the update's own detached log-probs (buffer.old_logp stays None, ratio exactly 1); with
+    more (ppo_epochs > 1 or num_mini_batches > 1) a no-grad pass of the same forward fixes it first
+    (grpo.update module docstring)."""
     if not update_cfg.one_step_per_rollout:
         buffer.old_logp = compute_old_logprobs(make_logprob_fn(model, cfg, entropy=False), buffer,
                                                update_cfg.micro_batch_size)

@@ -5,8 +5,10 @@ imports torch.distributed: model code stays single-device.
   1-process group without it (so ``python train.py`` runs the same code path); gloo on CPU, NCCL on
   GPU; a 1-D device mesh over all ranks (pure data parallel / ZeRO-3 style sharding).
 - :func:`shard_model`: ``fully_shard`` on every vision block and every decoder block, then on the
-  root (torchtitan's parallelize pattern). On GPU: bf16 parameters and compute, fp32 gradient
-  reduction (``MixedPrecisionPolicy``), fp32 master weights and optimizer state. On CPU: fp32.
+  root (torchtitan's parallelize pattern). With ``mixed_precision`` (CPU + gloo and GPU + NCCL
+  alike, so that CPU tests run the GPU precision path): bf16 parameters and compute, fp32 gradient
+  reduction (``MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)``), fp32 master
+  weights and optimizer state. Without it: fp32 throughout.
   Gradient division is turned OFF (``set_gradient_divide_factor(1.0)``): our losses are normalised
   by one GLOBAL count (grpo.update), so the per-rank gradients must be SUMMED, not averaged.
 - the root is the module whose ``forward`` is the training forward (for Seg-Zero a small module
@@ -142,17 +144,18 @@ def shard_model(model: nn.Module, info: DistInfo, *, mixed_precision: bool = Tru
     parameters; parts of it called directly need :func:`unsharded_for_generation`.
 
     ``frozen`` (the reference model): parameters get requires_grad=False and the model eval mode.
+    ``mixed_precision``: bf16 compute, fp32 reduction, on any device (module docstring).
     """
     if activation_checkpointing and not frozen:
         apply_activation_checkpointing(model)
     if frozen:
         model.requires_grad_(False)
         model.eval()
-    on_gpu = info.device.type == "cuda"
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if (on_gpu and mixed_precision) else MixedPrecisionPolicy())
+          if mixed_precision else MixedPrecisionPolicy())
     # on a CPU device the shards are in CPU memory already (and pinning needs CUDA)
-    offload: OffloadPolicy = CPUOffloadPolicy() if (cpu_offload and on_gpu) else OffloadPolicy()
+    offload: OffloadPolicy = (CPUOffloadPolicy() if (cpu_offload and info.device.type == "cuda")
+                              else OffloadPolicy())
     blocks = transformer_blocks(model)
     for block in blocks:
         fully_shard(block, mesh=info.mesh, mp_policy=mp, offload_policy=offload)
@@ -176,7 +179,7 @@ def unsharded_for_generation(model: nn.Module) -> Iterator[None]:
     would wait on each other forever. Here every rank issues the same all-gathers up front
     (``unshard`` on each FSDP module), and with ``reshard_after_forward=False`` the forwards inside
     the block find the parameters gathered and communicate nothing. Costs the memory of one full
-    copy of the (bf16 on GPU) parameters during generation; it also makes decoding faster.
+    copy of the (bf16 under mixed precision) parameters during generation; it also makes decoding faster.
     No-op for a model that is not sharded.
     """
     from torch.distributed.fsdp import FSDPModule

@@ -486,9 +486,13 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
     3. Response pass, N rows: response tokens 0..L-2 (token L-1 predicts nothing we need) at
        positions ``next_pos + t`` on the three rotary axes, attending to the expanded prefix
        (attention mask [N, P + L - 1] = prompt mask, then response mask). Its logits [N, L-1, V]
-       predict response tokens 1..L-1.
+       predict response tokens 1..L-1. With L = 1 the pass still runs, on token 0 (W = 1 column
+       instead of L - 1 = 0), and its one prediction is dropped from the result but stays in the
+       autograd graph (a zero gradient): the model is called the same number of times, forward
+       and backward, whatever the response lengths, so under FSDP2 every rank issues the same
+       all-gathers and reduce-scatters even when all responses of one rank are one token long.
     4. Log-probs by ``grpo.token_logprobs`` (chunked) on each of the two logit tensors; the
-       results [N, 1] and [N, L-1] are concatenated (not the logits).
+       results [N, 1] and [N, W] are concatenated (not the logits) and cut to [N, L].
 
     Why prefix sharing rather than packing. Seg-Zero prompts are ~1000 tokens (900 of them image
     tokens) and answers ~300: the plain path computes N * (P + L) = G * 1300 token positions per
@@ -526,8 +530,6 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
     first = out.logits[:, -1:].repeat_interleave(group_size, 0)  # [N, 1, V]: predicts token 0
     logp_first = token_logprobs(first, response_ids[:, :1], temperature)  # [N, 1]
     ent_first = token_entropy(first, temperature) if return_entropy else None
-    if resp_len == 1:
-        return (logp_first, ent_first) if return_entropy else logp_first
 
     # 2. expand the prompt keys/values to the N rows (samples of a prompt adjacent)
     prefix = Cache(layers=[
@@ -537,25 +539,27 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
     ])
     del capture, out
 
-    # 3. response pass: tokens 0..L-2 on top of the shared prefix
-    inputs = response_ids[:, :-1]  # [N, L-1]
-    steps = torch.arange(resp_len - 1, device=batch.device)
-    resp_pos = next_pos.repeat_interleave(group_size)[:, None] + steps  # [N, L-1]
+    # 3. response pass: tokens 0..W-1 on top of the shared prefix, W = L-1 (1 when L = 1: step 3)
+    width = max(resp_len - 1, 1)
+    inputs = response_ids[:, :width]  # [N, W]
+    targets = response_ids[:, 1:] if resp_len > 1 else inputs  # [N, W]; for L = 1 a stand-in, dropped
+    steps = torch.arange(width, device=batch.device)
+    resp_pos = next_pos.repeat_interleave(group_size)[:, None] + steps  # [N, W]
     attention_mask = torch.cat(
         [batch.attention_mask.repeat_interleave(group_size, 0),
-         response_mask[:, :-1].to(batch.attention_mask.dtype)], 1,
-    )  # [N, P + L-1]
+         response_mask[:, :width].to(batch.attention_mask.dtype)], 1,
+    )  # [N, P + W]
     out = model(
-        inputs_embeds=model.get_input_embeddings()(inputs),  # [N, L-1, hidden]
+        inputs_embeds=model.get_input_embeddings()(inputs),  # [N, W, hidden]
         attention_mask=attention_mask,
-        position_ids=resp_pos.unsqueeze(0).expand(3, -1, -1),  # [3, N, L-1]
+        position_ids=resp_pos.unsqueeze(0).expand(3, -1, -1),  # [3, N, W]
         **{CACHE_KWARG: prefix},
         use_cache=True,
     )
-    logits = out.logits  # [N, L-1, V]: column t predicts response token t + 1
-    logp = torch.cat([logp_first, token_logprobs(logits, response_ids[:, 1:], temperature)], 1)  # [N, L]
+    logits = out.logits  # [N, W, V]: column t predicts response token t + 1
+    logp = torch.cat([logp_first, token_logprobs(logits, targets, temperature)], 1)[:, :resp_len]  # [N, L]
     if return_entropy:
-        return logp, torch.cat([ent_first, token_entropy(logits, temperature)], 1)
+        return logp, torch.cat([ent_first, token_entropy(logits, temperature)], 1)[:, :resp_len]
     return logp
 
 
