@@ -176,7 +176,7 @@ def run(args) -> dict:
 
     ref_logp, phases["reference"] = _timed(device, reference)
     buffer = RolloutBuffer(
-        response_ids=rollout.response_ids, response_mask=rollout.response_mask, old_logp=rollout.logp,
+        response_ids=rollout.response_ids, response_mask=rollout.response_mask, rollout_logp=rollout.logp,
         rewards=rewards, advantages=adv, group_ids=torch.arange(num_rows, device=device) // group,
         ref_logp=ref_logp, prompts=list(range(num_prompts)),
     )
