@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
     p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget; later steps are "
                    "skipped when it is spent")
     p.add_argument("--new-tokens", type=int, default=300, help="bench: tokens per response")
-    p.add_argument("--train-new-tokens", type=int, default=128, help="train.py: tokens per response")
+    p.add_argument("--train-new-tokens", type=int, default=64, help="train.py: tokens per response")
     p.add_argument("--steps", default="env,bench,checkpoint,train,sam2,evaluate,load7b",
                    help="comma-separated subset of the steps, in this order")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints in the scratch folder")
@@ -278,7 +278,8 @@ def main(argv=None) -> dict:
             shape = ["--tiny"] if args.tiny else ["--model", "3b"]
             tokens = ["--new-tokens", str(args.new_tokens)] if not args.tiny else []
             entry = run_command(name, [py, "-m", "grpo.bench", *shape, "--device", device, "--attn", attn,
-                                       *tokens, "--out", str(work / "bench.json")], work, left)
+                                       *tokens, "--compare-plain", "--profile", str(work / "profile.txt"),
+                                       "--out", str(work / "bench.json")], work, left)
             if (work / "bench.json").exists():
                 entry.update(json.loads((work / "bench.json").read_text()))
         elif name == "checkpoint":
@@ -327,14 +328,14 @@ def main(argv=None) -> dict:
             entry = run_command(name, [py, "evaluate.py", "--data", f"synthetic:{n}", "--model",
                                        str(work / "ckpt_3b"), "--sam2-config", sam2.get("config", ""),
                                        "--sam2-checkpoint", sam2.get("checkpoint", ""), "--device", device,
-                                       "--max-new-tokens", "16" if args.tiny else "64", "--batch-size", str(n),
+                                       "--max-new-tokens", "16" if args.tiny else "32", "--batch-size", str(n),
                                        "--output-dir", str(eval_dir)], work, left)
             metrics = eval_dir / "metrics.json"
             if metrics.exists():
                 entry["metrics"] = json.loads(metrics.read_text()).get("table")
-            if not args.keep:
-                shutil.rmtree(work / "ckpt_3b", ignore_errors=True)
         elif name == "load7b":
+            if not args.keep:  # disk: the 3B checkpoint (7.5 GB) is not needed any more
+                shutil.rmtree(work / "ckpt_3b", ignore_errors=True)
             # with --tiny the tiny checkpoint stands in for 7B
             made = run_command("checkpoint7b", internal("checkpoint", args, work, ["--shape", "7b"]), work, left)
             made.update(read_step_json(work, "checkpoint"))
@@ -389,7 +390,7 @@ def format_table(result: dict) -> str:
         lines += ["", "bench ({shape}, {prompts} x {group} x {new_tokens} tokens, prompt {prompt_len}):".format(**bench)]
         for key in ("rollout_tokens_per_s", "hf_generate_tokens_per_s", "rollout_speedup_vs_hf",
                     "decode_bound_fraction", "train_tokens_per_s", "mfu", "rollout_s", "reward_s",
-                    "reference_s", "update_s", "step_s"):
+                    "reference_s", "update_s", "step_s", "plain_over_shared_prefix"):
             value = bench.get(key)
             lines.append(f"  {key:<28}{'n/a' if value is None else format(value, ',.3f')}")
         lines.append(f"  {'peak_memory_gib':<28}{bench['peak_memory_bytes'] / 2**30:,.1f}")

@@ -12,7 +12,6 @@ master weights, the GPU precision path) runs on CPU + gloo too: ratio exactly 1 
 """
 import os
 import sys
-import types
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from tiny_inputs import QUERIES, random_images  # noqa: E402
 
 from grpo import RolloutBuffer, UpdateConfig, grpo_update  # noqa: E402
-from grpo.parallel import FORWARD_FUNCTION, free_port  # noqa: E402
+from grpo.parallel import free_port  # noqa: E402
 
 G = 2
 UPDATE = UpdateConfig(micro_batch_size=G, kl_coef=0.0, entropy_coef=0.1, loss_mode="token-mean",
@@ -75,13 +74,15 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
     try:
         results = {}
         for precision in ("fp32", "bf16"):
+            from models.policy import ResponseLogProbs
+
             model, buf = _model_and_buffer()
-            shard_model(model, info, mixed_precision=precision == "bf16")
+            forward = shard_model(ResponseLogProbs(model), info, mixed_precision=precision == "bf16")
             dtypes = []
             model.lm_head.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
             local = _trim(buf.shard(rank, world_size))
             assert local.max_len == (1 if rank == 0 else 4)
-            metrics = _step(model, local)
+            metrics = _step(forward, local)
             params = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
             results[precision] = (params, metrics, sorted({str(d) for d in dtypes}))
         if rank == 0:
@@ -92,11 +93,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
 
 @pytest.mark.dist
 def test_one_token_responses_on_one_rank_keep_the_collectives_in_step(tmp_path):
-    from models.policy import response_logprobs
+    from models.policy import ResponseLogProbs
 
     model, buf = _model_and_buffer()
-    setattr(model, FORWARD_FUNCTION, types.MethodType(response_logprobs, model))
-    single = _step(model, buf)
+    single = _step(ResponseLogProbs(model), buf)
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = torch.load(tmp_path / "fsdp.pt", weights_only=False)
     params, metrics, dtypes = results["fp32"]
