@@ -198,7 +198,8 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
     policy = SegZeroPolicy(model.train(not frozen), processor, with_example=cfg.rollout.with_example,
                            think=cfg.rollout.think)
     shard_model(policy.logprobs, info, **shard)
-    materialize(policy.logprobs, "cpu" if shard["cpu_offload"] and info.device.type == "cuda" else info.device)
+    offloaded = shard["cpu_offload"] and info.device.type == "cuda"  # FSDP2 keeps these shards in CPU memory
+    materialize(policy.logprobs, "cpu" if offloaded else info.device, buffer_device=info.device)
     load_weights(policy.model, model_path)
     return policy
 

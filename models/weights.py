@@ -111,15 +111,19 @@ def build_on_meta(config, *, dtype: torch.dtype = torch.float32, attn_implementa
     return model
 
 
-def materialize(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """Allocate the (possibly sharded) meta parameters on ``device`` (uninitialised) and keep the
-    real buffers. Call after ``fully_shard`` so that only this rank's shards are allocated."""
+def materialize(model: nn.Module, device: torch.device | str, buffer_device: torch.device | str | None = None
+                ) -> nn.Module:
+    """Allocate the (possibly sharded) meta parameters on ``device`` (uninitialised) and put the
+    real buffers on ``buffer_device`` (default ``device``). Call after ``fully_shard`` so that only
+    this rank's shards are allocated. With FSDP2 CPU offload the parameters live on the CPU while
+    the buffers (rotary tables) must be where the compute is: ``device="cpu"``,
+    ``buffer_device="cuda"``."""
     buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
     model.to_empty(device=device)
     for name, value in buffers.items():
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
-        getattr(module, leaf).copy_(value)
+        module._buffers[leaf] = value.to(buffer_device or device)
     return model
 
 
