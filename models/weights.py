@@ -119,7 +119,19 @@ def materialize(model: nn.Module, device: torch.device | str, buffer_device: tor
     the buffers (rotary tables) must be where the compute is: ``device="cpu"``,
     ``buffer_device="cuda"``."""
     buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    first_of: dict[int, str] = {}
+    tied = []  # (name, name of the parameter it shares) e.g. lm_head.weight -> the embedding
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first_of:
+            tied.append((name, first_of[id(p)]))
+        else:
+            first_of[id(p)] = name
     model.to_empty(device=device)
+    for name, source in tied:  # to_empty of a plain module makes a new tensor per module: tie again
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        if getattr(module, leaf) is not model.get_parameter(source):
+            setattr(module, leaf, model.get_parameter(source))
     for name, value in buffers.items():
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
@@ -153,8 +165,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, log=None) -> dict
             else:
                 unexpected.append(key)
         del tensors
+        seen.update(part)  # before the call: set_model_state_dict adds the model's other keys to ``part``
         set_model_state_dict(model, part, options=StateDictOptions(full_state_dict=True, strict=False))
-        seen.update(part)
         del part
         if log:
             log(f"loaded {os.path.basename(file)} ({i + 1}/{len(files)})")

@@ -98,7 +98,7 @@ from grpo.parallel import init_distributed, shutdown
 from grpo.recipe import build_config
 from models.policy import SegZeroPolicy, load_policy
 info = init_distributed("cpu")
-cfg = build_config({{"model_path": "{tiny_ckpt}", "device": "cpu", "activation_checkpointing": True,
+cfg = build_config({{"model_path": "{tiny_ckpt}", "data_path": "synthetic", "device": "cpu", "activation_checkpointing": True,
                      "mixed_precision": False}}, preset="seg_zero_3b")
 policy = train.build_policy(cfg, info, "{tiny_ckpt}", frozen=False)
 full = SegZeroPolicy(*load_policy("{tiny_ckpt}", device="cpu"))
