@@ -90,6 +90,10 @@ def build(args):
         torch.manual_seed(args.seed)
         with torch.device(args.device):
             model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+        if args.attn == "sdpa":
+            from models.vision_attention import use_windowed_vision_attention
+
+            use_windowed_vision_attention(model)
         model.generation_config.pad_token_id = config.text_config.pad_token_id
         model.eval()
     text_params = sum(p.numel() for p in model.model.language_model.parameters())
@@ -226,6 +230,7 @@ def run(args) -> dict:
     hf_tps = num_rows * new_tokens / hf_s
     return {
         "device": name, "shape": "tiny" if args.tiny else args.model, "dtype": str(next(model.parameters()).dtype),
+        "attention": args.attn, "vision_attention": model.config.vision_config._attn_implementation,
         "params": params, "prompts": num_prompts, "group": group, "new_tokens": new_tokens,
         "prompt_len": prompt_len, "micro_batch_rows": args.micro_prompts * group,
         "rollout_tokens_per_s": ours_tps, "hf_generate_tokens_per_s": hf_tps,

@@ -52,6 +52,7 @@ from data.types import FRAME
 from grpo import token_entropy, token_logprobs
 from models.compat import CACHE_KWARG
 from models.prompt import build_messages
+from models.vision_attention import use_windowed_vision_attention
 
 _WEIGHT_FILES = re.compile(r".*\.(safetensors|bin)$|.*\.index\.json$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -143,6 +144,8 @@ def load_policy(
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
     )
+    if attn_implementation == "sdpa":
+        use_windowed_vision_attention(model)  # one attention call per vision block, not per window
     return model.to(device).eval(), processor
 
 

@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from models.prompt import EXAMPLE_ANSWER, build_prompt
+from models.vision_attention import use_windowed_vision_attention
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -218,6 +219,8 @@ def build_tiny_qwen(seed: int = 0, *, attn_implementation: str = "sdpa"):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
     # the text config holds the ids in every transformers 5 release (5.17 drops the top-level ones)
+    if attn_implementation == "sdpa":
+        use_windowed_vision_attention(model)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model.float().eval(), processor

@@ -97,6 +97,8 @@ def build_on_meta(config, *, dtype: torch.dtype = torch.float32, attn_implementa
     """Qwen2_5_VLForConditionalGeneration of ``config`` with parameters on meta, buffers real."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from models.vision_attention import use_windowed_vision_attention
+
     config._attn_implementation = attn_implementation
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # parameters are created in the master dtype
@@ -105,6 +107,8 @@ def build_on_meta(config, *, dtype: torch.dtype = torch.float32, attn_implementa
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default)
+    if attn_implementation == "sdpa":
+        use_windowed_vision_attention(model)
     model.tie_weights()  # lm_head IS the embedding when the config ties them (3B; not 7B)
     tied = model.lm_head.weight is model.get_input_embeddings().weight
     assert tied == bool(config.tie_word_embeddings), "lm_head / embedding tying does not match the config"
