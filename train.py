@@ -135,10 +135,11 @@ def build_data(cfg: Config, info):
 
 
 def read_sample(source, sampler: StepSampler, position: int):
-    """The sample at a stream position; a bad one (unreadable: BadSampleError; an empty mask or a
-    query that is empty once normalised: ValueError) is reported and the sample at the next stream
+    """The sample at a stream position; a bad one (unreadable or invalid: BadSampleError; an empty
+    mask or a query that is empty once normalised: ValueError) is reported and the sample at the next stream
     position is used instead (deterministic, so resume and rank count do not matter)."""
     from data import BadSampleError, solution_from_mask
+    from data.types import check_sample
     from models.prompt import normalize_query
 
     for k in range(100):
@@ -148,6 +149,7 @@ def read_sample(source, sampler: StepSampler, position: int):
             normalize_query(sample.query)
             if sample.solution is None:
                 sample.solution = solution_from_mask(sample.mask)
+            check_sample(sample, f"index {index}")  # box ordered and in the frame (any SampleSource)
         except (BadSampleError, ValueError) as err:
             print(f"skipping bad sample at index {index}: {err}", flush=True)
             continue

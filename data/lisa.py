@@ -12,8 +12,11 @@ as LISA does:
 - vertex coordinates are cast to int32 (truncation), as LISA's loader does.
 
 Bad files raise BadSampleError naming the file: no polygon (SPEC: two test files have none),
-a polygon with fewer than 3 points, a missing key, an unreadable image. :meth:`LisaReasonSeg.scan`
-lists the JSON-level problems without decoding any image.
+a polygon with fewer than 3 points or with a non-finite coordinate, a missing key or a value of the
+wrong type (``shapes`` not a list, a top level that is not an object), an unreadable or missing
+image (a ``name.json`` without its ``name.jpg`` is a sample too, counted as bad).
+:meth:`LisaReasonSeg.scan` lists the JSON-level problems without decoding any image. A polygon
+reaching far beyond the image is clipped near it first (:func:`data.polygon.frame_polygon`).
 
 :func:`write_lisa_folder` writes any SampleSource with masks in this layout (mask -> polygons with
 cv2.findContours, outer contours only: holes in a mask are not representable and are lost).
@@ -29,7 +32,8 @@ import cv2
 import numpy as np
 
 from data.image import encode_image, load_image
-from data.types import BadSampleError, Sample, SampleSource
+from data.polygon import frame_polygon
+from data.types import BadSampleError, Sample, SampleSource, check_sample, check_text, reading_sample
 
 IGNORE = 255
 
@@ -43,7 +47,11 @@ def _polygon_area(points: np.ndarray) -> float:
 def polygons_to_mask(shapes: list, height: int, width: int, where: str = "?",
                      sample_id: str = "?") -> np.ndarray:
     """LISA shapes -> uint8 mask [H, W] (0 background, 1 target, 255 ignore)."""
+    if not isinstance(shapes, list):
+        raise BadSampleError(sample_id, where, f"bad value: 'shapes' must be a list, got "
+                                               f"{type(shapes).__name__}")
     polygons = []  # (area, value, int32 points [K, 2])
+    num_found = 0  # target and ignore polygons, including those entirely outside the image
     for k, shape in enumerate(shapes):
         if not isinstance(shape, dict) or "points" not in shape or "label" not in shape:
             raise BadSampleError(sample_id, where, f"missing key: shape {k} needs 'label' and "
@@ -59,8 +67,14 @@ def polygons_to_mask(shapes: list, height: int, width: int, where: str = "?",
             raise BadSampleError(sample_id, where, f"polygon with fewer than 3 points: shape {k} "
                                                    f"({label!r}) has points of shape {pts.shape}")
         value = IGNORE if "ignore" in label else 1
-        polygons.append((_polygon_area(pts), value, pts.astype(np.int32)))
-    if not polygons:
+        try:
+            pts = frame_polygon(pts, height, width)
+        except ValueError as e:
+            raise BadSampleError(sample_id, where, f"bad polygon: shape {k} ({label!r}): {e}") from e
+        num_found += 1
+        if len(pts):  # else entirely outside the image: nothing to draw
+            polygons.append((_polygon_area(pts), value, pts.astype(np.int32)))
+    if not num_found:
         raise BadSampleError(sample_id, where,
                              "no polygons: the file has no target or ignore shape")
     mask = np.zeros((height, width), dtype=np.uint8)
@@ -74,8 +88,11 @@ def _read_json(path: str, sample_id: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise BadSampleError(sample_id, path, f"unreadable json: {e}") from e
+    if not isinstance(meta, dict):
+        raise BadSampleError(sample_id, path, f"bad value: the top level must be an object, got "
+                                              f"{type(meta).__name__}")
     for key in ("text", "shapes"):
         if key not in meta:
             raise BadSampleError(sample_id, path, f"missing key: {key!r}")
@@ -88,7 +105,10 @@ def _first_text(meta: dict, path: str, sample_id: str) -> str:
         if not text:
             raise BadSampleError(sample_id, path, "missing key: 'text' is an empty list")
         text = text[0]
-    return str(text)
+    try:
+        return check_text(text, "'text'")
+    except ValueError as e:
+        raise BadSampleError(sample_id, path, f"bad query: {e}") from None
 
 
 class LisaReasonSeg:
@@ -98,12 +118,12 @@ class LisaReasonSeg:
         self.folder = os.fspath(folder)
         if not os.path.isdir(self.folder):
             raise ValueError(f"no such LISA ReasonSeg folder: {self.folder}")
-        images = sorted(glob.glob(os.path.join(self.folder, "*.jpg")))
-        self._pairs = [(p, os.path.splitext(p)[0] + ".json") for p in images
-                       if os.path.isfile(os.path.splitext(p)[0] + ".json")]
-        if not self._pairs:
+        annotations = sorted(glob.glob(os.path.join(self.folder, "*.json")))
+        # every name.json is a sample; one whose name.jpg is missing is a bad one
+        self._pairs = [(os.path.splitext(p)[0] + ".jpg", p) for p in annotations]
+        if not any(os.path.isfile(image) for image, _ in self._pairs):
             raise ValueError(f"no name.jpg + name.json pairs in {self.folder}")
-        self.ids = [os.path.splitext(os.path.basename(p))[0] for p, _ in self._pairs]
+        self.ids = [os.path.splitext(os.path.basename(p))[0] for _, p in self._pairs]
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -112,11 +132,14 @@ class LisaReasonSeg:
         """JSON-level problems of every file (no polygon, short polygon, missing key), without
         decoding images."""
         bad = []
-        for sample_id, (_, json_path) in zip(self.ids, self._pairs):
+        for sample_id, (image_path, json_path) in zip(self.ids, self._pairs):
             try:
-                meta = _read_json(json_path, sample_id)
-                _first_text(meta, json_path, sample_id)
-                polygons_to_mask(meta["shapes"], 1, 1, json_path, sample_id)
+                with reading_sample(sample_id, json_path):
+                    if not os.path.isfile(image_path):
+                        raise BadSampleError(sample_id, image_path, "missing image: no such file")
+                    meta = _read_json(json_path, sample_id)
+                    _first_text(meta, json_path, sample_id)
+                    polygons_to_mask(meta["shapes"], 1, 1, json_path, sample_id)
             except BadSampleError as e:
                 bad.append(e)
         return bad
@@ -124,19 +147,23 @@ class LisaReasonSeg:
     def __getitem__(self, index: int) -> Sample:
         image_path, json_path = self._pairs[index]
         sample_id = self.ids[index]
-        meta = _read_json(json_path, sample_id)
-        query = _first_text(meta, json_path, sample_id)
-        try:
-            image = load_image(image_path)
-        except ValueError as e:
-            raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
-        h, w = image.shape[:2]
-        mask = polygons_to_mask(meta["shapes"], h, w, json_path, sample_id)
-        is_sentence = meta.get("is_sentence")
-        return Sample(id=sample_id, image=image, query=query, mask=mask,
-                      is_sentence=None if is_sentence is None else bool(is_sentence),
-                      meta={"file": image_path, "json": json_path,
-                            "texts": meta["text"] if isinstance(meta["text"], list) else None})
+        with reading_sample(sample_id, json_path):
+            meta = _read_json(json_path, sample_id)
+            query = _first_text(meta, json_path, sample_id)
+            if not os.path.isfile(image_path):
+                raise BadSampleError(sample_id, image_path, "missing image: no such file")
+            try:
+                image = load_image(image_path)
+            except ValueError as e:
+                raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
+            h, w = image.shape[:2]
+            mask = polygons_to_mask(meta["shapes"], h, w, json_path, sample_id)
+            is_sentence = meta.get("is_sentence")
+            sample = Sample(id=sample_id, image=image, query=query, mask=mask,
+                            is_sentence=None if is_sentence is None else bool(is_sentence),
+                            meta={"file": image_path, "json": json_path,
+                                  "texts": meta["text"] if isinstance(meta["text"], list) else None})
+        return check_sample(sample, json_path)
 
 
 def mask_to_shapes(mask: np.ndarray) -> list[dict]:
