@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic set")
     p.add_argument("--model", help="Qwen2.5-VL checkpoint directory or hub id")
     p.add_argument("--sam2", help="SAM2 hub id, e.g. facebook/sam2-hiera-large")
-    p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package (with --sam2-checkpoint)")
+    p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, or a yaml file that only "
+                                         "instantiates sam2 classes (with --sam2-checkpoint)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (with --sam2-config)")
     p.add_argument("--preset", choices=["tiny"], help="tiny: random tiny models + synthetic:8, CPU")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples of the dataset")

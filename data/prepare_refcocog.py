@@ -23,7 +23,6 @@ import sys
 from collections import Counter
 from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
 from data.ground_truth import sam2_consistency_filter
@@ -33,37 +32,13 @@ from data.types import BadSampleError
 
 
 def build_sam2_segmenter(config: str, checkpoint: str, device: str = "cpu") -> Callable:
-    """A ``(image, bbox, points) -> bool mask`` SAM2 callable for the consistency filter.
+    """A ``(image, bbox, points) -> bool mask`` SAM2 callable for the consistency filter: the
+    project's :class:`models.segmenter.Segmenter` (box + positive points, multimask output, the
+    highest-scoring mask; the config checked before Hydra builds anything). Imported lazily so
+    that the data package never needs models / sam2 / torch unless the filter is on."""
+    from models.segmenter import Segmenter
 
-    Uses the project's :class:`models.segmenter.Segmenter` when the models package is importable,
-    else sam2's image predictor directly (:func:`sam2_predictor_segmenter`). Imported lazily so
-    that the data package never needs models / sam2 / torch unless the filter is on.
-    """
-    try:
-        from models.segmenter import Segmenter
-    except ImportError:
-        return sam2_predictor_segmenter(config, checkpoint, device)
     return Segmenter.from_config(config, checkpoint, device=device)
-
-
-def sam2_predictor_segmenter(config: str, checkpoint: str | None,
-                             device: str = "cpu") -> Callable:
-    """sam2's image predictor as ``(image, bbox, points) -> bool mask``: box + positive points,
-    multimask output, the highest-scoring mask (SPEC section 1, step 5)."""
-    from sam2.build_sam import build_sam2
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(build_sam2(config, checkpoint, device=device))
-
-    def segment(image: np.ndarray, bbox: list, points: list) -> np.ndarray:
-        predictor.set_image(image)
-        masks, scores, _ = predictor.predict(
-            point_coords=np.asarray(points, dtype=np.float32),
-            point_labels=np.ones(len(points), dtype=np.int32),
-            box=np.asarray(bbox, dtype=np.float32), multimask_output=True)
-        return masks[int(np.argmax(scores))] > 0  # [H, W]
-
-    return segment
 
 
 def _reason_kind(reason: str) -> str:

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query", required=True, help="the referring expression or reasoning question")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--model", help="reasoning model: checkpoint directory or hub id (Qwen2.5-VL)")
-    parser.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
+    parser.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, e.g. configs/sam2.1/sam2.1_hiera_l.yaml, "
+                        "or a yaml file that only instantiates sam2 classes")
     parser.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt) matching --sam2-config")
     parser.add_argument("--sam2", help=f"SAM2 hub id (default {DEFAULT_SAM2_HUB_ID} when no config is given)")
     parser.add_argument("--prompt-mode", default="box+points", choices=PROMPT_MODES, help="SAM2 prompts (paper Table 2)")

@@ -73,42 +73,7 @@ def test_command_line_entry_point(tmp_path):
     assert len(AuthorsTrainParquet(out)) == 1
 
 
-def test_sam2_adapter_keeps_highest_scoring_mask(monkeypatch):
-    # The adapter's wiring, with sam2 replaced by a fake (the real predictor is tested in models/):
-    # box + points with positive labels, multimask output, the mask with the highest score.
-    import types
-
-    from data.prepare_refcocog import sam2_predictor_segmenter
-
-    calls = {}
-
-    class FakePredictor:
-        def __init__(self, model):
-            calls["model"] = model
-
-        def set_image(self, image):
-            calls["image_shape"] = image.shape
-
-        def predict(self, point_coords, point_labels, box, multimask_output):
-            calls.update(points=point_coords.tolist(), labels=point_labels.tolist(),
-                         box=box.tolist(), multimask=multimask_output)
-            masks = np.zeros((3, 4, 5), np.float32)
-            masks[1, 0, 0] = 1.0  # the best-scoring mask (score 0.9) has one pixel set
-            return masks, np.array([0.1, 0.9, 0.5]), None
-
-    monkeypatch.setitem(sys.modules, "sam2.build_sam", types.SimpleNamespace(
-        build_sam2=lambda cfg, ckpt, device: ("model", cfg, ckpt, device)))
-    monkeypatch.setitem(sys.modules, "sam2.sam2_image_predictor",
-                        types.SimpleNamespace(SAM2ImagePredictor=FakePredictor))
-    seg = sam2_predictor_segmenter("cfg.yaml", "ckpt.pt")
-    out = seg(np.zeros((4, 5, 3), np.uint8), [1, 1, 3, 2], [[2, 1]])
-    assert calls["model"] == ("model", "cfg.yaml", "ckpt.pt", "cpu")
-    assert calls["points"] == [[2.0, 1.0]] and calls["labels"] == [1]
-    assert calls["box"] == [1.0, 1.0, 3.0, 2.0] and calls["multimask"] is True
-    assert out.dtype == bool and out.sum() == 1 and out[0, 0]
-
-
-def test_sam2_filter_prefers_models_segmenter(monkeypatch):
+def test_sam2_filter_uses_models_segmenter(monkeypatch):
     import types
 
     from data.prepare_refcocog import build_sam2_segmenter
