@@ -1,13 +1,15 @@
 """Config, presets, validation, data sharding, checkpoint atomicity: the fast, in-process tests."""
+import dataclasses
 import json
 import types
+import typing
 
 import pytest
 import torch
 
 from grpo.checkpoint import COMPLETE, latest_checkpoint
 from grpo.parallel import StepSampler
-from grpo.recipe import PRESETS, build_config, check_world_size, help_text, parse_args
+from grpo.recipe import PRESETS, SECTIONS, build_config, check_world_size, help_text, parse_args
 
 
 def test_overrides_flat_dotted_and_bare_bool():
@@ -49,6 +51,34 @@ def test_real_presets_require_model_and_data_paths(preset):
 def test_out_of_range_values_name_the_field(args, field):
     with pytest.raises(ValueError, match=field):
         parse_args(args)
+
+
+FLOAT_FIELDS = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+                if typing.get_type_hints(cls)[f.name] is float]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_non_finite_numbers_are_refused_naming_the_option(name, value):
+    assert {"weight_decay", "adv_eps", "lr", "kl_coef"} <= set(FLOAT_FIELDS)
+    option = "--" + name.replace("_", "-")
+    with pytest.raises(ValueError, match=rf"^config field {name}={float(value)!r} \({option}\): "):
+        parse_args([option, value])
+
+
+def test_values_of_the_wrong_type_are_refused():
+    # from a config.json (Config.from_dict) values arrive as JSON, not as command-line strings
+    cfg = json.loads(build_config().to_json())
+    for section, name, value, what in [("rollout", "group_size", [8], "expected an integer"),
+                                       ("rollout", "group_size", 8.5, "expected an integer"),
+                                       ("rollout", "group_size", True, "expected an integer"),
+                                       ("optim", "lr", None, "expected a number"),
+                                       ("train", "output_dir", 3, "expected text"),
+                                       ("optim", "weight_decay", float("inf"), "must be a finite number")]:
+        bad = json.loads(json.dumps(cfg))
+        bad[section][name] = value
+        with pytest.raises(ValueError, match=f"config field {name}=.*: {what}"):
+            type(build_config()).from_dict(bad)
 
 
 def test_unknown_option_and_preset():
