@@ -56,7 +56,7 @@ from torch.distributed.checkpoint.state_dict import (
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from grpo.parallel import barrier, unwrapped_class
+from grpo.parallel import all_gather_objects, barrier, unwrapped_class
 
 COMPLETE = "COMPLETE"
 #: Names of the complete checkpoint folders (and the only names ``latest`` may point to).
@@ -194,14 +194,36 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     return extra
 
 
+class TrainingDiverged(RuntimeError):
+    """The model's numbers are no longer finite (or no step could be applied): nothing to keep."""
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Collective: names of the parameters holding a NaN or an infinity on any rank (each rank
+    checks its own shards), sorted; the same list on every rank."""
+    local = []
+    for name, p in model.named_parameters():
+        data = p.to_local() if hasattr(p, "to_local") else p  # a DTensor shard under FSDP2
+        if not torch.isfinite(data.detach()).all():
+            local.append(name)
+    return sorted({name for names in all_gather_objects(local) for name in names})
+
+
 def export_hf(out_dir: str | os.PathLike, model: nn.Module, processor: Any | None,
-              dtype: torch.dtype | None = None) -> Path | None:
+              dtype: torch.dtype | None = None, extra_files: dict[str, str] | None = None) -> Path | None:
     """Collective: gather the full state dict on rank 0 and ``save_pretrained`` it (safetensors).
 
     Rank 0 builds an unsharded copy of the model class on CPU from ``model.config``, loads the
-    gathered weights, and saves it together with the processor. Written to ``out_dir.tmp`` then
-    renamed, like checkpoints. Returns the folder on rank 0, None elsewhere.
+    gathered weights, and saves it together with the processor and ``extra_files`` (name -> text).
+    Written to ``out_dir.tmp`` then renamed, like checkpoints. Returns the folder on rank 0, None
+    elsewhere. Weights holding a NaN or an infinity are never exported: TrainingDiverged on every
+    rank, naming them.
     """
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise TrainingDiverged(f"refusing to export {out_dir}: {len(bad)} parameter tensors hold NaN or inf "
+                         f"(e.g. {bad[:3]}); training diverged: lower the learning rate or check the "
+                         f"other numbers of the config")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     out = Path(out_dir)
     result = None
@@ -222,6 +244,8 @@ def export_hf(out_dir: str | os.PathLike, model: nn.Module, processor: Any | Non
         plain.save_pretrained(tmp, safe_serialization=True)
         if processor is not None:
             processor.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

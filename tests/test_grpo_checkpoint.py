@@ -95,3 +95,17 @@ def test_latest_only_follows_step_folders_inside_the_root(tmp_path):
     (root / "step_x").mkdir()
     (root / "step_x" / COMPLETE).write_text("x")
     assert latest_checkpoint(root) == root / "step_000010"
+
+
+def test_non_finite_weights_are_never_exported(tmp_path):
+    from grpo.checkpoint import TrainingDiverged, export_hf, nonfinite_parameters
+
+    model, _ = _model_and_optimizer(0)
+    assert nonfinite_parameters(model) == []
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    assert nonfinite_parameters(model) == ["bias"]
+    with pytest.raises(TrainingDiverged, match=r"refusing to export .*hf_export: 1 parameter tensors hold NaN "
+                                               r"or inf \(e.g. \['bias'\]\)"):
+        export_hf(tmp_path / "hf_export", model, None)
+    assert list(tmp_path.iterdir()) == []

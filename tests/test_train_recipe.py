@@ -1,6 +1,7 @@
 """Config, presets, validation, data sharding, checkpoint atomicity: the fast, in-process tests."""
 import dataclasses
 import json
+import re
 import types
 import typing
 
@@ -222,3 +223,73 @@ def test_read_sample_skips_unusable_samples_deterministically(capsys):
     out = capsys.readouterr().out
     assert "index 0" in out and "empty after normalisation" in out
     assert "index 1" in out and "index 2" in out and "cannot decode" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py's command line: a user mistake is one line on stderr and exit code 2, no traceback
+# (in-process: every case below fails before the process group would be created)
+
+
+def _user_mistakes(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["--group-size", "0"], "config field group_size=0 (--group-size): GRPO needs at least 2"),
+        (["--lr", "nan"], "config field lr=nan (--lr): must be a finite number"),
+        (["--weight-decay", "inf"], "config field weight_decay=inf (--weight-decay): must be a finite number"),
+        (["--adv-eps", "inf"], "config field adv_eps=inf (--adv-eps): must be a finite number"),
+        (["--max-steps", "two"], "config field max_steps='two': expected a number (int)"),
+        (["--resume", "maybe"], "config field resume='maybe': expected true or false"),
+        (["--top-p", "0"], "config field top_p=0.0 (--top-p): must be in (0, 1]"),
+        (["--kl-estimator", "k9"], "config field kl_estimator='k9' (--kl-estimator): use k1, k2 or k3"),
+        (["--device", "tpu"], "config field device='tpu' (--device): use auto, cpu or cuda"),
+        (["--preset", "huge"], "config field preset='huge': unknown preset"),
+        (["--preset"], "--preset needs a value"),
+        (["--learning-rate", "1"], "unknown config option 'learning-rate'; known: --activation-checkpointing"),
+        (["stray"], "unexpected command-line argument 'stray'"),
+        (["--max-steps"], "option --max-steps needs a value"),
+        (["--preset", "seg_zero_3b"], "config field model_path='' (--model-path): a model path is required"),
+        (["--preset", "seg_zero_3b", "--model-path", "/m"], "config field data_path='' (--data-path)"),
+        (["--output-dir", str(a_file)], f"--output-dir {str(a_file)!r} exists and is not a directory"),
+        (["--output-dir", str(a_file / "sub")], f"{str(a_file)!r} is not a directory"),
+        (["--output-dir", "/sys/seg_zero_run"], "cannot write in '/sys'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "config field device='cuda' but no CUDA device is available"))
+    return cases
+
+
+def test_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
+    import train
+
+    cases = _user_mistakes(tmp_path)
+    assert len(cases) >= 19
+    for argv, expected in cases:
+        run_dir = [] if "--output-dir" in argv else ["--output-dir", str(tmp_path / "run")]
+        assert train.cli(run_dir + argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("error: "), (argv, err)
+        assert expected in err, (argv, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_warm_start_export_is_reused_only_with_the_same_settings(tmp_path):
+    import train
+
+    cfg = build_config({"warmstart_sft_steps": 3, "seed": 1})
+    export = tmp_path / "warmstart_sft"
+    export.mkdir()
+    with pytest.raises(ValueError, match=r"warmstart_sft holds a warm start made with unknown settings "
+                                         r"\(no readable warmstart.json\); delete that folder"):
+        train.check_warmstart_export(export, train.warmstart_settings(cfg))
+    (export / "warmstart.json").write_text(json.dumps(train.warmstart_settings(cfg)))
+    train.check_warmstart_export(export, train.warmstart_settings(cfg))  # same settings: reused
+    for changed, key, then_now in [({"warmstart_sft_steps": 4}, "train.warmstart_sft_steps", "(3, 4)"),
+                                   ({"seed": 2}, "train.seed", "(1, 2)"),
+                                   ({"model_path": "/other"}, "model.model_path", "('tiny', '/other')")]:
+        other = build_config({"warmstart_sft_steps": 3, "seed": 1, **changed})
+        with pytest.raises(ValueError, match=re.escape(f"{{'{key}': {then_now}}}")):
+            train.check_warmstart_export(export, train.warmstart_settings(other))
+    # what does not change the warm start (the GRPO learning rate, the number of GRPO steps) is ignored
+    train.check_warmstart_export(export, train.warmstart_settings(build_config(
+        {"warmstart_sft_steps": 3, "seed": 1, "lr": 0.5, "max_steps": 7})))
