@@ -307,9 +307,15 @@ class _AtomicParquetWriter:
             self._pending = []
 
     def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        os.replace(self.tmp, self.path)
+        """Flush and move the file into place; on failure the temporary file is removed."""
+        try:
+            self._flush()
+            self._writer.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+            raise
 
     def abort(self) -> None:
         self._writer.close()
