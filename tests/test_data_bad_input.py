@@ -314,3 +314,21 @@ def test_evaluation_over_corrupt_refer_data_completes_and_counts(tmp_path):
     records = merge_predictions(str(tmp_path / "out"))
     assert [(r.id, r.is_bad) for r in records] == [("0_0", False), ("1_1", True), ("2_2", True),
                                                    ("refs[3]", True)]
+
+
+# ------------------------------------------------------------------------------------------ images
+
+def test_16_bit_png_is_scaled_by_its_range_not_saturated(tmp_path):
+    from data.image import load_image
+
+    # a 16-bit gradient 0, 257, 2 * 257, ... 255 * 257 = 65535: exactly 0..255 in 8 bits
+    gray16 = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
+    Image.fromarray(gray16).save(tmp_path / "deep.png")
+    image = load_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint8 and image.shape == (16, 16, 3)
+    assert np.array_equal(image[..., 0], np.arange(256).reshape(16, 16)) and (image[..., 1] == image[..., 0]).all()
+    # (PIL's own convert("RGB") clips at 255: 255 of these 256 pixels would be 255)
+    buf = io.BytesIO()
+    Image.fromarray(np.ones((4, 4), np.float32)).save(buf, format="TIFF")
+    with pytest.raises(ValueError, match="32-bit float pixels have no known range; convert it to an 8-bit"):
+        load_image(buf.getvalue())
