@@ -29,6 +29,12 @@ test``; the images are COCO train2014, ``--image-dir``)::
 The paper's ablations: ``--prompt-mode box|points`` (Table 2), ``--no-example`` (Table 5),
 ``--no-think`` (non-CoT, Table 1).
 
+Ignore regions of LISA's ReasonSeg folders (:mod:`data.lisa`): ``--ignore-regions exclude`` (the
+default) leaves them out of intersection and union, LISA's evaluation and the protocol of LISA's
+ReasonSeg numbers; ``--ignore-regions as-target`` counts them as target, which is what the Seg-Zero
+authors' ReasonSeg parquet holds and so the protocol of the Seg-Zero paper's ReasonSeg numbers.
+The authors' parquet is read as it is (its masks are 0 / 1), whatever the option says.
+
 Output directory (see :mod:`eval.results` for the formats)
 ----------------------------------------------------------
 ``predictions.jsonl`` (one line per sample; written per rank as ``predictions.rank{r}.jsonl`` with
@@ -37,8 +43,9 @@ and the run config, written atomically), ``run_config.json``, and ``vis/index.ht
 panels when ``--visualize-first`` / ``--visualize-worst`` are set.
 
 Resume: run the same command again; samples already recorded are skipped (a different world size
-is fine). A run config that differs in what determines the predictions (data, model, SAM2, prompt,
-generation length) is a ValueError instead of a silently mixed result; ``--limit`` may change.
+is fine). A run config that differs in what determines the predictions or their scores (data,
+ignore-region protocol, model, SAM2, prompt, generation length) is a ValueError instead of a
+silently mixed result; ``--limit`` may change.
 ``python evaluate.py --recompute DIR`` prints the table of DIR from its predictions alone.
 
 User mistakes (a bad option or ``--device``, an ``--output-dir`` that is a file or not writable, a
@@ -63,6 +70,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data.lisa import IGNORE_REGION_PROTOCOLS
 from data.paths import check_output_dir
 from eval.loop import evaluate_shard
 from eval.results import (done_ids, format_table, merge_predictions, table_from_predictions,
@@ -70,10 +78,10 @@ from eval.results import (done_ids, format_table, merge_predictions, table_from_
 
 RUN_CONFIG = "run_config.json"
 
-#: Arguments that determine the predictions: a resume must not change them.
-PREDICTION_KEYS = ("data", "split", "refer_dataset", "split_by", "synthetic_seed", "model", "sam2",
-                   "sam2_config", "sam2_checkpoint", "preset", "prompt_mode", "example", "think",
-                   "max_new_tokens", "single_quotes")
+#: Arguments that determine the predictions or their scores: a resume must not change them.
+PREDICTION_KEYS = ("data", "split", "refer_dataset", "split_by", "synthetic_seed", "ignore_regions",
+                   "model", "sam2", "sam2_config", "sam2_checkpoint", "preset", "prompt_mode",
+                   "example", "think", "max_new_tokens", "single_quotes")
 
 #: What ``--preset tiny`` sets (unless given on the command line).
 TINY_DEFAULTS = {"data": "synthetic:8", "max_new_tokens": 48, "batch_size": 4}
@@ -89,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-by", help="refer format: unc|umd|google (default: the dataset's usual one)")
     p.add_argument("--image-dir", help="refer format: folder of the COCO train2014 images")
     p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic set")
+    p.add_argument("--ignore-regions", default="exclude", choices=list(IGNORE_REGION_PROTOCOLS),
+                   help="LISA ReasonSeg folders: 'exclude' leaves ignore regions out of I and U "
+                        "(LISA's evaluation); 'as-target' counts them as target (the Seg-Zero "
+                        "authors' ReasonSeg conversion). Other formats are read as they are")
     p.add_argument("--model", help="Qwen2.5-VL checkpoint directory or hub id")
     p.add_argument("--sam2", help="SAM2 hub id, e.g. facebook/sam2-hiera-large")
     p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, or a yaml file that only "
@@ -208,7 +220,8 @@ def build_source(args: argparse.Namespace):
     from data import open_dataset
 
     return open_dataset(args.data, split=args.split, seed=args.synthetic_seed,
-                        dataset=args.refer_dataset, split_by=args.split_by, image_dir=args.image_dir)
+                        dataset=args.refer_dataset, split_by=args.split_by, image_dir=args.image_dir,
+                        ignore_regions=args.ignore_regions)
 
 
 def build_pipeline(args: argparse.Namespace, device: str):

@@ -4,6 +4,7 @@
     python train.py --max-steps 5                             # the same in one process
     torchrun --nproc_per_node=8 train.py --preset seg_zero_3b --model-path DIR --data-path DIR
     python train.py --help                                    # every option, every preset
+    python train.py --preset seg_zero_3b --print-config ...   # the resolved configuration, as JSON
 
 One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B * G, L tokens):
   1. rows      this rank's B samples of the global batch (grpo.parallel.StepSampler)
@@ -39,9 +40,9 @@ import torch
 from data.paths import check_output_dir
 from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
 from grpo.checkpoint import TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
-from grpo.parallel import (FORWARD_FUNCTION, StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
+from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
-from grpo.recipe import Config, check_world_size, parse_args
+from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
 from grpo.sft import sft_step
 from grpo.tracking import PhaseTimer, Tracker, format_report, heldout_report
 from grpo.update import UpdateConfig
@@ -49,11 +50,17 @@ from models.policy import SegZeroPolicy
 from rewards import score_completions
 
 
-def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> Path | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--print-config" in argv:  # the resolved configuration (preset + overrides); nothing loaded
+        print(parse_args([a for a in argv if a != "--print-config"]).to_json())
+        return None
+    cfg = parse_args(argv)
     check_output_dir(cfg.train.output_dir, "--output-dir")
     info = init_distributed(cfg.parallel.device)
     check_world_size(cfg, info.world_size)
+    if info.is_main and (note := micro_batch_note(cfg, info.world_size)):
+        print(note, flush=True)
     out = Path(cfg.train.output_dir)
     seed_everything(cfg.train.seed)
     train_set, heldout = build_data(cfg, info)
@@ -66,13 +73,13 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.train.algo == "grpo" and cfg.train.warmstart_sft_steps > 0:
         model_path = warm_start(cfg, info, train_set, heldout, out / "warmstart_sft")
     policy = build_policy(cfg, info, model_path, frozen=False)
-    ref = (build_policy(cfg, info, model_path, frozen=True).model
+    ref = (build_policy(cfg, info, model_path, frozen=True).logprobs
            if cfg.train.algo == "grpo" and cfg.grpo.kl_coef > 0 else None)
     optimizer = build_optimizer(cfg, policy.model, cfg.optim.lr)
     scheduler = build_scheduler(cfg, optimizer)
     start_step = 0
     if cfg.train.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
-        extra = load_checkpoint(ckpt, policy.model, optimizer)
+        extra = load_checkpoint(ckpt, policy.logprobs, optimizer)
         scheduler.load_state_dict(extra["scheduler"])
         start_step = extra["step"]
     tracker = Tracker(out, is_main=info.is_main, total_steps=cfg.train.max_steps, start_step=start_step,
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
                     with torch.no_grad():
                         buffer.ref_logp = make_logprob_fn(ref, cfg, entropy=False)(buffer)[0]
             with timer("update"):  # 6. clipped surrogate + KL - entropy, ppo_epochs x mini-batches steps
-                metrics = update(policy.model, optimizer, buffer, cfg, update_cfg)
+                metrics = update(policy.logprobs, optimizer, buffer, cfg, update_cfg)
             metrics.update(global_reward_terms(rb, info.device))
         num_applied += metrics.get("optimizer_steps", 1.0 - metrics.get("skipped_steps", 0.0))
         scheduler.step()
@@ -112,8 +119,8 @@ def main(argv: list[str] | None = None) -> Path:
             metrics["tokens_per_s"] = metrics["num_tokens"] / max(metrics["time/step"], 1e-9)
         tracker.log(step + 1, metrics)  # 7. log + checkpoint
         every = cfg.train.checkpoint_every
-        if (every and (step + 1) % every == 0) or step + 1 == cfg.train.max_steps:
-            save_checkpoint(out / "checkpoints", step + 1, policy.model, optimizer,
+        if (every and (step + 1) % every == 0) or (cfg.train.save_last and step + 1 == cfg.train.max_steps):
+            save_checkpoint(out / "checkpoints", step + 1, policy.logprobs, optimizer,
                             {"scheduler": scheduler.state_dict(),
                              "data_position": (step + 1) * cfg.train.prompts_per_step})
     if start_step < cfg.train.max_steps and num_applied == 0:
@@ -173,24 +180,44 @@ def read_sample(source, sampler: StepSampler, position: int):
 
 
 def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPolicy:
-    """Load (or build the tiny) Qwen2.5-VL and shard it with FSDP2 (grpo.parallel.shard_model)."""
+    """The policy (or, ``frozen``, the reference) with its training forward sharded by FSDP2.
+
+    ``policy.logprobs`` (models.policy.ResponseLogProbs: the module whose forward returns the
+    response log-probs) is the FSDP2 root; each vision and decoder block is its own unit
+    (grpo.parallel.shard_model). A checkpoint directory is built on the meta device, sharded,
+    then filled shard file by shard file (models.weights), so no rank ever holds the whole model.
+    The trainable policy keeps its master weights in ``model.dtype``; the frozen reference is
+    stored in the compute dtype (bf16 under mixed precision on GPU: half the memory, the numbers
+    the bf16 forward would use anyway). 'tiny' builds the random tiny model in memory.
+    """
+    shard = dict(mixed_precision=cfg.parallel.mixed_precision, cpu_offload=frozen and cfg.parallel.ref_cpu_offload,
+                 activation_checkpointing=cfg.parallel.activation_checkpointing and not frozen, frozen=frozen)
     if model_path == "tiny":
         from models.tiny import build_tiny_qwen
 
         model, processor = build_tiny_qwen(cfg.model.tiny_seed, attn_implementation=cfg.model.attn_implementation)
-        model = model.to(info.device)
-    else:
-        from models.policy import load_policy
+        policy = SegZeroPolicy(model.to(info.device).train(not frozen), processor,
+                               with_example=cfg.rollout.with_example, think=cfg.rollout.think)
+        shard_model(policy.logprobs, info, **shard)
+        return policy
+    from models.policy import load_processor, local_checkpoint_dir
+    from models.weights import build_on_meta, load_weights, materialize
+    from transformers import AutoConfig
 
-        model, processor = load_policy(model_path, device=str(info.device), dtype=cfg.model.dtype,
-                                       attn_implementation=cfg.model.attn_implementation,
-                                       min_pixels=cfg.model.min_pixels or None,
-                                       max_pixels=cfg.model.max_pixels or None)
-    model.train(not frozen)
-    shard_model(model, info, mixed_precision=cfg.parallel.mixed_precision,
-                cpu_offload=frozen and cfg.parallel.ref_cpu_offload,
-                activation_checkpointing=cfg.parallel.activation_checkpointing and not frozen, frozen=frozen)
-    return SegZeroPolicy(model, processor, with_example=cfg.rollout.with_example, think=cfg.rollout.think)
+    model_path = local_checkpoint_dir(model_path)
+    processor = load_processor(model_path, min_pixels=cfg.model.min_pixels or None,
+                               max_pixels=cfg.model.max_pixels or None)
+    dtype = getattr(torch, cfg.model.dtype)
+    if frozen and cfg.parallel.mixed_precision and info.device.type == "cuda":
+        dtype = torch.bfloat16
+    model = build_on_meta(AutoConfig.from_pretrained(model_path), dtype=dtype,
+                          attn_implementation=cfg.model.attn_implementation)
+    policy = SegZeroPolicy(model.train(not frozen), processor, with_example=cfg.rollout.with_example,
+                           think=cfg.rollout.think)
+    shard_model(policy.logprobs, info, **shard)
+    materialize(policy.logprobs, "cpu" if shard["cpu_offload"] and info.device.type == "cuda" else info.device)
+    load_weights(policy.model, model_path)
+    return policy
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -223,7 +250,8 @@ def build_update_config(cfg: Config) -> UpdateConfig:
                         clip_high=g.clip_eps_high or g.clip_eps, kl_coef=g.kl_coef, kl_kind=g.kl_estimator,
                         entropy_coef=g.entropy_coef, loss_mode=g.aggregation,
                         max_grad_norm=cfg.optim.max_grad_norm or None,
-                        temperature=cfg.rollout.temperature, max_response_len=cfg.rollout.max_new_tokens)
+                        temperature=cfg.rollout.temperature, max_response_len=cfg.rollout.max_new_tokens,
+                        tis_cap=g.tis_cap or None)
 
 
 def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):
@@ -234,7 +262,7 @@ def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: l
     generators = [torch.Generator(policy.device).manual_seed((cfg.train.seed * 1_000_003 + step) * 1_000_003 + pos)
                   for pos in positions]
     policy.model.eval()
-    with unsharded_for_generation(policy.model), torch.no_grad():
+    with unsharded_for_generation(policy.logprobs), torch.no_grad():
         out = policy.rollout([s.image for s in samples], [s.query for s in samples], cfg.rollout.group_size,
                              max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                              top_p=cfg.rollout.top_p, generator=generators)
@@ -243,14 +271,17 @@ def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: l
 
 
 def make_buffer(ro, rb, cfg: Config, device) -> RolloutBuffer:
-    """The rollout + its rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G)."""
+    """The rollout + its rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G).
+
+    old_logp is left None (``update`` fills it when there is more than one optimizer step); the
+    sampler's log-probs go to rollout_logp, for the mismatch diagnostic and optional TIS only."""
     G = cfg.rollout.group_size
     num_prompts = ro.response_ids.shape[0] // G
     rewards = torch.as_tensor(rb.total, dtype=torch.float32, device=device)  # [N]
     return RolloutBuffer(
         response_ids=ro.response_ids,  # [N, L] (pad ids after EOS are masked)
         response_mask=ro.response_mask,  # [N, L]
-        old_logp=ro.logp.float(),  # [N, L] sampling log-probs = old log-probs (one step per rollout)
+        rollout_logp=ro.logp.float(),  # [N, L] the sampler's log-probs (never pi_old)
         rewards=rewards,
         advantages=group_advantages(rewards, G, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std,
                                     estimator=cfg.grpo.adv_estimator),
@@ -267,7 +298,7 @@ def make_logprob_fn(model, cfg: Config, entropy: bool):
         logps, ents = [], []
         for g, batch in enumerate(mb.prompts):
             rows = (mb.group_ids == g).nonzero().squeeze(1)  # [n_g], contiguous
-            res = getattr(model, FORWARD_FUNCTION)(batch, mb.response_ids[rows], mb.response_mask[rows],
+            res = model(batch, mb.response_ids[rows], mb.response_mask[rows],
                                     group_size=len(rows), temperature=cfg.rollout.temperature,
                                     return_entropy=entropy)
             logps.append(res[0] if entropy else res)
@@ -280,9 +311,10 @@ def make_logprob_fn(model, cfg: Config, entropy: bool):
 
 
 def update(model, optimizer, buffer: RolloutBuffer, cfg: Config, update_cfg: UpdateConfig) -> dict[str, float]:
-    """Step 6 (grpo.update). With one optimizer step per rollout the sampling log-probs in the
-    buffer are the old log-probs; with more (ppo_epochs > 1 or num_mini_batches > 1) pi_old is
-    first fixed by a no-grad pass of the trainer's own forward (grpo.update module docstring)."""
+    """Step 6 (grpo.update). pi_old is always the trainer's own forward: with one optimizer step per
+    rollout the update's own detached log-probs (buffer.old_logp stays None, ratio exactly 1); with
+    more (ppo_epochs > 1 or num_mini_batches > 1) a no-grad pass of the same forward fixes it first
+    (grpo.update module docstring)."""
     if not update_cfg.one_step_per_rollout:
         buffer.old_logp = compute_old_logprobs(make_logprob_fn(model, cfg, entropy=False), buffer,
                                                update_cfg.micro_batch_size)
@@ -308,7 +340,7 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
     if cfg.data.heldout_size == 0:
         return
     policy.model.eval()
-    with unsharded_for_generation(policy.model), torch.no_grad():
+    with unsharded_for_generation(policy.logprobs), torch.no_grad():
         rep = heldout_report(policy, heldout, max_new_tokens=cfg.rollout.max_new_tokens,
                              think=cfg.rollout.think, strict=cfg.reward.strict_format,
                              soft=cfg.reward.soft_accuracy)

@@ -4,7 +4,8 @@ section 6).
     "synthetic" | "synthetic:N"        -> SyntheticDataset(N, seed) (N defaults to 1000)
     FILE.parquet | folder of parquet   -> AuthorsTrainParquet (columns problem, solution, image)
                                           or ReasonSegParquet (columns image, text, mask)
-    folder of name.jpg + name.json     -> LisaReasonSeg (FOLDER/split when it exists)
+    folder of name.jpg + name.json     -> LisaReasonSeg (FOLDER/split when it exists), with the
+                                          ignore-region protocol ``ignore_regions``
     folder with [dataset/]instances.json -> ReferDataset(dataset, split_by, split)
 
 Anything else is a ValueError naming the path.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 
-from data.lisa import LisaReasonSeg
+from data.lisa import LisaReasonSeg, check_ignore_regions
 from data.parquet import (REASONSEG_COLUMNS, TRAIN_COLUMNS, AuthorsTrainParquet, ReasonSegParquet,
                           open_parquet, parquet_files)
 from data.refer import ReferDataset
@@ -31,7 +32,8 @@ def _is_lisa_folder(folder: str) -> bool:
 
 def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int = 0,
                  dataset: str = "refcocog", split_by: str | None = None,
-                 image_dir: str | os.PathLike | None = None) -> SampleSource:
+                 image_dir: str | os.PathLike | None = None,
+                 ignore_regions: str = "exclude") -> SampleSource:
     """Open a dataset by name or path (see the module docstring).
 
     Args:
@@ -40,7 +42,13 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
             sub-folder ``split`` when there is one; refer: the refs split (default "val").
         seed: synthetic dataset seed.
         dataset, split_by, image_dir: refer format only (see ReferDataset).
+        ignore_regions: LISA folders only: "exclude" (LISA's evaluation: ignore regions stay 255
+            and are left out of I and U) or "as-target" (ignore regions are target, as in the
+            Seg-Zero authors' ReasonSeg conversion); see :mod:`data.lisa`. The other formats carry
+            no ignore label (the authors' parquet already counts ignore regions as target) and
+            are read as they are; the value is checked whatever the format.
     """
+    check_ignore_regions(ignore_regions)
     spec_str = os.fspath(spec)
     if spec_str == "synthetic" or spec_str.startswith("synthetic:"):
         n = DEFAULT_SYNTHETIC_SIZE
@@ -61,9 +69,9 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
                                 split=split if split is not None else "val", image_dir=image_dir)
         sub = os.path.join(spec_str, split) if split is not None else None
         if sub is not None and os.path.isdir(sub) and _is_lisa_folder(sub):
-            return LisaReasonSeg(sub)
+            return LisaReasonSeg(sub, ignore_regions=ignore_regions)
         if _is_lisa_folder(spec_str):
-            return LisaReasonSeg(spec_str)
+            return LisaReasonSeg(spec_str, ignore_regions=ignore_regions)
         if not glob.glob(os.path.join(spec_str, "**", "*.parquet"), recursive=True):
             raise ValueError(f"unknown dataset format in {spec_str}: no parquet files, no "
                              f"name.jpg + name.json pairs, no instances.json")

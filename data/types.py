@@ -1,15 +1,20 @@
 """Types shared by every dataset reader, the trainer and the evaluation loop.
 
 A reader turns files on disk (or a generator) into :class:`Sample` objects. A sample that cannot be
-read (unreadable image, polygon with fewer than 3 points, empty mask, missing key, mismatched sizes,
-a value of the wrong type) is never silently dropped and never stops a whole run: the reader raises
-:class:`BadSampleError` for that one index, naming the file and the reason, and the caller counts
-it. A file that cannot be read at all (not JSON, not parquet, the wrong top-level structure) is one
-``ValueError`` naming the file, raised when the reader is built.
+read (unreadable image, polygon with fewer than 3 points, a RefCOCO annotation without any polygon,
+missing key, mismatched sizes, a value of the wrong type) is never silently dropped and never stops
+a whole run: the reader raises :class:`BadSampleError` for that one index, naming the file and the
+reason, and the caller counts it. A file that cannot be read at all (not JSON, not parquet, the
+wrong top-level structure) is one ``ValueError`` naming the file, raised when the reader is built.
 
 Every sample is validated where it is read, by :func:`check_sample`: the image is uint8 RGB, the
 query is text (a ``str`` that encodes to UTF-8: no lone surrogate), the mask has the image's size
 and only the values 0, 1, 255, and a solution has an ordered box and points inside the 840 frame.
+
+An all-zero ``mask`` is not a read error: it is an EMPTY TARGET (a LISA ReasonSeg file whose
+shapes are all "flag", SPEC.md section 6). Evaluation scores it (IoU 1 for an empty prediction,
+SPEC section 7); training needs a box from the mask, so the trainer reports it and moves on to
+the next sample (``data.solution_from_mask`` raises ValueError on it).
 
 Coordinate conventions (SPEC.md sections 1, 5):
 - ``image`` is the ORIGINAL image, ``uint8`` RGB, shape ``[H, W, 3]``.
@@ -41,8 +46,9 @@ class Sample:
         id: unique, stable identifier (used to resume evaluation and to shard data).
         image: original RGB image, uint8 [H, W, 3].
         query: the referring expression or reasoning question, as written in the dataset.
-        mask: uint8 [H, W] target mask (0 / 1 / 255 = ignore), or None when the format has none
-            (the authors' training parquet only has the 840-frame solution).
+        mask: uint8 [H, W] target mask (0 / 1 / 255 = ignore; all zero = an empty target), or None
+            when the format has none (the authors' training parquet only has the 840-frame
+            solution).
         solution: ground truth in the 840 frame ``{"bbox": [...], "points": [[x, y], [x, y]]}``,
             or None when only a mask is known (compute it with ``data.solution_from_mask``).
         is_sentence: ReasonSeg's long-query flag (True = sentence query), None when unknown.

@@ -25,7 +25,9 @@ earns IoU (section 7 "unparseable predictions count as IoU 0").
 
 Bad samples: a ``BadSampleError`` from the dataset (corrupt image, missing annotation), a sample
 without a ground-truth mask, or a query that is empty once normalised (e.g. "..."), becomes a record with ``status == "bad_sample"`` and the reason; it is
-logged, written like any other record, counted in the table, and never stops the run. Any other
+logged, written like any other record, counted in the table, and never stops the run. An all-zero
+ground-truth mask is not a bad sample: it is an empty target, scored by the same formula (IoU 1
+for a parsed empty prediction, 0 for a prediction with pixels outside the ignore regions). Any other
 exception (from the model, say) is a bug and propagates: the batches already written survive it.
 """
 from __future__ import annotations

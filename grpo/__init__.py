@@ -5,7 +5,8 @@ step wires them together:
 
     advantages.py  group_advantages      GRPO / Dr. GRPO / RLOO advantages from grouped rewards
     kl.py          kl_estimate           Schulman's k1 / k2 / k3 per-token KL estimators
-    losses.py      clipped_surrogate, aggregate, grpo_loss   PPO-clip objective and token averaging
+    losses.py      clipped_surrogate, aggregate, grpo_loss, truncated_is_weight   PPO-clip objective,
+                                         token averaging, sampler-mismatch weight
     logprobs.py    token_logprobs, token_entropy             chunked float32 log-probs / entropy
     buffer.py      RolloutBuffer         one rollout, with micro-batching and sharding by groups
     update.py      UpdateConfig, grpo_update, compute_old_logprobs
@@ -15,7 +16,7 @@ from grpo.advantages import group_advantages
 from grpo.buffer import RolloutBuffer
 from grpo.kl import kl_estimate
 from grpo.logprobs import token_entropy, token_logprobs, token_logprobs_and_entropy
-from grpo.losses import aggregate, clipped_surrogate, grpo_loss
+from grpo.losses import aggregate, clipped_surrogate, grpo_loss, truncated_is_weight
 from grpo.metrics import rollout_metrics, zero_variance_group_fraction
 from grpo.update import UpdateConfig, compute_old_logprobs, grpo_update
 
@@ -33,5 +34,6 @@ __all__ = [
     "token_entropy",
     "token_logprobs",
     "token_logprobs_and_entropy",
+    "truncated_is_weight",
     "zero_variance_group_fraction",
 ]

@@ -25,6 +25,14 @@ Rewards r [N] hold G = ``group_size`` samples per prompt, the samples of one pro
 
 A group whose rewards all tie gets A = 0 for every sample (no learning signal from it); see
 ``grpo.metrics.zero_variance_group_fraction``.
+
+Precision: the group statistics (mean, std, leave-one-out sums) are computed in float64 and the
+result is cast back to the rewards' dtype. In float32 a group of G equal non-dyadic rewards
+gets a rounded mean (0.7 x 8: mean 0.69999993, each reward 0.69999999), so r - mean = 6.0e-8,
+std = 6.4e-8 and A = 6.0e-8 / (6.4e-8 + 1e-6) = 0.056 for all 8 samples, one sign, from a
+group that carries no signal. In float64 the sum of G equal
+float32 values is exact (24 + log2(G) significant bits < 53), so the mean equals them exactly and
+a tied group gets exactly 0.
 """
 from __future__ import annotations
 
@@ -40,7 +48,9 @@ def group_advantages(
     scale_by_std: bool = True,
     estimator: str = "grpo",
 ) -> torch.Tensor:
-    """Advantages [N] (float, the rewards' float dtype or float32) from rewards [N]; see module doc.
+    """Advantages [N] (the rewards' float dtype, or float32) from rewards [N]; see module doc.
+
+    Computed in float64 (module doc, "Precision"), returned in the rewards' dtype.
 
     Raises ValueError when rewards is not 1-D or not finite, when N is not a multiple of
     ``group_size``, when ``group_size`` < 2 where a std or a leave-one-out mean needs two samples,
@@ -70,13 +80,14 @@ def group_advantages(
     if not torch.isfinite(rewards).all():
         raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
 
-    grouped = rewards.view(-1, group_size)  # [B, G]
+    out_dtype = rewards.dtype
+    grouped = rewards.double().view(-1, group_size)  # [B, G] float64
     mean = grouped.mean(dim=1, keepdim=True)  # [B, 1]
     if estimator == "rloo":
         baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # [B, G]
-        return (grouped - baseline).reshape(-1)  # [N]
+        return (grouped - baseline).reshape(-1).to(out_dtype)  # [N]
     adv = grouped - mean  # [B, G]
     if scale_by_std:
         std = grouped.std(dim=1, keepdim=True, correction=1)  # [B, 1], unbiased
         adv = adv / (std + eps)
-    return adv.reshape(-1)  # [N]
+    return adv.reshape(-1).to(out_dtype)  # [N]

@@ -75,35 +75,22 @@ def lookup(table: dict, name: str):
 
 def build(args):
     """(policy, text parameter count) for the chosen shape on the chosen device."""
-    from models.tiny import build_tiny_processor, build_tiny_qwen, tiny_qwen_config
+    from models.tiny import build_tiny_qwen
 
     if args.tiny:
         model, processor = build_tiny_qwen(seed=args.seed)
         model = model.to(args.device)
     else:
-        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-        from models.policy import config_from_file
-        from models.tiny import build_tiny_tokenizer
+        from transformers import Qwen2_5_VLForConditionalGeneration
+        from models.weights import real_shape_config
 
-        tokenizer = build_tiny_tokenizer()
-        processor = Qwen2_5_VLProcessor(
-            image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(), chat_template=build_tiny_processor(tokenizer).chat_template,
-        )
-        config = config_from_file(os.path.join(args.reference_dir, f"qwen2_5_vl_{args.model}.json"))
-        ids = tiny_qwen_config(tokenizer)  # the tokenizer's special-token ids
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                     "bos_token_id", "eos_token_id", "pad_token_id"):
-            setattr(config, name, getattr(ids, name))
-        config.text_config.eos_token_id = ids.eos_token_id
-        config.text_config.pad_token_id = ids.pad_token_id
+        config, processor = real_shape_config(args.model)
         config._attn_implementation = args.attn
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         torch.manual_seed(args.seed)
         with torch.device(args.device):
             model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
-        model.generation_config.pad_token_id = ids.pad_token_id
+        model.generation_config.pad_token_id = config.text_config.pad_token_id
         model.eval()
     text_params = sum(p.numel() for p in model.model.language_model.parameters())
     text_params += 0 if model.config.tie_word_embeddings else model.lm_head.weight.numel()
@@ -189,7 +176,7 @@ def run(args) -> dict:
 
     ref_logp, phases["reference"] = _timed(device, reference)
     buffer = RolloutBuffer(
-        response_ids=rollout.response_ids, response_mask=rollout.response_mask, old_logp=rollout.logp,
+        response_ids=rollout.response_ids, response_mask=rollout.response_mask, rollout_logp=rollout.logp,
         rewards=rewards, advantages=adv, group_ids=torch.arange(num_rows, device=device) // group,
         ref_logp=ref_logp, prompts=list(range(num_prompts)),
     )
@@ -201,9 +188,25 @@ def run(args) -> dict:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     cfg = UpdateConfig(micro_batch_size=args.micro_prompts * group, max_response_len=new_tokens)
+    first = list(range(args.micro_prompts * group))  # the first micro-batch's rows
+
+    def fwd_bwd(shared_prefix: bool = True):  # one micro-batch forward + backward, gradients dropped
+        logp = response_logprobs(model, batch.select(list(range(args.micro_prompts))), rollout.response_ids[first],
+                                 rollout.response_mask[first], group, shared_prefix=shared_prefix)
+        (logp * rollout.response_mask[first]).sum().backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    fwd_bwd()  # warm-up of the backward kernels and the allocator, outside the timed update
     _, phases["update"] = _timed(device, lambda: grpo_update(logprob_fn, optimizer, buffer, cfg))
-    model.eval()
     peak = peak_memory_bytes(device)
+    extra = {}
+    if args.compare_plain:  # the shared-prefix training forward vs N rows of [prompt | response]
+        _, extra["shared_prefix_fwd_bwd_s"] = _timed(device, fwd_bwd)
+        _, extra["plain_fwd_bwd_s"] = _timed(device, lambda: fwd_bwd(shared_prefix=False))
+        extra["plain_over_shared_prefix"] = extra["plain_fwd_bwd_s"] / extra["shared_prefix_fwd_bwd_s"]
+    if args.profile:
+        extra["profile"] = profile(device, args.profile, lambda: ours(8), fwd_bwd)
+    model.eval()
 
     # derived figures
     params = sum(p.numel() for p in model.parameters())
@@ -231,8 +234,25 @@ def run(args) -> dict:
         "decode_bound_fraction": ours_tps / bound_tps if bound_tps else None,
         "train_tokens": train_tokens, "train_tokens_per_s": train_tps, "peak_tflops": peak_tflops, "mfu": mfu,
         "step_s": sum(phases.values()), **{f"{k}_s": v for k, v in phases.items()},
-        "peak_memory_bytes": peak,
+        "peak_memory_bytes": peak, **extra,
     }
+
+
+def profile(device: str, path: str, decode, train) -> str:
+    """torch.profiler tables (top operators by device time) of a short decode and one training
+    micro-batch, written to ``path``; returns the path."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    with open(path, "w") as f:
+        for name, fn in (("decode, 8 tokens", decode), ("training micro-batch, forward + backward", train)):
+            with torch_profile(activities=activities) as prof:
+                fn()
+                _sync(device)
+            f.write(f"== {name}\n{prof.key_averages().table(sort_by=sort, row_limit=30)}\n\n")
+    return path
 
 
 def format_table(result: dict) -> str:
@@ -251,7 +271,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="GRPO step benchmark (see grpo/bench.py docstring)")
     shape = parser.add_mutually_exclusive_group(required=True)
     shape.add_argument("--tiny", action="store_true", help="the tiny test model (CPU, seconds)")
-    shape.add_argument("--model", choices=["3b", "7b"], help="real shape, random init")
+    shape.add_argument("--model", choices=["3b", "7b", "3b-proxy", "7b-proxy"],
+                       help="real shape, random init; -proxy: real widths, 2 decoder + 2 vision blocks")
     parser.add_argument("--prompts", type=int, default=None, help="B (default 2 tiny, 16 real)")
     parser.add_argument("--group", type=int, default=None, help="G (default 2 tiny, 8 real)")
     parser.add_argument("--new-tokens", type=int, default=None, help="T (default 16 tiny, 300 real)")
@@ -261,6 +282,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak table")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="override the HBM table")
     parser.add_argument("--reference-dir", default=REAL_CONFIG_DIR)
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="also time one micro-batch forward+backward on the plain padded path")
+    parser.add_argument("--profile", default=None, help="write torch.profiler tables here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)

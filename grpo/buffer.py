@@ -7,8 +7,13 @@ adjacent rows, and ``group_ids[i]`` is the index of row i's prompt in ``prompts`
 Fields:
     response_ids   [N, L] long   sampled tokens; padding positions hold any valid id (masked)
     response_mask  [N, L] bool/float  1 on real tokens, up to and including EOS; 0 on padding
-    old_logp       [N, L] float32  log pi_old(token) at sampling time (same temperature as
-                   training); with one optimizer step per rollout these ARE the old log-probs
+    old_logp       [N, L] float32 or None   log pi_old(token): the policy that sampled, as the
+                   TRAINER's forward computes it (grpo.update.compute_old_logprobs, same temperature).
+                   None with one optimizer step per rollout: the update then uses its own forward's
+                   detached log-probs (ratio exactly 1; grpo.update module docstring)
+    rollout_logp   [N, L] float32 or None   log-probs the sampler reported for its tokens (same
+                   temperature); never used as pi_old: only for the sampler-vs-trainer mismatch
+                   diagnostic and the optional truncated importance-sampling weight
     rewards        [N] float     total reward of each response
     advantages     [N] float     from grpo.advantages.group_advantages(rewards, G)
     group_ids      [N] long      prompt index of each row, in [0, B); rows of one group adjacent
@@ -21,7 +26,8 @@ Fields:
                    grid, prompt ids of that prompt); the update never looks inside, it only keeps
                    them aligned with their rows through select/shard/micro_batches
 
-Padding is carried by the masks; no value in a padded position is ever used in the math.
+Every field is keyword-only. Padding is carried by the masks; no value in a padded position is
+ever used in the math.
 Sub-buffers (``select``) re-index ``prompts`` so that group_ids stay valid indices into the
 sub-buffer's own list (in order of first appearance).
 """
@@ -44,16 +50,17 @@ def _move(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RolloutBuffer:
     """One rollout; see the module docstring for every field's shape and meaning."""
 
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    old_logp: torch.Tensor
     rewards: torch.Tensor
     advantages: torch.Tensor
     group_ids: torch.Tensor
+    old_logp: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     reward_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     prompt_ids: torch.Tensor | None = None
@@ -64,7 +71,7 @@ class RolloutBuffer:
         if self.response_ids.dim() != 2:
             raise ValueError(f"response_ids must be [N, L], got shape {tuple(self.response_ids.shape)}")
         n, length = self.response_ids.shape
-        for name in ("response_mask", "old_logp", "ref_logp"):
+        for name in ("response_mask", "old_logp", "rollout_logp", "ref_logp"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (n, length):
                 raise ValueError(f"{name} must be [N, L] = {(n, length)}, got {tuple(value.shape)}")

@@ -1,9 +1,11 @@
 """The GRPO objective: clipped surrogate + KL penalty - entropy bonus, and how tokens are averaged.
 
 Notation (shapes): N responses, L padded response length; logp, old_logp, ref_logp [N, L] are the
-log-probs of the sampled tokens under the current, the sampling ("old") and the frozen reference
-policy; adv is [N] (one advantage per response, broadcast over its tokens) or [N, L]; mask [N, L]
-is 1 on real response tokens (up to and including EOS) and 0 on padding.
+log-probs of the sampled tokens under the current, the "old" (the policy that sampled, as the
+trainer's own forward computes it) and the frozen reference policy; rollout_logp [N, L] are the
+sampler's own numbers for the same tokens (only used by 5. below); adv is [N] (one advantage per
+response, broadcast over its tokens) or [N, L]; mask [N, L] is 1 on real response tokens (up to
+and including EOS) and 0 on padding.
 
 1. Clipped surrogate, per token (PPO, Schulman et al. 2017, arXiv 1707.06347, eq. 7; GRPO,
    Shao et al. 2024, arXiv 2402.03300, eq. 3), written as a loss to MINIMISE:
@@ -25,9 +27,12 @@ is 1 on real response tokens (up to and including EOS) and 0 on padding.
 4. Aggregation over tokens (``aggregate``), the same for every term, three modes:
 
        "token-mean"              sum_{i,t} m_it l_it / T            T = number of valid tokens
-                                 (DAPO, arXiv 2503.14476, eq. 8; the released code's default)
+                                 (DAPO, arXiv 2503.14476, eq. 8: each response weighs by its length)
        "seq-mean-token-mean"     sum_i [ sum_t m_it l_it / sum_t m_it ] / S     S = number of
-                                 sequences (GRPO paper, eq. 3: 1/G sum_i 1/|o_i| sum_t)
+                                 sequences (GRPO paper, eq. 3: 1/G sum_i 1/|o_i| sum_t). This is
+                                 what the released Seg-Zero configs compute (SPEC.md section 8):
+                                 micro-batches of ONE response, a masked token mean in each,
+                                 divided by the number of micro-batches, averaged over ranks
        "seq-mean-token-sum-norm" sum_{i,t} m_it l_it / (S * L_max)   (Dr. GRPO, arXiv 2503.20783,
                                  eq. 3: a constant normaliser, L_max = the response-length budget)
 
@@ -35,6 +40,16 @@ is 1 on real response tokens (up to and including EOS) and 0 on padding.
    (mini-)batch over all micro-batches and ranks, so that the micro-batch losses, each divided by
    the same constant, SUM to the full-batch loss, and so do their gradients. When the counts are
    omitted the local ones are used (one full batch in one pass).
+
+5. Optional truncated importance sampling (TIS; Yao et al. 2025, "Your Efficient RL Framework
+   Secretly Brings You Off-Policy RL Training"): the samples were drawn by the sampler, whose
+   log-probs rollout_logp differ from the trainer's old_logp for the same policy (another kernel,
+   batch shape, precision). The policy-gradient term of each token is weighted by
+
+       w = min(pi_old / pi_rollout, C) = min(exp(old_logp - rollout_logp), C)     (detached)
+
+   before aggregation (``truncated_is_weight``; ``is_weight`` of grpo_loss); KL and entropy terms
+   are not weighted. Off unless a weight is passed; the released Seg-Zero code has no such term.
 
 The objective in the GRPO paper is maximised; here everything is a loss (its negation).
 """
@@ -73,6 +88,21 @@ def clipped_surrogate(
     per_token = torch.maximum(loss_unclipped, loss_clipped)  # pessimistic bound
     clipped = loss_clipped > loss_unclipped
     return per_token, clipped
+
+
+def truncated_is_weight(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token TIS weight min(exp(old_logp - rollout_logp), cap), detached, same shape; module doc.
+
+    The log-ratio is clamped to [-20, 20] before exp (overflow guard only: any cap below e^20 binds first).
+    """
+    if old_logp.shape != rollout_logp.shape:
+        raise ValueError(
+            f"old_logp shape {tuple(old_logp.shape)} != rollout_logp shape {tuple(rollout_logp.shape)}"
+        )
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    log_ratio = (old_logp - rollout_logp).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(log_ratio).clamp(max=cap)
 
 
 def aggregate(
@@ -131,15 +161,19 @@ def grpo_loss(
     num_tokens: float | int | torch.Tensor | None = None,
     num_seqs: float | int | torch.Tensor | None = None,
     max_len: float | int | torch.Tensor | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = policy + kl_coef * kl - entropy_coef * entropy, every term aggregated by ``mode``.
 
     Returns (loss, terms); terms holds detached 0-dim tensors, each aggregated with the same mode
     and normalisers as the loss (so they too sum over micro-batches and ranks to the full-batch
     value): "loss", "policy_loss", "kl" (k-estimate to the reference, when ref_logp is given),
-    "entropy" (when given), "clipfrac" (fraction of clipped tokens) and "approx_kl_old" (k3 of the
-    current policy against the sampling policy, a diagnostic of how far the update moved).
+    "entropy" (when given), "clipfrac" (fraction of clipped tokens), "approx_kl_old" (k3 of the
+    current policy against old_logp, a diagnostic of how far the update moved) and "tis_weight"
+    (the mean importance weight, when ``is_weight`` is given).
     ref_logp may be None only when kl_coef == 0; entropy may be None only when entropy_coef == 0.
+    ``is_weight`` [N, L] (e.g. ``truncated_is_weight``) multiplies the per-token policy-gradient
+    loss (module doc, 5); None: no weight.
     """
     if ref_logp is None and kl_coef != 0:
         raise ValueError(f"kl_coef={kl_coef} needs ref_logp, got None")
@@ -151,6 +185,10 @@ def grpo_loss(
         return aggregate(values, mask, mode, **counts)
 
     per_token_pg, clipped = clipped_surrogate(logp, old_logp, adv, clip_low, clip_high)
+    if is_weight is not None:
+        if is_weight.shape != logp.shape:
+            raise ValueError(f"is_weight shape {tuple(is_weight.shape)} != logp shape {tuple(logp.shape)}")
+        per_token_pg = per_token_pg * is_weight.detach()
     policy_loss = agg(per_token_pg)
     loss = policy_loss
     terms: dict[str, torch.Tensor] = {"policy_loss": policy_loss.detach()}
@@ -165,5 +203,7 @@ def grpo_loss(
     with torch.no_grad():
         terms["clipfrac"] = agg(clipped.to(per_token_pg.dtype))
         terms["approx_kl_old"] = agg(kl_estimate(logp, old_logp, "k3"))
+        if is_weight is not None:
+            terms["tis_weight"] = agg(is_weight.to(per_token_pg.dtype))
     terms["loss"] = loss.detach()
     return loss, terms

@@ -5,13 +5,16 @@ imports torch.distributed: model code stays single-device.
   1-process group without it (so ``python train.py`` runs the same code path); gloo on CPU, NCCL on
   GPU; a 1-D device mesh over all ranks (pure data parallel / ZeRO-3 style sharding).
 - :func:`shard_model`: ``fully_shard`` on every vision block and every decoder block, then on the
-  root (torchtitan's parallelize pattern). On GPU: bf16 parameters and compute, fp32 gradient
-  reduction (``MixedPrecisionPolicy``), fp32 master weights and optimizer state. On CPU: fp32.
+  root (torchtitan's parallelize pattern). With ``mixed_precision`` (CPU + gloo and GPU + NCCL
+  alike, so that CPU tests run the GPU precision path): bf16 parameters and compute, fp32 gradient
+  reduction (``MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)``), fp32 master
+  weights and optimizer state. Without it: fp32 throughout.
   Gradient division is turned OFF (``set_gradient_divide_factor(1.0)``): our losses are normalised
   by one GLOBAL count (grpo.update), so the per-rank gradients must be SUMMED, not averaged.
-- generation under FSDP2: the rollout calls ``model.generate``, which does not go through the root
-  ``forward`` hook; :func:`shard_model` registers it with ``register_fsdp_forward_method`` so the
-  root parameters are all-gathered around it.
+- the root is the module whose ``forward`` is the training forward (for Seg-Zero a small module
+  around Qwen2.5-VL that returns response log-probs): every piece of the model that forward
+  touches outside the blocks (embeddings, vision patch embedding and merger, lm_head) belongs to
+  the root and is gathered for the whole call.
 - the frozen reference model is sharded the same way (optionally with its shards in CPU memory).
 """
 from __future__ import annotations
@@ -33,7 +36,6 @@ from torch.distributed.fsdp import (
     MixedPrecisionPolicy,
     OffloadPolicy,
     fully_shard,
-    register_fsdp_forward_method,
 )
 
 
@@ -137,38 +139,34 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 def shard_model(model: nn.Module, info: DistInfo, *, mixed_precision: bool = True,
                 cpu_offload: bool = False, activation_checkpointing: bool = False,
                 frozen: bool = False) -> nn.Module:
-    """FSDP2: shard each vision / decoder block, then the root. Returns the (same) model object.
+    """FSDP2: shard each vision / decoder block found under ``model``, then ``model`` as the root.
+    Returns the (same) module. ``model``'s own ``forward`` is the call that gathers the root's
+    parameters; parts of it called directly need :func:`unsharded_for_generation`.
 
     ``frozen`` (the reference model): parameters get requires_grad=False and the model eval mode.
+    ``mixed_precision``: bf16 compute, fp32 reduction, on any device (module docstring).
     """
     if activation_checkpointing and not frozen:
         apply_activation_checkpointing(model)
     if frozen:
         model.requires_grad_(False)
         model.eval()
-    on_gpu = info.device.type == "cuda"
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if (on_gpu and mixed_precision) else MixedPrecisionPolicy())
-    offload: OffloadPolicy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+          if mixed_precision else MixedPrecisionPolicy())
+    # on a CPU device the shards are in CPU memory already (and pinning needs CUDA)
+    offload: OffloadPolicy = (CPUOffloadPolicy() if (cpu_offload and info.device.type == "cuda")
+                              else OffloadPolicy())
     blocks = transformer_blocks(model)
     for block in blocks:
         fully_shard(block, mesh=info.mesh, mp_policy=mp, offload_policy=offload)
-    # The root keeps its parameters gathered between forward and backward (reshard_after_forward=
-    # False), so that the several entry points of one training forward (see
-    # attach_forward_function) all find them gathered.
+    # The root keeps its parameters gathered from its forward to its backward
+    # (reshard_after_forward=False): they are used by several model pieces inside one forward.
     fully_shard(model, mesh=info.mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=False)
     for mod in [model, *blocks]:
         # Sum, not average, the gradients over ranks: losses are normalised by a global count.
         mod.set_gradient_divide_factor(1.0)  # type: ignore[operator]
         # plain SUM collectives (gloo has no PREMUL_SUM; with factor 1.0 nothing is scaled anyway)
         mod.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
-    # generate: an entry point other than forward (transformers' own decoding; ours calls forward).
-    for method in ("generate",):
-        if hasattr(model, method):
-            register_fsdp_forward_method(model, method)
-    from models.policy import response_logprobs
-
-    attach_forward_function(model, FORWARD_FUNCTION, response_logprobs)
     return model
 
 
@@ -181,12 +179,16 @@ def unsharded_for_generation(model: nn.Module) -> Iterator[None]:
     would wait on each other forever. Here every rank issues the same all-gathers up front
     (``unshard`` on each FSDP module), and with ``reshard_after_forward=False`` the forwards inside
     the block find the parameters gathered and communicate nothing. Costs the memory of one full
-    copy of the (bf16 on GPU) parameters during generation; it also makes decoding faster.
+    copy of the (bf16 under mixed precision) parameters during generation; it also makes decoding faster.
     No-op for a model that is not sharded.
     """
     from torch.distributed.fsdp import FSDPModule
 
     mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if isinstance(model, FSDPModule):
+        # Mark ``model`` as the root before any block runs on its own: FSDP2 takes the first
+        # module to run forward as the root, and decoding calls the blocks, not the root's forward.
+        model._get_fsdp_state()._lazy_init()  # idempotent (private API of FSDP2, torch 2.6-2.14)
     for m in mods:
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
@@ -196,25 +198,6 @@ def unsharded_for_generation(model: nn.Module) -> Iterator[None]:
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(m is not model, recurse=False)  # root: False (shard_model)
-
-
-FORWARD_FUNCTION = "fsdp_response_logprobs"
-"""Name under which shard_model attaches models.policy.response_logprobs to the sharded model."""
-
-
-def attach_forward_function(model: nn.Module, name: str, fn) -> None:
-    """Make ``fn(model, ...)`` callable as ``model.<name>(...)`` with FSDP2's root all-gather around it.
-
-    Why: models.policy.response_logprobs calls root-owned pieces of the model (the input embedding,
-    which Qwen2.5-VL-3B ties to lm_head, and the vision patch embedding / merger) OUTSIDE the root
-    ``forward``; registered as a forward method of the root, the root parameters are gathered for
-    the whole call and FSDP2's backward hooks cover it (the root keeps its parameters gathered
-    through the nested forward calls: fully_shard's default for the root).
-    """
-    import types
-
-    setattr(model, name, types.MethodType(fn, model))
-    register_fsdp_forward_method(model, name)
 
 
 def unwrapped_class(model: nn.Module) -> type:

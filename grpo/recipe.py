@@ -10,17 +10,18 @@ Every ablation of the paper is a field, so an ablation is one command-line overr
     reasoning or not ............ --think false               (paper Table 1, non-CoT)
     example answer in the prompt  --with-example false        (paper Table 5)
     entropy bonus ............... --entropy-coef 0
-    loss aggregation ............ --aggregation seq-mean-token-mean
+    loss aggregation ............ --aggregation token-mean
     clip range .................. --clip-eps 0.2
     PPO epochs / mini-batches ... --ppo-epochs 2 --num-mini-batches 4
     optimizer / warmup .......... --lr 1e-6 --weight-decay 0.01 --warmup-steps 0
-    response length ............. --max-new-tokens 1024
+    response length ............. --max-new-tokens 1300
     sampling .................... --temperature 1.0 --top-p 1.0
     SFT baseline (paper Table 1)  --algo sft
 
 Command line: ``--name value`` where ``name`` is a field name (``-`` and ``_`` interchangeable) or a
 dotted ``section.field`` (``--grpo.kl_coef 0.01``); a boolean given without a value means true
 (``--resume``). ``--preset NAME`` picks the starting values; explicit overrides win over the preset.
+``train.py --print-config`` prints the resolved configuration as JSON and exits.
 Validation happens once, on the final values, in each dataclass's ``__post_init__``: every field
 has its declared type (bool, int, str, or a FINITE float: nan and inf are refused for every
 number), then the field's own range; a bad value raises ``ValueError`` naming the field, its
@@ -112,8 +113,8 @@ class DataConfig:
 class RolloutConfig:
     group_size: int = 8
     """G, samples per prompt (SPEC 8: 8; 16 for the final models)."""
-    max_new_tokens: int = 1024
-    """Maximum response length in tokens."""
+    max_new_tokens: int = 1300
+    """Maximum response length in tokens (released Seg-Zero configs: max_response_length 1300)."""
     temperature: float = 1.0
     """Sampling temperature; the same scaling is used in every log-prob (old, reference, current)."""
     top_p: float = 1.0
@@ -156,9 +157,11 @@ class GRPOConfig:
     """PPO clip range epsilon (ratio clipped to [1 - eps, 1 + eps])."""
     clip_eps_high: float = 0.0
     """Upper clip range (DAPO clip-higher); 0 = the same as clip_eps (symmetric, the paper)."""
-    aggregation: str = "token-mean"
-    """Loss aggregation (grpo.losses): token-mean (over all tokens of the batch), seq-mean-token-mean
-    (GRPO paper eq. 3), seq-mean-token-sum-norm (Dr. GRPO, normalised by max_new_tokens)."""
+    aggregation: str = "seq-mean-token-mean"
+    """Loss aggregation (grpo.losses): seq-mean-token-mean (mean over responses of each response's
+    token mean: GRPO paper eq. 3, and what the released configs compute with their micro-batches of
+    one response, SPEC 8), token-mean (over all tokens of the batch: DAPO, each response weighs by
+    its length), seq-mean-token-sum-norm (Dr. GRPO, normalised by max_new_tokens)."""
     adv_estimator: str = "grpo"
     """Advantage estimator (grpo.advantages): grpo (group z-score, SPEC 8) or rloo."""
     scale_by_std: bool = True
@@ -168,9 +171,16 @@ class GRPOConfig:
     num_mini_batches: int = 1
     """Optimizer steps per pass over the rollout batch (SPEC 8: 1)."""
     micro_batch_size: int = 8
-    """Samples per forward/backward on one rank (memory knob; does not change the result)."""
+    """Samples per forward/backward on one rank (memory knob; does not change the result). Keep it a
+    multiple of group_size: the training forward computes each prompt and its image once per
+    micro-batch it appears in, so fewer rows than G recompute every prompt G / micro_batch_size
+    times (train.py prints the cost)."""
     adv_eps: float = 1e-6
     """Added to the group std in the advantage (SPEC 8)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling: weight each token's policy-gradient term by
+    min(pi_trainer / pi_sampler, tis_cap) for the sampler-vs-trainer mismatch (Yao et al. 2025);
+    0 = off (the recipe; the released code has none)."""
 
     def __post_init__(self):
         _check_types(self)
@@ -189,6 +199,8 @@ class GRPOConfig:
         _require(self.num_mini_batches >= 1, "num_mini_batches", self.num_mini_batches, "must be >= 1")
         _require(self.micro_batch_size >= 1, "micro_batch_size", self.micro_batch_size, "must be >= 1")
         _require(self.adv_eps > 0, "adv_eps", self.adv_eps, "must be > 0")
+        _require(self.tis_cap >= 0 and math.isfinite(self.tis_cap), "tis_cap", self.tis_cap,
+                 "must be a finite number >= 0 (0 = off)")
 
 
 @dataclass
@@ -232,7 +244,8 @@ class ParallelConfig:
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available). The process-group backend follows: gloo / nccl."""
     mixed_precision: bool = True
-    """On GPU: bf16 parameters and compute, fp32 gradient reduction (ignored on CPU: fp32)."""
+    """bf16 parameters and compute, fp32 gradient reduction, fp32 master weights and optimizer state
+    (FSDP2 MixedPrecisionPolicy), on CPU (gloo) and GPU alike; false: fp32 throughout."""
     activation_checkpointing: bool = False
     """Recompute each decoder / vision block in the backward pass to save memory."""
     ref_cpu_offload: bool = False
@@ -260,7 +273,9 @@ class TrainConfig:
     resume: bool = False
     """Continue from the latest complete checkpoint in output_dir/checkpoints."""
     checkpoint_every: int = 0
-    """Save a checkpoint every K steps (0 = only at the end)."""
+    """Save a checkpoint every K steps (0 = only after the last step, if save_last)."""
+    save_last: bool = True
+    """Save a checkpoint after the last step (besides the checkpoint_every ones)."""
     export_hf: bool = True
     """At the end, export the policy in Hugging Face format to output_dir/hf_export."""
     tensorboard: bool = False
@@ -326,6 +341,41 @@ def check_world_size(cfg: Config, world_size: int) -> None:
             f"{n_local} samples per rank (prompts_per_step / ranks * group_size)")
 
 
+def prompt_passes(num_prompts: int, group_size: int, micro_batch_size: int, num_mini_batches: int = 1) -> int:
+    """Prompt (and image) forwards in one pass of the shared-prefix training forward over one rank's
+    rollout: the number of (micro-batch, prompt) pairs, micro-batches being consecutive rows of each
+    strided mini-batch (grpo.update). Example: 2 prompts x G = 8 rows, micro-batches of 4 rows -> 4
+    micro-batches, each inside one group -> 4 (every prompt twice); of 8 rows -> 2; of 12 rows ->
+    rows 0-11 (prompts 0, 1) and 12-15 (prompt 1) -> 3."""
+    group_of_row = [row // group_size for row in range(num_prompts * group_size)]
+    passes = 0
+    for k in range(num_mini_batches):
+        mini = group_of_row[k::num_mini_batches]  # grpo.update.mini_batch_rows
+        for start in range(0, len(mini), micro_batch_size):
+            passes += len(set(mini[start:start + micro_batch_size]))
+    return passes
+
+
+def micro_batch_note(cfg: Config, world_size: int) -> str | None:
+    """What ``micro_batch_size`` costs when its micro-batches split prompt groups; None when they do not.
+
+    Compared with one micro-batch per mini-batch (every prompt computed once per mini-batch it has
+    rows in), using :func:`prompt_passes` on this rank's rollout.
+    """
+    if cfg.train.algo != "grpo":
+        return None
+    b_local, g = cfg.train.prompts_per_step // world_size, cfg.rollout.group_size
+    m, minis = cfg.grpo.micro_batch_size, cfg.grpo.num_mini_batches
+    got = prompt_passes(b_local, g, m, minis)
+    best = prompt_passes(b_local, g, b_local * g // minis, minis)
+    if got <= best:
+        return None
+    return (f"note: micro_batch_size={m} splits the groups of group_size={g} samples: the training "
+            f"forward computes {got} prompt (and image) passes per rank instead of {best}, "
+            f"{got / best:.2g}x the prompt compute of each update and pi_old pass; micro-batches of "
+            f"a multiple of {g} rows compute each prompt once, if memory allows.")
+
+
 # --------------------------------------------------------------------------------------------------
 # Presets: name -> (docstring with the launch command, overrides)
 
@@ -346,20 +396,22 @@ def preset_tiny() -> dict:
     soft accuracy rewards (paper Table 4 ablation; with the hard thresholds IoU > 0.5 / L1 < 10 px
     the box terms of a 16-image-token model stay at 0 and only the format terms can move);
     lr 3e-4 with the paper's KL (5e-3, k3); no entropy bonus (the run is meant to sharpen the
-    policy); 96 new tokens (the warm-start target is ~70-80 tokens, digits one per token).
+    policy); 96 new tokens (the warm-start target is ~70-80 tokens, digits one per token);
+    token-mean aggregation and fp32 compute (``mixed_precision`` false), the setting of the
+    figures below (the real presets: seq-mean-token-mean, bf16 compute).
 
-    Measured 2026-11-25 on 2 CPU cores, seed 0 (batched rollout of each rank's prompts):
-      wall time (time torchrun ...) ............. 4 min 27 s (warm start 1 min 07 s, GRPO ~2 s/step)
+    Measured 2026-11-30 on 2 CPU cores, seed 0 (batched rollout of each rank's prompts):
+      wall time (time torchrun ...) ............. 3 min 17 s (warm start ~52 s, GRPO ~1.5 s/step)
       held-out (32 samples, greedy), after the warm start -> after GRPO:
-        thinking_format 0.97 -> 1.00   segmentation_format 0.53 -> 0.88   bbox_l1 (soft) 0.39 -> 0.61
-        bbox_iou (soft) 0.00 -> 0.00   point_l1 (soft) 0.00 -> 0.08       total 1.89 -> 2.57
-        parse_fail 0.47 -> 0.13
+        thinking_format 0.97 -> 1.00   segmentation_format 0.53 -> 0.94   bbox_l1 (soft) 0.39 -> 0.74
+        bbox_iou (soft) 0.00 -> 0.01   point_l1 (soft) 0.00 -> 0.00       total 1.89 -> 2.69
+        parse_fail 0.47 -> 0.06
       metrics.jsonl reward/total (sampled, T=0.7), mean of the first vs last 10 GRPO steps:
-        1.48 -> 2.19 (segmentation_format 0.42 -> 0.77, bbox_l1 0.20 -> 0.46, parse_fail 0.58 ->
-        0.23); kl rises to ~0.25, entropy falls 0.89 -> 0.57.
+        1.40 -> 2.22 (segmentation_format 0.38 -> 0.75, bbox_l1 0.19 -> 0.49, parse_fail 0.62 ->
+        0.25); kl rises to ~0.3, entropy falls 0.92 -> 0.57.
     Expect the same shape on another machine, not the same digits. What is learned is the answer
-    FORMAT and a box prior: the tiny policy ends up writing one box for every image (e.g. [333,
-    333, 333, 333]), so box_iou_proxy stays ~0; localisation needs a real model.
+    FORMAT and a box prior: the tiny policy ends up writing one box for nearly every image (e.g.
+    [388, 388, 488, 388]), so box_iou_proxy stays ~0; localisation needs a real model.
     """
     return {
         "model.model_path": "tiny", "model.dtype": "float32",
@@ -367,8 +419,9 @@ def preset_tiny() -> dict:
         "rollout.group_size": 8, "rollout.max_new_tokens": 96, "rollout.temperature": 0.7,
         "reward.soft_accuracy": True,
         "grpo.kl_coef": 5e-3, "grpo.entropy_coef": 0.0, "grpo.micro_batch_size": 8,
+        "grpo.aggregation": "token-mean",
         "optim.lr": 3e-4, "optim.weight_decay": 0.0, "optim.warmup_steps": 0,
-        "parallel.device": "cpu",
+        "parallel.device": "cpu", "parallel.mixed_precision": False,
         "train.max_steps": 90, "train.prompts_per_step": 8, "train.output_dir": "runs/tiny",
         "train.checkpoint_every": 30, "train.warmstart_sft_steps": 200, "train.warmstart_lr": 1e-3,
     }
@@ -381,16 +434,26 @@ def preset_seg_zero_3b() -> dict:
         torchrun --nproc_per_node=8 train.py --preset seg_zero_3b \\
             --model-path /path/to/Qwen2.5-VL-3B-Instruct --data-path /path/to/refCOCOg_9k_840 \\
             --output-dir runs/seg_zero_3b
-    The final paper models use 16 samples per prompt: add ``--group-size 16``.
+    The final paper models use 16 samples per prompt: add ``--group-size 16 --micro-batch-size 16``.
+
+    Values of the released configs (training_scripts/seg_zero_{3b,7b}.yaml, identical for 3B and
+    7B): rollout_batch_size 16 = global_batch_size 16 prompts (one optimizer step per rollout),
+    n 8, temperature 1.0, max_response_length 1300, kl_loss_coef 5e-3 low_var_kl, lr 1e-6,
+    weight_decay 1e-2, max_grad_norm 1.0, one episode, a checkpoint every 50 steps, and
+    micro_batch_size_per_device_for_update 1: a token mean per response, averaged over responses
+    (``aggregation`` seq-mean-token-mean, SPEC 8). Their min_pixels 3136 / max_pixels 12845056
+    are the Qwen2.5-VL processor defaults (``min_pixels`` / ``max_pixels`` 0 here); an 840 x 840
+    image is 900 image tokens either way. Departure: micro-batches of G = 8 rows (one prompt group:
+    its prompt and image computed once) instead of 1; the loss and gradient are the same.
     """
     return {
         "model.model_path": "", "model.dtype": "float32", "model.attn_implementation": "sdpa",
         "data.data_path": "", "data.heldout_size": 0,
-        "rollout.group_size": 8, "rollout.max_new_tokens": 1024, "rollout.temperature": 1.0,
+        "rollout.group_size": 8, "rollout.max_new_tokens": 1300, "rollout.temperature": 1.0,
         "rollout.top_p": 1.0,
         "grpo.kl_coef": 5e-3, "grpo.kl_estimator": "k3", "grpo.entropy_coef": 1e-3,
         "grpo.clip_eps": 0.2, "grpo.ppo_epochs": 1, "grpo.num_mini_batches": 1,
-        "grpo.micro_batch_size": 4,
+        "grpo.aggregation": "seq-mean-token-mean", "grpo.micro_batch_size": 8,
         "optim.lr": 1e-6, "optim.weight_decay": 0.01, "optim.max_grad_norm": 1.0,
         "parallel.device": "cuda", "parallel.mixed_precision": True,
         "parallel.activation_checkpointing": True,
@@ -408,10 +471,10 @@ def preset_seg_zero_7b() -> dict:
         torchrun --nproc_per_node=8 train.py --preset seg_zero_7b \\
             --model-path /path/to/Qwen2.5-VL-7B-Instruct --data-path /path/to/refCOCOg_9k_840 \\
             --output-dir runs/seg_zero_7b
+    The released 7B config has the same values as the 3B one (see ``seg_zero_3b``).
     """
     d = preset_seg_zero_3b()
-    d.update({"grpo.micro_batch_size": 2, "parallel.ref_cpu_offload": True,
-              "train.output_dir": "runs/seg_zero_7b"})
+    d.update({"parallel.ref_cpu_offload": True, "train.output_dir": "runs/seg_zero_7b"})
     return d
 
 
@@ -535,7 +598,9 @@ def help_text() -> str:
     import ast
 
     tiny = build_config(preset="tiny")  # the values a bare `train.py` runs with
-    lines = ["usage: train.py [--preset " + "|".join(PRESETS) + "] [--option value ...]", "",
+    lines = ["usage: train.py [--preset " + "|".join(PRESETS) + "] [--option value ...] [--print-config]", "",
+             "--print-config prints the resolved configuration (preset + options) as JSON and exits,",
+             "without loading models or data.",
              "Each option below shows its value in the default preset (tiny), then its help.", ""]
     for name, fn in PRESETS.items():
         lines.append(f"preset {name}: {inspect.getdoc(fn)}")

@@ -34,8 +34,7 @@ import torch
 import torch.distributed as dist
 
 from data.types import Sample
-from grpo.parallel import FORWARD_FUNCTION
-from models.policy import SegZeroPolicy, response_logprobs
+from models.policy import SegZeroPolicy
 from models.prompt import normalize_query
 from rewards import format_answer
 
@@ -94,10 +93,7 @@ def sft_step(policy: SegZeroPolicy, samples: Sequence[Sample], optimizer: torch.
         chunk = list(samples[start: start + micro_batch_size])
         batch = policy.prepare([s.image for s in chunk], [s.query for s in chunk])
         mb_ids, mb_mask = ids[start: start + len(chunk)], mask[start: start + len(chunk)]
-        # under FSDP2 the sharded model carries a registered copy (grpo.parallel.shard_model)
-        fn = getattr(policy.model, FORWARD_FUNCTION, None)
-        logp = (fn(batch, mb_ids, mb_mask, group_size=1) if fn is not None
-                else response_logprobs(policy.model, batch, mb_ids, mb_mask, group_size=1))  # [b, L]
+        logp = policy.response_logprobs(batch, mb_ids, mb_mask, group_size=1)  # [b, L]
         loss = -(logp * mb_mask).sum() / num_tokens
         loss.backward()
         loss_sum += loss.detach().double()

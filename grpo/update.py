@@ -5,6 +5,7 @@
             counts  = all-reduce SUM (valid tokens, sequences) of this mini-batch over ranks
             for micro-batch of micro_batch_size rows:
                 logp, entropy = logprob_fn(micro)            current policy, with grad
+                old_logp = buffer's, or logp.detach()         pi_old (see "Old log-probs")
                 loss = grpo_loss(..., global counts)          grpo.losses (module docstring)
                 loss.backward()                               grads accumulate
             grad_norm = clip_grad_norm_(params, max_grad_norm)
@@ -20,15 +21,29 @@ provided gradients are SUMMED across ranks. Consequences for the caller:
     same), or the gradients are 1 / world_size too small.
   - DDP also averages: multiply the loss by world size or use a SUM communication hook.
   - Every rank must run the same number of micro-batches (same local rows and micro_batch_size),
-    since each backward may communicate.
+    and logprob_fn the same sequence of collectives whatever the responses of its rank, since
+    each forward and backward may communicate (FSDP2 all-gathers and reduce-scatters).
 
-Old log-probs. With exactly one optimizer step per rollout (ppo_epochs == 1 and
-num_mini_batches == 1) the policy at the update IS the sampling policy, so ``buffer.old_logp`` from
-sampling are the old log-probs and the first (only) step has ratio = 1 up to numerics: no extra
-forward pass (the Seg-Zero recipe, SPEC.md section 8). With more steps the policy changes between
-them; then fill ``buffer.old_logp = compute_old_logprobs(logprob_fn, buffer, micro_batch_size)``
-BEFORE the update, with the same temperature, so that the ratio is measured against one fixed
-policy (sampling log-probs from an inference engine may differ slightly from the trainer's).
+Old log-probs (SPEC.md section 8). pi_old is the policy that sampled the rollout, as the TRAINER's
+forward computes it, never the sampler's numbers: a KV-cached, batched, left-padded decode and the
+shared-prefix training forward round differently (in bf16 |delta logp| ~1e-2, ratios 0.7-1.3), and
+ratios built on the sampler's numbers would clip part of the gradient of exactly the sampled
+tokens at a step where the policy has not moved.
+  - One optimizer step per rollout (ppo_epochs == 1 and num_mini_batches == 1): leave
+    ``buffer.old_logp`` None. Each micro-batch then uses its own training forward's detached
+    log-probs, old_logp = logp.detach(), so ratio = exp(logp - logp.detach()) = 1 exactly,
+    clipfrac = 0, approx_kl_old = 0 and the gradient is the on-policy -A * grad logp. No extra
+    forward pass.
+  - Several optimizer steps: fill ``buffer.old_logp = compute_old_logprobs(logprob_fn, buffer,
+    micro_batch_size)`` BEFORE the update (a no-grad pass of the same forward at the same
+    temperature), so that every step's ratio is measured against one fixed policy. A
+    ``buffer.old_logp`` that is given is always used as is.
+Sampler-vs-trainer mismatch. When ``buffer.rollout_logp`` (the sampler's log-probs) is given, the
+result holds rollout_logp_diff_mean and rollout_logp_diff_max: the mean and the max over the valid
+tokens of ALL ranks of |old_logp - rollout_logp| (the same policy computed two ways), taken in the
+first epoch, where every row is visited once. ``tis_cap`` = C turns on the truncated
+importance-sampling weight min(exp(old_logp - rollout_logp), C) on the policy-gradient term
+(grpo.losses, 5), reported as tis_weight.
 
 Mini-batches are strided row sets: mini-batch k holds the local rows i with i % num_mini_batches
 == k (no shuffling). Why strided, not contiguous slices: rank r holds the global rows
@@ -48,7 +63,7 @@ import torch
 
 from grpo.buffer import RolloutBuffer
 from grpo.kl import KL_KINDS
-from grpo.losses import AGGREGATION_MODES, grpo_loss
+from grpo.losses import AGGREGATION_MODES, grpo_loss, truncated_is_weight
 from grpo.metrics import all_reduce, rollout_metrics
 
 LogprobFn = Callable[[RolloutBuffer], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -59,7 +74,9 @@ class UpdateConfig:
     """Knobs of grpo_update (defaults: the Seg-Zero recipe, SPEC.md section 8, except entropy)."""
 
     micro_batch_size: int = 4
-    """Rows per forward/backward; gradients accumulate over the micro-batches of a mini-batch."""
+    """Rows per forward/backward; gradients accumulate over the micro-batches of a mini-batch.
+    Does not change the result; with a shared-prefix logprob_fn a multiple of the group size
+    keeps whole groups together (each prompt computed once per micro-batch it appears in)."""
     ppo_epochs: int = 1
     """Passes over the rollout; > 1 needs old_logp recomputed (see compute_old_logprobs)."""
     num_mini_batches: int = 1
@@ -74,14 +91,18 @@ class UpdateConfig:
     """KL estimator: "k1", "k2" or "k3" (grpo.kl)."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus (the released Seg-Zero code uses 1e-3)."""
-    loss_mode: str = "token-mean"
-    """Aggregation: "token-mean", "seq-mean-token-mean" or "seq-mean-token-sum-norm"."""
+    loss_mode: str = "seq-mean-token-mean"
+    """Aggregation: "token-mean", "seq-mean-token-mean" (what the released Seg-Zero configs
+    compute) or "seq-mean-token-sum-norm" (grpo.losses)."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient 2-norm to this; None: no clipping (the norm is still reported)."""
     temperature: float = 1.0
     """Sampling temperature; logprob_fn must apply it (logits / temperature) as sampling did."""
     max_response_len: int | None = None
     """Dr. GRPO normaliser L_max (the generation budget); None: the padded width, max over ranks."""
+    tis_cap: float | None = None
+    """Truncated importance sampling cap C (module docstring; needs buffer.rollout_logp);
+    None: off (the recipe)."""
 
     def __post_init__(self) -> None:
         for name in ("micro_batch_size", "ppo_epochs", "num_mini_batches"):
@@ -101,10 +122,12 @@ class UpdateConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.max_response_len is not None and self.max_response_len < 1:
             raise ValueError(f"max_response_len must be >= 1 or None, got {self.max_response_len}")
+        if self.tis_cap is not None and not self.tis_cap > 0:
+            raise ValueError(f"tis_cap must be > 0 or None, got {self.tis_cap}")
 
     @property
     def one_step_per_rollout(self) -> bool:
-        """True when the sampling log-probs are the old log-probs (no recomputation needed)."""
+        """True when pi_old is the policy at the one update step (old_logp may be None)."""
         return self.ppo_epochs == 1 and self.num_mini_batches == 1
 
 
@@ -146,13 +169,24 @@ def grpo_update(
     logprob_fn(mb) -> (logp [n, L], entropy [n, L] or None): current-policy log-probs (with grad)
     of mb.response_ids, at cfg.temperature. Returns a flat dict of python floats, the same on every
     rank: the loss terms, clipfrac and KLs averaged over the optimizer steps, grad_norm (mean over
-    steps), optimizer_steps, skipped_steps, and the rollout metrics of grpo.metrics.rollout_metrics.
+    steps), optimizer_steps, skipped_steps, rollout_logp_diff_mean / _max (when
+    buffer.rollout_logp is given) and the rollout metrics of grpo.metrics.rollout_metrics.
+    ``buffer.old_logp`` None means pi_old = this update's own forward (module docstring); that
+    needs exactly one optimizer step.
     """
     num_rows = buffer.num_seqs
     if num_rows == 0 or num_rows % cfg.num_mini_batches != 0:
         raise ValueError(
             f"the {num_rows} local rows must split evenly into num_mini_batches={cfg.num_mini_batches}"
         )
+    if buffer.old_logp is None and not cfg.one_step_per_rollout:
+        raise ValueError(
+            f"buffer.old_logp is None but ppo_epochs={cfg.ppo_epochs} x num_mini_batches="
+            f"{cfg.num_mini_batches} optimizer steps need a fixed pi_old: fill it with "
+            "compute_old_logprobs before the update"
+        )
+    if cfg.tis_cap is not None and buffer.rollout_logp is None:
+        raise ValueError(f"tis_cap={cfg.tis_cap} needs buffer.rollout_logp (the sampler's log-probs), got None")
     device = buffer.response_ids.device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if cfg.max_response_len is not None:
@@ -163,8 +197,10 @@ def grpo_update(
     totals: dict[str, float] = {}
     grad_norms: list[float] = []
     skipped = 0
+    diff_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum |delta logp|, valid tokens]
+    diff_max = torch.zeros(1, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
-    for _epoch in range(cfg.ppo_epochs):
+    for epoch in range(cfg.ppo_epochs):
         for k in range(cfg.num_mini_batches):
             mini = buffer.select(mini_batch_rows(num_rows, cfg.num_mini_batches, k))  # module doc
             counts = torch.tensor([mini.num_valid_tokens, mini.num_seqs], dtype=torch.float64, device=device)
@@ -176,12 +212,24 @@ def grpo_update(
                     raise ValueError(
                         f"logprob_fn returned logp {tuple(logp.shape)}, expected {tuple(micro.response_ids.shape)}"
                     )
+                # pi_old: given, or this forward's own log-probs (one step per rollout: ratio 1)
+                old_logp = micro.old_logp if micro.old_logp is not None else logp.detach()
+                is_weight = None
+                if micro.rollout_logp is not None:
+                    if epoch == 0:  # sampler-vs-trainer mismatch, each row once
+                        valid = micro.response_mask.bool()
+                        diff = torch.where(valid, (old_logp.detach() - micro.rollout_logp).abs(), 0.0)
+                        diff_sum += torch.stack([diff.double().sum(), valid.double().sum()])
+                        diff_max = torch.maximum(diff_max, diff.double().max().view(1))
+                    if cfg.tis_cap is not None:
+                        is_weight = truncated_is_weight(old_logp, micro.rollout_logp, cfg.tis_cap)
                 loss, terms = grpo_loss(
-                    logp, micro.old_logp, micro.ref_logp, micro.advantages, micro.response_mask,
+                    logp, old_logp, micro.ref_logp, micro.advantages, micro.response_mask,
                     kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
                     entropy=entropy, entropy_coef=cfg.entropy_coef,
                     clip_low=cfg.clip_low, clip_high=cfg.clip_high, mode=cfg.loss_mode,
                     num_tokens=max(num_tokens, 1.0), num_seqs=max(num_seqs, 1.0), max_len=max_len,
+                    is_weight=is_weight,
                 )
                 loss.backward()
                 for name, value in terms.items():  # each term is already globally normalised
@@ -205,5 +253,10 @@ def grpo_update(
     out["grad_norm"] = sum(grad_norms) / num_steps
     out["optimizer_steps"] = float(num_steps - skipped)
     out["skipped_steps"] = float(skipped)
+    if buffer.rollout_logp is not None:
+        all_reduce(diff_sum, "sum", process_group)
+        all_reduce(diff_max, "max", process_group)
+        out["rollout_logp_diff_mean"] = diff_sum[0].item() / max(diff_sum[1].item(), 1.0)
+        out["rollout_logp_diff_max"] = diff_max.item()
     out.update(rollout_metrics(buffer, process_group))
     return out

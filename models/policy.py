@@ -28,9 +28,8 @@ left-aligned so that the response occupies the last L columns.
 
 Model code never imports torch.distributed. The training forward calls three pieces of the
 model: ``get_image_features`` (vision tower), the input embedding, then ``forward`` on
-``inputs_embeds``. Under FSDP2 the sharding code must make the first two callable outside the
-root forward: shard ``model.model.visual`` and ``model.model.language_model.embed_tokens`` as
-their own units (or register the methods with ``register_fsdp_forward_method``).
+``inputs_embeds``; :class:`ResponseLogProbs` makes that one module whose ``forward`` FSDP2 can wrap
+as the root.
 """
 from __future__ import annotations
 
@@ -43,6 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from models.configs import REAL_CONFIG_DIR, real_config_path  # noqa: F401  (re-exported)
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.cache_utils import Cache, DynamicLayer
@@ -50,6 +50,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from data.image import resize_to_frame as data_resize_to_frame
 from data.types import FRAME
 from grpo import token_entropy, token_logprobs
+from models.compat import CACHE_KWARG
 from models.prompt import build_messages
 
 _WEIGHT_FILES = re.compile(r".*\.(safetensors|bin)$|.*\.index\.json$")
@@ -61,7 +62,7 @@ _ATTENTION = ("sdpa", "flash_attention_2", "eager")
 # Loading
 
 
-def _check_checkpoint(name_or_path: str) -> None:
+def check_checkpoint(name_or_path: str) -> None:
     """Fail fast, before reading anything big, on paths that cannot hold a checkpoint."""
     if os.path.isdir(name_or_path):
         files = os.listdir(name_or_path)
@@ -134,24 +135,47 @@ def load_policy(
             "attn_implementation='flash_attention_2' needs the flash-attn package "
             "(`pip install flash-attn --no-build-isolation`); or use attn_implementation='sdpa'"
         )
+    _check_pixels(min_pixels, max_pixels)
+    check_checkpoint(name_or_path)
+
+    torch_dtype = _resolve_dtype(dtype, device)
+    processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
+    )
+    return model.to(device).eval(), processor
+
+
+def _check_pixels(min_pixels: int | None, max_pixels: int | None) -> None:
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
         raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}")
-    _check_checkpoint(name_or_path)
 
-    torch_dtype = _resolve_dtype(dtype, device)
+
+def load_processor(name_or_path: str, *, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The checkpoint's processor, tokenizer padding on the left; min/max_pixels set the image
+    processor's pixel budget (its ``size``), the checkpoint's own when None."""
+    _check_pixels(min_pixels, max_pixels)
     processor = AutoProcessor.from_pretrained(name_or_path)
-    if min_pixels or max_pixels:  # the pixel budget is the image processor's size (min/max pixels)
+    if min_pixels or max_pixels:
         size = processor.image_processor.size
         processor = AutoProcessor.from_pretrained(name_or_path, size={
             "shortest_edge": min_pixels or size.shortest_edge, "longest_edge": max_pixels or size.longest_edge})
     processor.tokenizer.padding_side = "left"
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
-    )
-    return model.to(device).eval(), processor
+    return processor
+
+
+def local_checkpoint_dir(name_or_path: str) -> str:
+    """A local directory holding the checkpoint: the path itself, or the hub snapshot of an id
+    (downloaded into the Hugging Face cache on first use)."""
+    check_checkpoint(name_or_path)
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name_or_path)
 
 
 def config_from_file(path: str | os.PathLike) -> Qwen2_5_VLConfig:
@@ -462,9 +486,13 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
     3. Response pass, N rows: response tokens 0..L-2 (token L-1 predicts nothing we need) at
        positions ``next_pos + t`` on the three rotary axes, attending to the expanded prefix
        (attention mask [N, P + L - 1] = prompt mask, then response mask). Its logits [N, L-1, V]
-       predict response tokens 1..L-1.
+       predict response tokens 1..L-1. With L = 1 the pass still runs, on token 0 (W = 1 column
+       instead of L - 1 = 0), and its one prediction is dropped from the result but stays in the
+       autograd graph (a zero gradient): the model is called the same number of times, forward
+       and backward, whatever the response lengths, so under FSDP2 every rank issues the same
+       all-gathers and reduce-scatters even when all responses of one rank are one token long.
     4. Log-probs by ``grpo.token_logprobs`` (chunked) on each of the two logit tensors; the
-       results [N, 1] and [N, L-1] are concatenated (not the logits).
+       results [N, 1] and [N, W] are concatenated (not the logits) and cut to [N, L].
 
     Why prefix sharing rather than packing. Seg-Zero prompts are ~1000 tokens (900 of them image
     tokens) and answers ~300: the plain path computes N * (P + L) = G * 1300 token positions per
@@ -495,15 +523,13 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
         inputs_embeds=_prompt_embeddings(model, batch, 1),  # [B, P, hidden]
         attention_mask=batch.attention_mask,
         position_ids=pos,
-        cache=capture,
+        **{CACHE_KWARG: capture},
         use_cache=True,
         logits_to_keep=1,
     )
     first = out.logits[:, -1:].repeat_interleave(group_size, 0)  # [N, 1, V]: predicts token 0
     logp_first = token_logprobs(first, response_ids[:, :1], temperature)  # [N, 1]
     ent_first = token_entropy(first, temperature) if return_entropy else None
-    if resp_len == 1:
-        return (logp_first, ent_first) if return_entropy else logp_first
 
     # 2. expand the prompt keys/values to the N rows (samples of a prompt adjacent)
     prefix = Cache(layers=[
@@ -513,25 +539,27 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
     ])
     del capture, out
 
-    # 3. response pass: tokens 0..L-2 on top of the shared prefix
-    inputs = response_ids[:, :-1]  # [N, L-1]
-    steps = torch.arange(resp_len - 1, device=batch.device)
-    resp_pos = next_pos.repeat_interleave(group_size)[:, None] + steps  # [N, L-1]
+    # 3. response pass: tokens 0..W-1 on top of the shared prefix, W = L-1 (1 when L = 1: step 3)
+    width = max(resp_len - 1, 1)
+    inputs = response_ids[:, :width]  # [N, W]
+    targets = response_ids[:, 1:] if resp_len > 1 else inputs  # [N, W]; for L = 1 a stand-in, dropped
+    steps = torch.arange(width, device=batch.device)
+    resp_pos = next_pos.repeat_interleave(group_size)[:, None] + steps  # [N, W]
     attention_mask = torch.cat(
         [batch.attention_mask.repeat_interleave(group_size, 0),
-         response_mask[:, :-1].to(batch.attention_mask.dtype)], 1,
-    )  # [N, P + L-1]
+         response_mask[:, :width].to(batch.attention_mask.dtype)], 1,
+    )  # [N, P + W]
     out = model(
-        inputs_embeds=model.get_input_embeddings()(inputs),  # [N, L-1, hidden]
+        inputs_embeds=model.get_input_embeddings()(inputs),  # [N, W, hidden]
         attention_mask=attention_mask,
-        position_ids=resp_pos.unsqueeze(0).expand(3, -1, -1),  # [3, N, L-1]
-        cache=prefix,
+        position_ids=resp_pos.unsqueeze(0).expand(3, -1, -1),  # [3, N, W]
+        **{CACHE_KWARG: prefix},
         use_cache=True,
     )
-    logits = out.logits  # [N, L-1, V]: column t predicts response token t + 1
-    logp = torch.cat([logp_first, token_logprobs(logits, response_ids[:, 1:], temperature)], 1)  # [N, L]
+    logits = out.logits  # [N, W, V]: column t predicts response token t + 1
+    logp = torch.cat([logp_first, token_logprobs(logits, targets, temperature)], 1)[:, :resp_len]  # [N, L]
     if return_entropy:
-        return logp, torch.cat([ent_first, token_entropy(logits, temperature)], 1)
+        return logp, torch.cat([ent_first, token_entropy(logits, temperature)], 1)[:, :resp_len]
     return logp
 
 
@@ -560,11 +588,37 @@ class Rollout:
     group_size: int
 
 
+class ResponseLogProbs(nn.Module):
+    """The training forward as a module: ``forward(...)`` = :func:`response_logprobs` of ``self.model``.
+
+    Why a module: under FSDP2 the trainer shards each vision and decoder block, then THIS module as
+    the root (grpo.parallel.shard_model). The training forward calls pieces of the model outside
+    the model's own ``forward`` (the vision tower, the input embedding, the decoder with a prefix
+    cache); as the root's ``forward`` they all run with the root's parameters gathered, and the
+    backward hooks cover them. Calling it is calling :func:`response_logprobs` (same arguments,
+    same result), sharded or not.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: PolicyBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                group_size: int, temperature: float = 1.0, return_entropy: bool = False):
+        return response_logprobs(self.model, batch, response_ids, response_mask, group_size,
+                                 temperature=temperature, return_entropy=return_entropy)
+
+
 class SegZeroPolicy:
-    """Qwen2.5-VL + its processor + the prompt variant: the object the trainer and pipeline use."""
+    """Qwen2.5-VL + its processor + the prompt variant: the object the trainer and pipeline use.
+
+    ``model`` is the Hugging Face model (decoding, export); ``logprobs`` is the training forward
+    module around it (:class:`ResponseLogProbs`), the unit the trainer shards and checkpoints.
+    """
 
     def __init__(self, model, processor, *, with_example: bool = True, think: bool = True):
         self.model = model
+        self.logprobs = ResponseLogProbs(model)
         self.processor = processor
         self.with_example = with_example
         self.think = think
@@ -599,8 +653,8 @@ class SegZeroPolicy:
 
     def response_logprobs(self, batch, response_ids, response_mask, group_size, temperature=1.0,
                           return_entropy=False):
-        return response_logprobs(self.model, batch, response_ids, response_mask, group_size,
-                                 temperature=temperature, return_entropy=return_entropy)
+        return self.logprobs(batch, response_ids, response_mask, group_size,
+                             temperature=temperature, return_entropy=return_entropy)
 
     def rollout(self, images, queries, group_size: int, *, max_new_tokens: int, temperature: float = 1.0,
                 top_p: float = 1.0, greedy: bool = False,

@@ -62,6 +62,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from grpo import token_logprobs
+from models.compat import CACHE_KWARG
 from models.policy import PolicyBatch, left_align, prompt_positions
 
 
@@ -177,7 +178,7 @@ def generate(
         pixel_values=batch.pixel_values,
         image_grid_thw=batch.image_grid_thw,
         mm_token_type_ids=batch.mm_token_type_ids,
-        cache=prefix,
+        **{CACHE_KWARG: prefix},
         use_cache=True,
         logits_to_keep=1,
     )
@@ -233,7 +234,7 @@ def generate(
             input_ids=next_tok[:, None],
             attention_mask=attention_mask,
             position_ids=step_pos,
-            cache=cache,
+            **{CACHE_KWARG: cache},
             use_cache=True,
         )
         logits = out.logits[:, -1]  # [n, V]

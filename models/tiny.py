@@ -217,8 +217,9 @@ def build_tiny_qwen(seed: int = 0, *, attn_implementation: str = "sdpa"):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
+    # the text config holds the ids in every transformers 5 release (5.17 drops the top-level ones)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model.float().eval(), processor
 
 
@@ -229,3 +230,11 @@ def save_tiny_qwen(path: str | os.PathLike, seed: int = 0) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
+
+
+def real_shape_processor() -> Qwen2_5_VLProcessor:
+    """The tiny tokenizer with the real image processor (defaults: an 840 x 840 image is 900 image
+    tokens, as with Qwen2.5-VL-Instruct), for randomly initialised models of the real shapes."""
+    tokenizer = build_tiny_tokenizer()
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)

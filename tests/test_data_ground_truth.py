@@ -1,4 +1,5 @@
-"""Ground truth from masks (SPEC.md section 5), solution strings, images, the SAM2 filter.
+"""Ground truth from masks (SPEC.md section 5), LISA polygons -> mask (section 6), solution
+strings, images, the SAM2 filter.
 
 Every expected value below is worked out by hand in the comments. D is scipy's Euclidean
 distance of a pixel to the nearest 0 pixel; points are (x, y), indices (row, col).
@@ -14,6 +15,7 @@ from PIL import Image
 
 from data import (format_solution, ground_truth_from_mask, load_image, mask_iou, parse_solution,
                   resize_to_frame, sam2_consistency_filter, scale_to_frame, solution_from_mask)
+from data.lisa import apply_ignore_regions, polygons_to_mask
 
 
 def mask_of(shape, pixels):
@@ -232,3 +234,146 @@ def test_load_and_resize_image(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         resize_to_frame(rgb.astype(np.float32))
     assert math.isclose(float(resize_to_frame(np.full((2, 2, 3), 7, np.uint8)).mean()), 7.0)
+
+
+# ------------------------------------------------------------- LISA polygons -> mask (SPEC 6)
+#
+# An axis-aligned rectangle with integer corners (x0, y0)-(x1, y1) covers, outline included, the
+# pixels x0..x1 by y0..y1: raster area (x1 - x0 + 1) * (y1 - y0 + 1), shoelace area
+# (x1 - x0) * (y1 - y0). Thin rectangles therefore rank differently under the two areas.
+
+
+def rect(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def test_lisa_draws_by_raster_area_not_shoelace_area():
+    shapes = [
+        # thin ignore band x 0..9, y 4..5: shoelace 9 x 1 = 9, raster 10 x 2 = 20
+        {"label": "ignore", "points": rect(0, 4, 9, 5)},
+        # target x 3..8, y 2..4: shoelace 5 x 2 = 10 (larger), raster 6 x 3 = 18 (smaller)
+        {"label": "target", "points": rect(3, 2, 8, 4)},
+    ]
+    # raster order: the band (20) first, the target (18) on top -> the shared row y 4, x 3..8 is
+    # target (a shoelace order would draw the band last and make those 6 pixels 255)
+    expected = np.zeros((8, 12), np.uint8)
+    expected[4:6, 0:10] = 255
+    expected[2:5, 3:9] = 1
+    assert np.array_equal(polygons_to_mask(shapes, 8, 12), expected)
+
+    # a degenerate target (three collinear points, shoelace area 0) still covers its outline,
+    # row y 2, x 0..9: raster 10 > 9 of the ignore square x 3..5, y 1..3 (shoelace 4), so the
+    # square is drawn last and wins x 3..5 of that row
+    shapes = [{"label": "ignore", "points": rect(3, 1, 5, 3)},
+              {"label": "target", "points": [[0, 2], [9, 2], [5, 2]]}]
+    expected = np.zeros((5, 11), np.uint8)
+    expected[2, 0:10] = 1
+    expected[1:4, 3:6] = 255
+    assert np.array_equal(polygons_to_mask(shapes, 5, 11), expected)
+
+
+def test_lisa_raster_area_counts_only_pixels_inside_the_image():
+    shapes = [
+        # target (-100, -100)-(1, 1): shoelace 101 x 101, but only x 0..1, y 0..1 (4 px) in the image
+        {"label": "target", "points": rect(-100, -100, 1, 1)},
+        {"label": "Ignore", "points": rect(0, 0, 3, 3)},  # 4 x 4 = 16 px
+    ]
+    # the ignore square (16) is drawn first, the clipped target (4) on top
+    expected = np.zeros((5, 6), np.uint8)
+    expected[0:4, 0:4] = 255
+    expected[0:2, 0:2] = 1
+    assert np.array_equal(polygons_to_mask(shapes, 5, 6), expected)
+
+
+def test_lisa_equal_raster_areas_keep_the_classic_argsort_order():
+    shapes = [
+        {"label": "target", "points": rect(0, 0, 3, 2)},      # 4 x 3 = 12 px
+        {"label": "target", "points": rect(6, 0, 9, 1)},      # 4 x 2 = 8 px
+        {"label": "target", "points": rect(10, 10, 12, 11)},  # 3 x 2 = 6 px
+        {"label": "ignore", "points": rect(11, 9, 12, 11)},   # 2 x 3 = 6 px, overlaps the one above
+    ]
+    # areas [12, 8, 6, 6]: numpy's classic argsort (insertion sort for up to 16 items, stable)
+    # gives [2, 3, 1, 0]; reversed: draw 0, 1, 3, 2 -> the target listed before the tied ignore
+    # ends on top of the overlap x 11..12, y 10..11. (On AVX-512 numpy 2 sorts this int64 array
+    # with a SIMD kernel into [3, 2, 1, 0], which would put the ignore on top.)
+    expected = np.zeros((14, 14), np.uint8)
+    expected[0:3, 0:4] = 1
+    expected[0:2, 6:10] = 1
+    expected[9:12, 11:13] = 255
+    expected[10:12, 10:13] = 1
+    assert np.array_equal(polygons_to_mask(shapes, 14, 14), expected)
+    # the same tie between two shapes: the one listed first is drawn last
+    two = polygons_to_mask([{"label": "ignore", "points": rect(0, 0, 2, 1)},   # 3 x 2 = 6
+                            {"label": "target", "points": rect(1, 0, 2, 2)}],  # 2 x 3 = 6
+                           3, 4)
+    assert two.tolist() == [[255, 255, 255, 0], [255, 255, 255, 0], [0, 1, 1, 0]]
+
+
+def test_lisa_labels_are_compared_lower_cased():
+    shapes = [
+        {"label": "Flag", "points": rect(0, 0, 11, 5)},         # == "flag" lower-cased: skipped
+        {"label": "FLAG", "points": rect(0, 0, 11, 5)},         # skipped
+        {"label": "Ignore", "points": rect(0, 0, 1, 1)},        # contains "ignore": 255
+        {"label": "part_IGNORE_2", "points": rect(3, 0, 4, 1)},  # 255
+        {"label": "Target", "points": rect(6, 0, 7, 1)},        # anything else: 1
+        {"label": "flagged", "points": rect(9, 0, 10, 1)},      # not equal to "flag": a target, 1
+    ]
+    expected = np.zeros((6, 12), np.uint8)
+    expected[0:2, 0:2] = 255
+    expected[0:2, 3:5] = 255
+    expected[0:2, 6:8] = 1
+    expected[0:2, 9:11] = 1
+    assert np.array_equal(polygons_to_mask(shapes, 6, 12), expected)
+
+
+def test_lisa_all_flag_or_no_shapes_is_an_empty_target():
+    all_flag = [{"label": "flag", "points": rect(0, 0, 3, 3)},
+                {"label": "Flag", "points": rect(1, 1, 2, 2)}]
+    for shapes in (all_flag, []):
+        mask = polygons_to_mask(shapes, 3, 4)
+        assert mask.dtype == np.uint8 and mask.shape == (3, 4) and not mask.any()
+    # training cannot take a box from it (SPEC 5: an empty mask is an error for that sample)
+    with pytest.raises(ValueError, match="empty mask"):
+        solution_from_mask(polygons_to_mask(all_flag, 3, 4))
+
+
+def test_lisa_vertices_are_truncated_to_int32():
+    # (2.9, 1.99) (5.5, 1.2) (5.99, 3.7) (2.2, 3.999) -> (2, 1) (5, 1) (5, 3) (2, 3): x 2..5, y 1..3
+    shapes = [{"label": "target", "points": [[2.9, 1.99], [5.5, 1.2], [5.99, 3.7], [2.2, 3.999]]}]
+    expected = np.zeros((5, 8), np.uint8)
+    expected[1:4, 2:6] = 1
+    assert np.array_equal(polygons_to_mask(shapes, 5, 8), expected)
+    # truncation is toward zero: x -0.9 -> 0 (not -1), so x 0..2, y 0..1
+    shapes = [{"label": "target", "points": [[-0.9, 0.5], [2.5, 0.5], [2.5, 1.5], [-0.9, 1.5]]}]
+    assert polygons_to_mask(shapes, 3, 4).tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]]
+
+
+def test_lisa_bad_shapes_are_value_errors():
+    good = {"label": "target", "points": rect(0, 0, 1, 1)}
+    cases = [
+        ([{"label": "target", "points": [[0, 0], [3, 3]]}], "fewer than 3 points"),
+        ([{"label": "target"}], "missing key: shape 0"),
+        ([good, {"points": rect(0, 0, 1, 1)}], "missing key: shape 1"),
+        ([{"label": 7, "points": rect(0, 0, 1, 1)}], "bad label: shape 0"),
+        ([{"label": "target", "points": [[0, 0], [1, float("nan")], [2, 2]]}], "not finite"),
+        ([{"label": "target", "points": [[0, 0], [1, 3e9], [2, 2]]}], "int32"),
+        ([{"label": "target", "points": [["a", 0], [1, 1], [2, 2]]}], "not numbers"),
+        ({"label": "target"}, "must be a list"),
+    ]
+    for shapes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            polygons_to_mask(shapes, 4, 4)
+    # a flag shape's points are never drawn, but it still needs both keys
+    assert not polygons_to_mask([{"label": "flag", "points": [[0, 0]]}], 2, 2).any()
+    for h, w in ((0, 4), (4, -1), (2.0, 4), (True, 4)):
+        with pytest.raises(ValueError, match="positive integers"):
+            polygons_to_mask([good], h, w)
+
+
+def test_ignore_region_protocols_on_a_mask():
+    mask = np.array([[0, 1, 255]], np.uint8)
+    assert apply_ignore_regions(mask, "exclude").tolist() == [[0, 1, 255]]
+    as_target = apply_ignore_regions(mask, "as-target")
+    assert as_target.dtype == np.uint8 and as_target.tolist() == [[0, 1, 1]]
+    with pytest.raises(ValueError, match="as-target"):
+        apply_ignore_regions(mask, "ignore")

@@ -145,7 +145,7 @@ def test_lisa_target_ignore_order_outline(tmp_path):
         {"label": "target", "points": [[6, 6], [8, 6], [8, 8]]},
         {"label": "ignore", "points": [[1, 1], [18, 1], [18, 14], [1, 14]]},
     ])
-    write_lisa(folder, "c", [{"label": "flag", "points": [[0, 0], [3, 0], [3, 3]]}])  # no polygon
+    write_lisa(folder, "c", [{"label": "Flag", "points": [[0, 0], [3, 0], [3, 3]]}])  # empty target
     write_lisa(folder, "d", [{"label": "target", "points": [[0, 0], [3, 3]]}])        # 2 points
     ds = LisaReasonSeg(folder)
     assert ds.ids == ["a", "b", "c", "d"]
@@ -158,12 +158,48 @@ def test_lisa_target_ignore_order_outline(tmp_path):
     b = ds[1].mask
     assert b[7, 7] == 1 and b[6, 6] == 1 and b[6, 8] == 1 and b[8, 8] == 1  # triangle + outline
     assert b[8, 6] == 255 and b[1, 1] == 255 and b[0, 0] == 0
-    with pytest.raises(BadSampleError, match="no polygons"):
-        ds[2]
-    with pytest.raises(BadSampleError, match="fewer than 3 points"):
+    c = ds[2]  # all shapes "flag": an empty target, read like any other sample
+    assert c.mask.shape == (16, 20) and c.mask.dtype == np.uint8 and not c.mask.any()
+    with pytest.raises(BadSampleError, match="fewer than 3 points") as e:
         ds[3]
+    assert e.value.source.endswith("d.json") and e.value.sample_id == "d"
     assert [(e.sample_id, e.reason.split(":")[0]) for e in ds.scan()] == [
-        ("c", "no polygons"), ("d", "polygon with fewer than 3 points")]
+        ("d", "polygon with fewer than 3 points")]
+
+
+def test_lisa_ignore_region_protocols_through_the_reader(tmp_path):
+    shapes = [{"label": "target", "points": [[2, 2], [9, 2], [9, 5], [2, 5]]},    # x 2..9, y 2..5
+              {"label": "Ignore", "points": [[10, 2], [13, 2], [13, 5], [10, 5]]}]  # x 10..13
+    write_lisa(tmp_path / "ReasonSeg" / "val", "a", shapes)
+    write_lisa(tmp_path / "ReasonSeg" / "val", "b", [{"label": "flag", "points": [[0, 0], [5, 0],
+                                                                                  [5, 5]]}])
+    excluded = np.zeros((16, 20), np.uint8)
+    excluded[2:6, 2:10] = 1
+    excluded[2:6, 10:14] = 255
+    as_target = np.zeros((16, 20), np.uint8)
+    as_target[2:6, 2:14] = 1
+    folder = tmp_path / "ReasonSeg" / "val"
+    for ds, expected in [(LisaReasonSeg(folder), excluded),
+                         (LisaReasonSeg(folder, ignore_regions="exclude"), excluded),
+                         (LisaReasonSeg(folder, ignore_regions="as-target"), as_target),
+                         (open_dataset(tmp_path / "ReasonSeg", split="val"), excluded),
+                         (open_dataset(tmp_path / "ReasonSeg", split="val",
+                                       ignore_regions="as-target"), as_target),
+                         (open_dataset(folder, ignore_regions="as-target"), as_target)]:
+        assert np.array_equal(ds[0].mask, expected)
+        assert not ds[1].mask.any()  # the all-flag file is an empty target under both protocols
+    with pytest.raises(ValueError, match="ignore_regions must be one of"):
+        LisaReasonSeg(folder, ignore_regions="include")
+    with pytest.raises(ValueError, match="ignore_regions must be one of"):
+        open_dataset("synthetic:2", ignore_regions="as_target")
+
+
+def test_lisa_json_falls_back_to_cp1252(tmp_path):
+    write_lisa(tmp_path, "q", [{"label": "target", "points": [[1, 1], [3, 1], [3, 3]]}])
+    meta = {"text": ["the \u2019quoted\u2019 cup"], "is_sentence": False,
+            "shapes": [{"label": "target", "points": [[1, 1], [3, 1], [3, 3]]}]}
+    (tmp_path / "q.json").write_bytes(json.dumps(meta, ensure_ascii=False).encode("cp1252"))
+    assert LisaReasonSeg(tmp_path)[0].query == "the \u2019quoted\u2019 cup"
 
 
 def test_lisa_unreadable_image(tmp_path):

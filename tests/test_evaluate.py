@@ -353,6 +353,83 @@ def test_query_empty_after_normalisation_is_a_counted_bad_sample(tmp_path):
     assert rec.status == "bad_sample" and "empty after normalisation" in rec.reason
 
 
+# ------------------------------------------------- LISA folders: empty targets, ignore protocols
+
+def write_lisa_sample(folder, name, shapes, height, width):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(folder / f"{name}.jpg")
+    (folder / f"{name}.json").write_text(json.dumps(
+        {"text": [f"find {name}"], "is_sentence": False, "shapes": shapes}))
+
+
+def lisa_eval_setup(root):
+    """A LISA folder of three files and a fake pipeline keyed by image height:
+
+    a (16 x 20): target x 2..9, y 2..5 (32 px), "Ignore" x 10..13, y 2..5 (16 px);
+                 predicted x 2..11, y 2..5 (40 px)
+    b (10 x 12): every shape "Flag" -> empty target; predicted empty (parsed)
+    c (8 x 8):   no shapes -> empty target; predicted x 0..1, y 0..1 (4 px)
+    """
+    folder = root / "ReasonSeg" / "val"
+    write_lisa_sample(folder, "a", [{"label": "target", "points": [[2, 2], [9, 2], [9, 5], [2, 5]]},
+                                    {"label": "Ignore", "points": [[10, 2], [13, 2], [13, 5], [10, 5]]}],
+                      16, 20)
+    write_lisa_sample(folder, "b", [{"label": "Flag", "points": [[0, 0], [11, 0], [11, 9]]},
+                                    {"label": "flag", "points": [[1, 1], [5, 1], [5, 5]]}], 10, 12)
+    write_lisa_sample(folder, "c", [], 8, 8)
+    predicted = {16: np.zeros((16, 20), bool), 10: np.zeros((10, 12), bool), 8: np.zeros((8, 8), bool)}
+    predicted[16][2:6, 2:12] = True
+    predicted[8][0:2, 0:2] = True
+
+    def pipeline(images, queries):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(status="ok", mask=predicted[image.shape[0]], completion="", reasoning=None,
+                                bbox_840=None, points_840=None, bbox=None, points=None) for image in images]
+
+    return root / "ReasonSeg", pipeline
+
+
+def test_lisa_empty_targets_are_evaluated_under_both_ignore_protocols(tmp_path):
+    data, pipeline = lisa_eval_setup(tmp_path)
+    base = ["--model", "m", "--data", str(data), "--split", "val", "--device", "cpu"]
+    out = str(tmp_path / "exclude")
+    table = evaluate.run(evaluate.parse_args(base + ["--output-dir", out]), pipeline=pipeline,
+                         log=lambda s: None)
+    records = {r.id: r for r in read_predictions(out)}
+    # exclude: a: I = 32; U = the 40 predicted px minus the 8 of them on ignore (x 10..11) = 32
+    #          b: I = U = 0, a parsed empty prediction of an empty target -> IoU 1
+    #          c: I = 0, U = 4 -> IoU 0
+    assert [(records[k].intersection, records[k].union, records[k].iou) for k in "abc"] == [
+        (32, 32, 1.0), (0, 0, 1.0), (0, 4, 0.0)]
+    assert all(r.status == "ok" for r in records.values())
+    # gIoU (1 + 1 + 0) / 3 = 66.67 %, cIoU 32 / (32 + 0 + 4) = 88.89 %, 3 samples, none bad
+    assert (table["all"]["num_samples"], table["all"]["num_bad"]) == (3, 0)
+    assert table["all"]["gIoU"] == pytest.approx(100 * 2 / 3)
+    assert table["all"]["cIoU"] == pytest.approx(100 * 32 / 36)
+    config = json.load(open(os.path.join(out, "run_config.json")))
+    assert config["ignore_regions"] == "exclude"
+    # resuming the same directory under the other protocol is refused
+    with pytest.raises(ValueError, match="ignore_regions"):
+        evaluate.run(evaluate.parse_args(base + ["--output-dir", out, "--ignore-regions", "as-target"]),
+                     pipeline=pipeline, log=lambda s: None)
+
+    out = str(tmp_path / "as-target")
+    table = evaluate.run(evaluate.parse_args(base + ["--output-dir", out, "--ignore-regions", "as-target"]),
+                         pipeline=pipeline, log=lambda s: None)
+    records = {r.id: r for r in read_predictions(out)}
+    # as-target: a: target x 2..13 (48 px), I = 40, U = 48; b and c as above
+    assert [(records[k].intersection, records[k].union) for k in "abc"] == [(40, 48), (0, 0), (0, 4)]
+    # gIoU (40/48 + 1 + 0) / 3 = 61.11 %, cIoU 40 / (48 + 4) = 76.92 %
+    assert table["all"]["gIoU"] == pytest.approx(100 * (40 / 48 + 1) / 3)
+    assert table["all"]["cIoU"] == pytest.approx(100 * 40 / 52)
+    assert json.load(open(os.path.join(out, "metrics.json")))["config"]["ignore_regions"] == "as-target"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown protocol
+        evaluate.parse_args(base + ["--output-dir", out, "--ignore-regions", "include"])
+
+
 def test_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
     import pickle
 

@@ -23,6 +23,8 @@ CONFIGS = {mode: dict(BASE, loss_mode=mode) for mode in MODES}
 # 2 epochs x 2 mini-batches (4 steps): the mini-batches must be the same global rows on 1 and 2
 # ranks (grpo.update: strided rows; contiguous local slices would differ).
 CONFIGS["2x2-steps"] = dict(BASE, loss_mode="token-mean", ppo_epochs=2, num_mini_batches=2)
+# pi_old = the update's own forward (buffer.old_logp None), with the truncated IS weight on
+CONFIGS["own-old-tis"] = dict(BASE, tis_cap=1.5)
 
 
 def _sum_over_ranks(grad: torch.Tensor) -> torch.Tensor:
@@ -41,6 +43,8 @@ def _updates(rank: int, world_size: int):
                 p.register_hook(_sum_over_ranks)
         before = [p.detach().clone() for p in policy.parameters()]
         buf = make_buffer(num_groups=4, group_size=3).shard(rank, world_size)
+        if name == "own-old-tis":
+            buf.old_logp = None
         metrics = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf,
                               UpdateConfig(**kwargs))
         results[name] = (param_deltas(policy, before), metrics)
@@ -72,3 +76,4 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             for key, value in metrics.items():
                 assert rank_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (mode, key)
         assert any(d.abs().max() > 1e-4 for d in deltas)  # a real step was taken
+        assert metrics["rollout_logp_diff_max"] > 0.5  # the diagnostic is there (and equal above)

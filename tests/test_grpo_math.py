@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, kl_estimate
+from grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, kl_estimate, truncated_is_weight
 
 
 # ---- advantages ------------------------------------------------------------------------------
@@ -29,6 +29,20 @@ def test_tied_group_gives_zero_advantage():
     # group [2, 2]: r - mean = 0, std = 0 -> 0 / (0 + 1e-6) = 0; group [0, 4]: std 2.8284 -> +-0.7071
     adv = group_advantages(torch.tensor([2.0, 2.0, 0.0, 4.0]), 2)
     torch.testing.assert_close(adv, torch.tensor([0.0, 0.0, -0.707107, 0.707107]))
+
+
+@pytest.mark.parametrize("group_size", [3, 5, 7, 8, 16])
+@pytest.mark.parametrize("value", [0.7, 2.2, 0.1, 2.9])
+def test_exactly_tied_non_dyadic_rewards_give_exactly_zero_advantage(group_size, value):
+    # float32 statistics of 0.7 x 8: mean 0.69999993 != 0.69999999, std 6.4e-8 -> A = 0.056 for
+    # every sample; in float64 the sum of G equal float32 values is exact, so A = 0 exactly.
+    rewards = torch.full((2 * group_size,), value)  # float32, as train.make_buffer builds them
+    rewards[group_size:] = torch.arange(group_size) / group_size  # a second, untied group
+    for kwargs in ({}, {"scale_by_std": False}, {"estimator": "rloo"}):
+        adv = group_advantages(rewards, group_size, **kwargs)
+        assert adv.dtype == torch.float32
+        assert torch.equal(adv[:group_size], torch.zeros(group_size)), (kwargs, adv[:group_size])
+        assert adv[group_size:].abs().max() > 0.1
 
 
 def test_group_advantages_float64_reference():
@@ -185,6 +199,33 @@ def test_grpo_loss_kl_term_and_gradient():
     assert loss.item() == pytest.approx(0.5 * 0.367879, abs=1e-6)
     loss.backward()
     assert logp.grad.item() == pytest.approx(0.316060, abs=1e-6)
+
+
+def test_truncated_is_weight_hand_computed():
+    # old - rollout = [log 0.5, 0, log 3, 50] -> ratios [0.5, 1, 3, e^20 (log clamped)] -> cap 2:
+    # [0.5, 1, 2, 2]
+    rollout = torch.tensor([[0.0, -1.0, -2.0, -60.0]])
+    old = rollout + torch.tensor([[math.log(0.5), 0.0, math.log(3.0), 50.0]])
+    torch.testing.assert_close(truncated_is_weight(old, rollout, 2.0), torch.tensor([[0.5, 1.0, 2.0, 2.0]]))
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weight(old, rollout, 0.0)
+
+
+def test_grpo_loss_with_importance_weight_hand_computed():
+    # ratio 1 (logp = old), A = 1, weights [0.5, 1, 2, 2] on 4 tokens, KL k3 = 0.367879 per token
+    # (ref - logp = -1) is NOT weighted: policy = -(0.5 + 1 + 2 + 2) / 4 = -1.375;
+    # loss = -1.375 + 0.5 * 0.367879 = -1.191060; d policy / d logp_t = -A w_t / 4 =
+    # [-0.125, -0.25, -0.5, -0.5], d kl / d logp_t = 0.5 * (1 - e^-1) / 4 = 0.079015
+    logp = torch.full((1, 4), -1.0, requires_grad=True)
+    w = torch.tensor([[0.5, 1.0, 2.0, 2.0]])
+    loss, terms = grpo_loss(logp, logp.detach(), torch.full((1, 4), -2.0), torch.tensor([1.0]),
+                            torch.ones(1, 4), kl_coef=0.5, is_weight=w)
+    assert terms["policy_loss"].item() == pytest.approx(-1.375)
+    assert loss.item() == pytest.approx(-1.375 + 0.5 * 0.367879, abs=1e-6)
+    assert terms["tis_weight"].item() == pytest.approx(1.375)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.125, -0.25, -0.5, -0.5]]) + 0.079015,
+                               atol=1e-6, rtol=0)
 
 
 def test_grpo_loss_errors():

@@ -31,6 +31,7 @@ def make_buffer(num_groups: int = 4, group_size: int = 3, seed: int = 0) -> Roll
         response_mask=mask,
         old_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
         ref_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
+        rollout_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
         rewards=rewards,
         advantages=group_advantages(rewards, group_size),
         group_ids=torch.arange(num_groups).repeat_interleave(group_size),
@@ -137,17 +138,116 @@ def test_micro_batches_give_the_full_batch_gradient(mode):
     assert m_whole["optimizer_steps"] == 1 and m_whole["skipped_steps"] == 0
 
 
-def test_one_step_per_rollout_has_unit_ratio_and_recomputed_old_logprobs():
+def _mismatched_rollout(buf, policy):
+    """buf without old_logp, with rollout_logp = (trainer's log-probs) - d: d = 0.1 on every valid
+    token except row 3, token 0 (d = -0.4), and 9.0 on padding (masked: must never count)."""
+    with torch.no_grad():
+        trainer_logp = logprob_fn_for(policy)(buf)[0]
+    d = torch.where(buf.response_mask.bool(), 0.1, 9.0).double()
+    d[3, 0] = -0.4
+    buf.old_logp, buf.rollout_logp = None, trainer_logp - d
+    return d
+
+
+def test_one_step_per_rollout_uses_its_own_forward_as_pi_old():
     buf = make_buffer()
     policy = make_policy()
-    buf.old_logp = compute_old_logprobs(logprob_fn_for(policy), buf, micro_batch_size=5)
-    opt = torch.optim.SGD(policy.parameters(), lr=0.1)
-    cfg = UpdateConfig(micro_batch_size=4, kl_coef=0.0)
-    m = grpo_update(logprob_fn_for(policy), opt, buf, cfg)
-    # ratio = 1 everywhere: nothing clipped, no KL to old; policy loss = -token-mean of A
-    assert m["clipfrac"] == 0 and m["approx_kl_old"] == pytest.approx(0.0, abs=1e-12)
+    d = _mismatched_rollout(buf, policy)
+    before = [p.detach().clone() for p in policy.parameters()]
+    cfg = UpdateConfig(micro_batch_size=4, kl_coef=0.0, loss_mode="token-mean", max_grad_norm=None)
+    m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
+    # ratio = exp(logp - logp.detach()) = 1 exactly: nothing clipped, no KL to old, although the
+    # sampler's numbers differ by 0.1-0.4 (ratios 0.67-1.49, half of them outside the clip)
+    assert m["clipfrac"] == 0 and m["approx_kl_old"] == 0
+    # policy loss = -token-mean of A (ratio 1)
     token_mean_adv = float((buf.advantages[:, None] * buf.response_mask).sum() / buf.response_mask.sum())
     assert m["policy_loss"] == pytest.approx(-token_mean_adv)
+    # the on-policy gradient: d/dtheta of -sum_{i,t} m_it A_i logp_it / T (SGD lr 1: delta = -grad)
+    policy_ref = make_policy()
+    logp = logprob_fn_for(policy_ref)(buf)[0]
+    (-(buf.advantages[:, None] * logp * buf.response_mask).sum() / buf.response_mask.sum()).backward()
+    for delta, p in zip(param_deltas(policy, before), policy_ref.parameters()):
+        torch.testing.assert_close(delta, -p.grad)
+    # mismatch diagnostic over the T valid tokens: (0.1 * (T - 1) + 0.4) / T, max 0.4
+    num_valid = buf.num_valid_tokens
+    assert m["rollout_logp_diff_mean"] == pytest.approx((0.1 * (num_valid - 1) + 0.4) / num_valid)
+    assert m["rollout_logp_diff_max"] == pytest.approx(0.4)
+    assert d[~buf.response_mask.bool()].numel() > 0  # there was padding to ignore
+
+
+def test_several_steps_need_old_logprobs_and_report_the_mismatch_against_them():
+    buf = make_buffer()
+    policy = make_policy()
+    _mismatched_rollout(buf, policy)
+    cfg = UpdateConfig(micro_batch_size=3, ppo_epochs=2, kl_coef=0.0)
+    with pytest.raises(ValueError, match="old_logp is None but ppo_epochs=2"):
+        grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=0.5), buf, cfg)
+    buf.old_logp = compute_old_logprobs(logprob_fn_for(policy), buf, micro_batch_size=5)
+    m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=0.5), buf, cfg)
+    num_valid = buf.num_valid_tokens  # the diagnostic is taken once per row, against old_logp
+    assert m["rollout_logp_diff_mean"] == pytest.approx((0.1 * (num_valid - 1) + 0.4) / num_valid)
+    assert m["rollout_logp_diff_max"] == pytest.approx(0.4)
+    assert m["approx_kl_old"] > 0  # the second epoch sees a policy that has moved
+
+
+def test_truncated_importance_sampling_weights_the_policy_gradient():
+    # rollout_logp = trainer - d with d = 0.1 (w = e^0.1 = 1.10517), d = -0.4 at one token
+    # (w = e^-0.4 = 0.67032); a cap C = 1.05 truncates e^0.1 to 1.05. Ratio is 1, so the policy
+    # loss is -sum_{i,t} m_it A_i w_it / T and its gradient -sum m A w grad logp / T.
+    buf = make_buffer()
+    policy = make_policy()
+    _mismatched_rollout(buf, policy)
+    w = torch.full_like(buf.rollout_logp, 1.05)
+    w[3, 0] = math.exp(-0.4)
+    mask = buf.response_mask
+    before = [p.detach().clone() for p in policy.parameters()]
+    cfg = UpdateConfig(micro_batch_size=5, kl_coef=0.0, loss_mode="token-mean", max_grad_norm=None,
+                       tis_cap=1.05)
+    m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
+    num_valid = mask.sum()
+    assert m["policy_loss"] == pytest.approx(float(-(buf.advantages[:, None] * w * mask).sum() / num_valid))
+    assert m["tis_weight"] == pytest.approx(float((1.05 * (num_valid - 1) + math.exp(-0.4)) / num_valid))
+    policy_ref = make_policy()
+    logp = logprob_fn_for(policy_ref)(buf)[0]
+    (-(buf.advantages[:, None] * w * logp * mask).sum() / num_valid).backward()
+    for delta, p in zip(param_deltas(policy, before), policy_ref.parameters()):
+        torch.testing.assert_close(delta, -p.grad)
+    with pytest.raises(ValueError, match="tis_cap=1.05 needs buffer.rollout_logp"):
+        buf.rollout_logp = None
+        grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
+
+
+def test_seq_mean_token_mean_is_the_released_micro_batch_of_one_loop():
+    # The released configs: micro-batches of ONE response per device, a masked token mean in each,
+    # divided by the number of micro-batches (gradient accumulation), gradients AVERAGED over
+    # ranks. With 2 ranks x 2 rows: grad = mean_r sum_{i in r} grad(tokmean_i) / 2
+    #                                    = sum_i grad(tokmean_i) / 4 = grad(seq-mean-token-mean).
+    buf = make_buffer(num_groups=2, group_size=2, seed=4)
+    assert sorted(buf.response_mask.sum(-1).tolist()) != [L] * 4  # lengths differ: modes differ
+    kwargs = dict(kl_coef=0.1, entropy_coef=0.01, max_grad_norm=None, micro_batch_size=1)
+    deltas = {}
+    for mode in ("seq-mean-token-mean", "token-mean"):
+        policy = make_policy()
+        before = [p.detach().clone() for p in policy.parameters()]
+        grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf,
+                    UpdateConfig(loss_mode=mode, **kwargs))
+        deltas[mode] = param_deltas(policy, before)
+    policy = make_policy()
+    rank_grads = []
+    for rank_rows in ([0, 1], [2, 3]):
+        policy.zero_grad()
+        for i in rank_rows:  # one response per micro-batch
+            row = buf.select([i])
+            logp, entropy = logprob_fn_for(policy)(row)
+            loss, _ = grpo_loss(logp, row.old_logp, row.ref_logp, row.advantages, row.response_mask,
+                                kl_coef=0.1, entropy=entropy, entropy_coef=0.01, mode="token-mean")
+            (loss / len(rank_rows)).backward()  # divided by the gradient-accumulation steps
+        rank_grads.append([p.grad.clone() for p in policy.parameters()])
+    released = [(a + b) / 2 for a, b in zip(*rank_grads)]  # averaged over the 2 ranks
+    for delta, grad in zip(deltas["seq-mean-token-mean"], released):
+        torch.testing.assert_close(delta, -grad)
+    gap = max((a - b).abs().max().item() for a, b in zip(deltas["token-mean"], deltas["seq-mean-token-mean"]))
+    assert gap > 1e-3  # token-mean weighs each response by its length: a different gradient
 
 
 def test_epochs_and_mini_batches_count_steps_and_move_away_from_old():
@@ -184,7 +284,8 @@ def test_grad_norm_is_clipped():
     _, unclipped = _run("token-mean", 4)
     policy = make_policy()
     before = [p.detach().clone() for p in policy.parameters()]
-    cfg = UpdateConfig(micro_batch_size=4, max_grad_norm=1e-3, kl_coef=0.1, entropy_coef=0.01)
+    cfg = UpdateConfig(micro_batch_size=4, max_grad_norm=1e-3, kl_coef=0.1, entropy_coef=0.01,
+                       loss_mode="token-mean")
     m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), make_buffer(), cfg)
     assert m["grad_norm"] == pytest.approx(unclipped["grad_norm"])  # reported before clipping
     step = torch.cat([d.flatten() for d in param_deltas(policy, before)]).norm()

@@ -10,7 +10,8 @@ import torch
 
 from grpo.checkpoint import COMPLETE, latest_checkpoint
 from grpo.parallel import StepSampler
-from grpo.recipe import PRESETS, SECTIONS, build_config, check_world_size, help_text, parse_args
+from grpo.recipe import (PRESETS, SECTIONS, build_config, check_world_size, help_text, micro_batch_note,
+                         parse_args, prompt_passes)
 
 
 def test_overrides_flat_dotted_and_bare_bool():
@@ -40,6 +41,53 @@ def test_real_presets_require_model_and_data_paths(preset):
     assert (cfg.train.prompts_per_step, cfg.rollout.group_size, cfg.optim.lr) == (16, 8, 1e-6)
     assert (cfg.grpo.kl_coef, cfg.grpo.kl_estimator, cfg.grpo.clip_eps) == (5e-3, "k3", 0.2)
     assert cfg.train.max_steps == 562 and cfg.parallel.device == "cuda"
+    # the released configs: micro-batches of one response -> seq-mean-token-mean; 1300 new tokens;
+    # micro-batches of whole groups (G rows); bf16 compute
+    assert (cfg.grpo.aggregation, cfg.rollout.max_new_tokens) == ("seq-mean-token-mean", 1300)
+    assert cfg.grpo.micro_batch_size == cfg.rollout.group_size and cfg.parallel.mixed_precision
+    assert (cfg.grpo.entropy_coef, cfg.optim.weight_decay, cfg.optim.max_grad_norm) == (1e-3, 0.01, 1.0)
+    assert micro_batch_note(cfg, 8) is None
+
+
+def test_tiny_preset_keeps_token_mean_and_fp32():
+    cfg = build_config()
+    assert (cfg.train.preset, cfg.grpo.aggregation, cfg.parallel.mixed_precision) == ("tiny", "token-mean", False)
+
+
+def test_prompt_passes_and_the_micro_batch_note():
+    # 2 prompts x G = 8: micro-batches of 4 -> [0-3] [4-7] (prompt 0) [8-11] [12-15] (prompt 1): 4;
+    # of 8 -> 2; of 12 -> [0-11] (prompts 0, 1) + [12-15] (prompt 1): 3; of 16 -> 2
+    assert [prompt_passes(2, 8, m) for m in (4, 8, 12, 16, 1)] == [4, 2, 3, 2, 16]
+    # 2 strided mini-batches of 2 prompts x G = 4 (rows 0,2,4,6 and 1,3,5,7): micro-batches of 2
+    # rows -> [0, 2] [4, 6] and [1, 3] [5, 7] -> 4 passes; of 4 rows -> 2 prompts in each -> 4
+    assert prompt_passes(2, 4, 2, num_mini_batches=2) == 4 == prompt_passes(2, 4, 4, num_mini_batches=2)
+    base = ["--preset", "seg_zero_3b", "--model-path", "/m", "--data-path", "/d"]
+    cfg = parse_args(base + ["--micro-batch-size", "4"])  # 16 prompts on 8 ranks: 2 per rank
+    note = micro_batch_note(cfg, 8)
+    assert "micro_batch_size=4" in note and "4 prompt (and image) passes per rank instead of 2" in note
+    assert micro_batch_note(parse_args(base + ["--micro-batch-size", "16"]), 8) is None
+    assert micro_batch_note(parse_args(base + ["--group-size", "16"]), 8) is not None  # 8 < G = 16
+    assert micro_batch_note(parse_args(base + ["--micro-batch-size", "4", "--algo", "sft"]), 8) is None
+
+
+def test_print_config_prints_the_resolved_config_and_loads_nothing(capsys, tmp_path):
+    import torch.distributed as dist
+
+    import train
+
+    out = tmp_path / "never"
+    assert train.main(["--preset", "seg_zero_7b", "--model-path", "/no/model", "--data-path", "/no/data",
+                       "--print-config", "--lr", "2e-6", "--output-dir", str(out)]) is None
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["preset"] == "seg_zero_7b" and printed["optim"]["lr"] == 2e-6
+    assert printed["model"]["model_path"] == "/no/model" and printed["rollout"]["max_new_tokens"] == 1300
+    assert printed["parallel"]["ref_cpu_offload"] is True
+    assert type(parse_args([])).from_dict(printed) == parse_args(
+        ["--preset", "seg_zero_7b", "--model-path", "/no/model", "--data-path", "/no/data", "--lr", "2e-6",
+         "--output-dir", str(out)])
+    assert not out.exists() and not dist.is_initialized()
+    with pytest.raises(ValueError, match="lr"):  # still validated
+        train.main(["--print-config", "--lr", "-1"])
 
 
 @pytest.mark.parametrize("args,field", [
@@ -148,16 +196,15 @@ def test_scheduler_warmup_then_cosine():
 
 
 class _ToyTrainModel(torch.nn.Module):
-    """Stands in for the sharded policy: the forward method train.make_logprob_fn calls
-    (grpo.parallel.FORWARD_FUNCTION), on per-prompt features [L, 3] held in buffer.prompts."""
+    """Stands in for the policy's training forward (models.policy.ResponseLogProbs, the module
+    train.make_logprob_fn calls), on per-prompt features [L, 3] held in buffer.prompts."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.head = torch.nn.Linear(3, 5)
 
-    def fsdp_response_logprobs(self, features, response_ids, response_mask, group_size, temperature,
-                               return_entropy):
+    def forward(self, features, response_ids, response_mask, group_size, temperature, return_entropy):
         from grpo import token_logprobs_and_entropy
 
         logits = self.head(features).expand(group_size, -1, -1)  # [G, L, V]
@@ -166,7 +213,7 @@ class _ToyTrainModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("epochs,minis", [(1, 1), (2, 1), (1, 2)])
-def test_old_logprobs_recomputed_exactly_when_more_than_one_step_per_rollout(epochs, minis):
+def test_old_logprobs_are_the_trainers_own_forward(epochs, minis):
     import train
     from grpo import RolloutBuffer
 
@@ -176,7 +223,7 @@ def test_old_logprobs_recomputed_exactly_when_more_than_one_step_per_rollout(epo
     g = torch.Generator().manual_seed(1)
     buf = RolloutBuffer(
         response_ids=torch.randint(0, 5, (4, 3), generator=g), response_mask=torch.ones(4, 3),
-        old_logp=torch.zeros(4, 3),  # deliberately NOT the policy's log-probs (a sampler mismatch)
+        rollout_logp=torch.zeros(4, 3),  # deliberately NOT the policy's log-probs (a sampler mismatch)
         rewards=torch.tensor([0.0, 1.0, 1.0, 0.0]), advantages=torch.tensor([-1.0, 1.0, 1.0, -1.0]),
         group_ids=torch.tensor([0, 0, 1, 1]), prompts=[torch.randn(3, 3, generator=g) for _ in range(2)])
     with torch.no_grad():
@@ -184,10 +231,14 @@ def test_old_logprobs_recomputed_exactly_when_more_than_one_step_per_rollout(epo
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     metrics = train.update(model, opt, buf, cfg, train.build_update_config(cfg))
     assert metrics["optimizer_steps"] == epochs * minis
-    if epochs * minis == 1:  # the sampling log-probs ARE pi_old: no extra forward, buffer untouched
-        assert torch.equal(buf.old_logp, torch.zeros(4, 3))
+    if epochs * minis == 1:  # pi_old = the update's own forward: no extra pass, ratio exactly 1
+        assert buf.old_logp is None
+        assert metrics["clipfrac"] == 0 and metrics["approx_kl_old"] == 0
     else:  # pi_old = the trainer's own forward at the start of the update, at the sampling temperature
         torch.testing.assert_close(buf.old_logp, initial)
+    # the sampler reported 0 everywhere: |logp_train - 0| over the 12 valid tokens
+    assert metrics["rollout_logp_diff_mean"] == pytest.approx(initial.abs().mean().item(), rel=1e-6)
+    assert metrics["rollout_logp_diff_max"] == pytest.approx(initial.abs().max().item(), rel=1e-6)
 
 
 def test_read_sample_skips_unusable_samples_deterministically(capsys):
@@ -223,6 +274,36 @@ def test_read_sample_skips_unusable_samples_deterministically(capsys):
     out = capsys.readouterr().out
     assert "index 0" in out and "empty after normalisation" in out
     assert "index 1" in out and "index 2" in out and "cannot decode" in out
+
+
+def test_read_sample_skips_a_lisa_empty_target(tmp_path, capsys):
+    """An all-"flag" LISA file is an empty target: evaluation scores it, training has no box to
+    take from it, so it is reported and the next stream position is used."""
+    import numpy as np
+    from PIL import Image
+
+    import train
+    from data import LisaReasonSeg
+
+    for name, label in (("a", "Flag"), ("b", "target")):
+        Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / f"{name}.jpg")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"text": ["the thing"], "is_sentence": False,
+                                                           "shapes": [{"label": label, "points": [
+                                                               [2, 1], [5, 1], [5, 2], [2, 2]]}]}))
+
+    class InOrder:
+        def stream_index(self, position):
+            return position
+
+    source = LisaReasonSeg(tmp_path)
+    assert not source[0].mask.any()  # the reader keeps it (no BadSampleError)
+    sample = train.read_sample(source, InOrder(), 0)
+    assert sample.id == "b"
+    # b: target x 2..5, y 1..2 of an 8 x 4 image; box [2, 1, 5, 2] -> x * 105, y * 210:
+    # int(2 * 840 / 8 + 0.5) = 210, int(1 * 840 / 4 + 0.5) = 210, 525, 420
+    assert sample.solution["bbox"] == [210, 210, 525, 420]
+    out = capsys.readouterr().out
+    assert "skipping bad sample at index 0" in out and "empty mask" in out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,20 @@ def test_two_ranks_equal_one_rank_after_one_step(tmp_path):
     assert m1[-1]["entropy"] == pytest.approx(m2[-1]["entropy"], rel=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bf16_step_on_two_ranks_has_ratio_one_and_logs_the_sampler_mismatch(tmp_path):
+    # --mixed-precision on CPU + gloo: bf16 rollout, reference and training forward, fp32 gradient
+    # reduction and master weights (the GPU precision path); pi_old = the training forward itself
+    run(SMALL + ["--max-steps", "1", "--mixed-precision", "true", "--output-dir", tmp_path], nproc=2)
+    assert json.loads((tmp_path / "config.json").read_text())["parallel"]["mixed_precision"] is True
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["clipfrac"] == 0 and row["approx_kl_old"] == 0
+    assert 0 <= row["rollout_logp_diff_mean"] <= row["rollout_logp_diff_max"] < 1
+    assert row["skipped_steps"] == 0 and row["grad_norm"] > 0
+    assert {v.dtype for v in weights(tmp_path).values()} == {torch.float32}  # fp32 master weights
+
+
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """4 steps straight vs 2 steps + --resume + 2 more (AdamW: its state must be restored too)."""
@@ -92,7 +106,7 @@ def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
     for key in ("loss", "kl", "entropy", "clipfrac", "grad_norm", "zero_var_group_frac",
                 "response_len_mean", "reward/total", "reward/bbox_iou", "reward/thinking_format",
                 "tokens_per_s", "time/rollout", "time/reward", "time/reference", "time/update",
-                "peak_memory_bytes", "lr", "epoch"):
+                "peak_memory_bytes", "lr", "epoch", "rollout_logp_diff_mean", "rollout_logp_diff_max"):
         assert key in rows[-1], key
     assert rows[-1]["epoch"] == pytest.approx(4 * 2 / 512)  # 4 steps x 2 prompts / 512 samples (tiny preset)
     ckpts = out / "checkpoints"
