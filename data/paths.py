@@ -14,10 +14,8 @@ from pathlib import Path
 
 
 def _nearest_existing(path: Path) -> Path:
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path(os.getcwd())  # unreachable for an absolute path: "/" exists
+    """``path`` or its closest existing ancestor (``path`` is absolute: "/" exists)."""
+    return next(candidate for candidate in (path, *path.parents) if candidate.exists())
 
 
 def _check_writable_folder(folder: Path, option: str, path: Path) -> None:
