@@ -48,6 +48,10 @@ ignore-region protocol, model, SAM2, prompt, generation length) is a ValueError 
 silently mixed result; ``--limit`` may change.
 ``python evaluate.py --recompute DIR`` prints the table of DIR from its predictions alone.
 
+User mistakes (a bad option or ``--device``, an ``--output-dir`` that is a file or not writable, a
+dataset file that cannot be read at all) end with one line "error: ..." and exit code 2; a sample
+that cannot be read is counted in ``bad_samples.jsonl`` and the evaluation goes on.
+
 Distributed: under ``torchrun`` every rank loads both models and takes the dataset indices
 ``rank, rank + world, ...`` (:func:`eval.loop.shard_indices`); there is no collective until the
 final barrier, after which rank 0 merges the files and recomputes the metrics from the merged
@@ -59,6 +63,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -66,6 +71,7 @@ import torch
 import torch.distributed as dist
 
 from data.lisa import IGNORE_REGION_PROTOCOLS
+from data.paths import check_output_dir
 from eval.loop import evaluate_shard
 from eval.results import (done_ids, format_table, merge_predictions, table_from_predictions,
                           table_from_records, write_atomic, write_metrics)
@@ -97,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "authors' ReasonSeg conversion). Other formats are read as they are")
     p.add_argument("--model", help="Qwen2.5-VL checkpoint directory or hub id")
     p.add_argument("--sam2", help="SAM2 hub id, e.g. facebook/sam2-hiera-large")
-    p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package (with --sam2-checkpoint)")
+    p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, or a yaml file that only "
+                                         "instantiates sam2 classes (with --sam2-checkpoint)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (with --sam2-config)")
     p.add_argument("--preset", choices=["tiny"], help="tiny: random tiny models + synthetic:8, CPU")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples of the dataset")
@@ -159,7 +166,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    check_device(args.device)
+    check_output_dir(args.output_dir, "--output-dir")
     return args
+
+
+def check_device(device: str | None) -> None:
+    """ValueError unless ``device`` is None, cpu, cuda or cuda:K for a CUDA device that exists here."""
+    if device is None:
+        return
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:K")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ValueError(f"--device {device!r} requested but this machine has {count} CUDA device(s); "
+                             f"use --device cpu" + (f" or cuda:0..cuda:{count - 1}" if count else ""))
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -305,8 +328,17 @@ def main(argv: list[str] | None = None) -> dict | None:
             dist.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: a user mistake (ValueError, FileNotFoundError: a bad option,
+    a path that is not there or not writable, a data file that cannot be read) is one line
+    "error: ..." on stderr and exit code 2, no traceback."""
     try:
-        main()
-    except (ValueError, FileNotFoundError) as err:  # user mistakes: one line, no traceback
-        sys.exit(f"error: {err}")
+        main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -20,18 +20,26 @@ pass (``warmstart_sft_steps``) so that it emits the format at all, and samples a
 with the soft accuracy rewards (grpo.recipe.preset_tiny says why); the real presets do neither.
 Rollouts are seeded per (seed, step, prompt position), so the samples do not depend on the number
 of ranks and a resumed run draws exactly what an uninterrupted run would.
+
+Errors: a user mistake (a ValueError from the config or the setup: a bad option or value, a path
+that is not there or not writable, a file that cannot be read) prints one line "error: ..." and
+exits with code 2, before any heavy work where it can be detected then. A run in which no step
+could be applied (every loss or gradient non-finite), or whose weights are no longer finite, ends
+with an error (exit code 1) and exports nothing.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 
+from data.paths import check_output_dir
 from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
-from grpo.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
+from grpo.checkpoint import TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
 from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
@@ -48,6 +56,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         print(parse_args([a for a in argv if a != "--print-config"]).to_json())
         return None
     cfg = parse_args(argv)
+    check_output_dir(cfg.train.output_dir, "--output-dir")
     info = init_distributed(cfg.parallel.device)
     check_world_size(cfg, info.world_size)
     if info.is_main and (note := micro_batch_note(cfg, info.world_size)):
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                       progress=cfg.train.progress, tensorboard=cfg.train.tensorboard, desc=cfg.train.algo)
     report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})")
     update_cfg = build_update_config(cfg)
+    num_applied = 0.0  # optimizer steps applied by this run (a non-finite loss or gradient skips one)
     for step in range(start_step, cfg.train.max_steps):
         timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
         samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]  # 1. rows
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             with timer("update"):  # 6. clipped surrogate + KL - entropy, ppo_epochs x mini-batches steps
                 metrics = update(policy.logprobs, optimizer, buffer, cfg, update_cfg)
             metrics.update(global_reward_terms(rb, info.device))
+        num_applied += metrics.get("optimizer_steps", 1.0 - metrics.get("skipped_steps", 0.0))
         scheduler.step()
         metrics.update(timer.metrics(), lr=scheduler.get_last_lr()[0], epoch=sampler.epoch(step + 1),
                        peak_memory_bytes=peak_memory_bytes(info.device))
@@ -112,6 +123,10 @@ def main(argv: list[str] | None = None) -> Path | None:
             save_checkpoint(out / "checkpoints", step + 1, policy.logprobs, optimizer,
                             {"scheduler": scheduler.state_dict(),
                              "data_position": (step + 1) * cfg.train.prompts_per_step})
+    if start_step < cfg.train.max_steps and num_applied == 0:
+        raise TrainingDiverged(f"every step of this run ({start_step + 1}..{cfg.train.max_steps}) was skipped: "
+                               "the loss or the gradients were not finite, nothing was learned and nothing "
+                               "is exported; lower the learning rate or check the other numbers of the config")
     report(cfg, policy, heldout, tracker, f"{cfg.train.algo} end (step {cfg.train.max_steps})")
     tracker.close()
     if cfg.train.export_hf:
@@ -142,10 +157,11 @@ def build_data(cfg: Config, info):
 
 
 def read_sample(source, sampler: StepSampler, position: int):
-    """The sample at a stream position; a bad one (unreadable: BadSampleError; an empty mask or a
-    query that is empty once normalised: ValueError) is reported and the sample at the next stream
+    """The sample at a stream position; a bad one (unreadable or invalid: BadSampleError; an empty
+    mask or a query that is empty once normalised: ValueError) is reported and the sample at the next stream
     position is used instead (deterministic, so resume and rank count do not matter)."""
     from data import BadSampleError, solution_from_mask
+    from data.types import check_sample
     from models.prompt import normalize_query
 
     for k in range(100):
@@ -155,6 +171,7 @@ def read_sample(source, sampler: StepSampler, position: int):
             normalize_query(sample.query)
             if sample.solution is None:
                 sample.solution = solution_from_mask(sample.mask)
+            check_sample(sample, f"index {index}")  # box ordered and in the frame (any SampleSource)
         except (BadSampleError, ValueError) as err:
             print(f"skipping bad sample at index {index}: {err}", flush=True)
             continue
@@ -335,28 +352,91 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
             f.write(json.dumps({"title": title, **rep}) + "\n")
 
 
+WARMSTART_RECORD = "warmstart.json"
+
+
+def warmstart_settings(cfg: Config) -> dict:
+    """Every config value that determines the warm-start export (recorded in it as
+    ``warmstart.json``; an export made with other values is refused, not reused)."""
+    c = cfg.to_dict()
+    return {"model": c["model"],
+            "data": {k: c["data"][k] for k in ("data_path", "num_synthetic", "data_seed")},
+            "rollout": {k: c["rollout"][k] for k in ("think", "with_example", "max_new_tokens")},
+            "optim": {k: c["optim"][k] for k in ("optimizer", "beta1", "beta2", "adam_eps", "weight_decay",
+                                                 "max_grad_norm")},
+            "grpo": {"micro_batch_size": c["grpo"]["micro_batch_size"]},
+            "train": {k: c["train"][k] for k in ("seed", "prompts_per_step", "warmstart_sft_steps",
+                                                 "warmstart_lr")}}
+
+
+def check_warmstart_export(export_dir: Path, settings: dict) -> None:
+    """ValueError unless ``export_dir`` records (``warmstart.json``) exactly these settings."""
+    try:
+        made_with = json.loads((export_dir / WARMSTART_RECORD).read_text())
+    except (OSError, ValueError):
+        made_with = None
+    if made_with == settings:
+        return
+    if isinstance(made_with, dict):
+        then = {f"{sec}.{k}": v for sec, vals in made_with.items() if isinstance(vals, dict) for k, v in vals.items()}
+        now = {f"{sec}.{k}": v for sec, vals in settings.items() for k, v in vals.items()}
+        what = f"other settings ((then, now): { {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v} })"
+    else:
+        what = f"unknown settings (no readable {WARMSTART_RECORD})"
+    raise ValueError(f"{export_dir} holds a warm start made with {what}; delete that folder to redo the warm "
+                     "start, or use another --output-dir")
+
+
 def warm_start(cfg: Config, info, train_set, heldout, export_dir: Path) -> str:
     """The tiny run's warm start: ``warmstart_sft_steps`` SFT steps from ``model_path``, exported
-    to ``export_dir`` (reused when it exists, e.g. on resume). Returns the export path."""
-    if not export_dir.is_dir():
+    to ``export_dir`` with the settings that made it (:func:`warmstart_settings`). An existing
+    export is reused (e.g. on resume) only when it was made with the same settings; a warm start
+    interrupted before its export is redone from the start, its metrics rows replaced. Returns the
+    export path."""
+    settings = warmstart_settings(cfg)
+    if export_dir.is_dir():
+        check_warmstart_export(export_dir, settings)
+    else:
         policy = build_policy(cfg, info, cfg.model.model_path, frozen=False)
         optimizer = build_optimizer(cfg, policy.model, cfg.train.warmstart_lr)
         sampler = StepSampler(len(train_set), cfg.train.prompts_per_step, info.rank, info.world_size,
                               cfg.data.data_seed + 1)
         tracker = Tracker(export_dir.parent, is_main=info.is_main, total_steps=cfg.train.warmstart_sft_steps,
-                          progress=cfg.train.progress, desc="warm-start sft")
+                          progress=cfg.train.progress, desc="warm-start sft", phase="warmstart_sft")
         report(cfg, policy, heldout, tracker, "initial policy")
         for step in range(cfg.train.warmstart_sft_steps):
             samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]
             metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
                                micro_batch_size=cfg.grpo.micro_batch_size,
                                max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
-            tracker.log(step + 1, metrics, phase="warmstart_sft")
+            tracker.log(step + 1, metrics)
         tracker.close()
-        export_hf(export_dir, policy.model, policy.processor)
+        export_hf(export_dir, policy.model, policy.processor,
+                  extra_files={WARMSTART_RECORD: json.dumps(settings, indent=2, sort_keys=True)})
         del policy, optimizer
     return str(export_dir)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: the exit code, and one line "error: ..." on stderr for a
+    user mistake (ValueError, FileNotFoundError: exit code 2) or a diverged run (exit code 1)
+    instead of a traceback. A mistake found before the process group exists (the configuration)
+    is the same on every rank and printed by rank 0 only; later ones by every rank that hits them,
+    prefixed with the rank in a multi-process run."""
+    try:
+        main(argv)
+        return 0
+    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
+        import torch.distributed as dist
+
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if rank == 0 or dist.is_initialized():
+            prefix = f"[rank {rank}] " if world > 1 and dist.is_initialized() else ""
+            print(f"{prefix}error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()  # no barrier: the other ranks may not get here
+        return 1 if isinstance(err, TrainingDiverged) else 2
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

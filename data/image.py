@@ -2,6 +2,9 @@
 
 - :func:`load_image`: a path or encoded bytes -> uint8 RGB [H, W, 3]. The stored pixel grid is
   used as is (no EXIF rotation), since the datasets' masks and polygons are drawn on that grid.
+  16-bit grayscale images (PNG, TIFF) are scaled from their 0..65535 range to 0..255
+  (v -> round(v / 257)), not clipped at 255 as PIL's own conversion does; 32-bit integer and
+  float images, whose range the file does not state, are refused.
 - :func:`resize_to_frame`: [H, W, 3] -> [840, 840, 3], bilinear (PIL's BILINEAR filter, which the
   authors' PIL-based preparation uses), aspect ratio NOT kept.
 - :func:`encode_image`: uint8 RGB -> PNG / JPEG bytes (for the parquet and LISA writers).
@@ -37,6 +40,14 @@ def load_image(path_or_bytes, name: str | None = None) -> np.ndarray:
         raise ValueError(f"expected a path or bytes, got {type(path_or_bytes).__name__}")
     try:
         with Image.open(source) as im:
+            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+                # 16-bit grayscale (PIL opens a 16-bit PNG as "I;16", or "I" in older versions)
+                gray = np.asarray(im, dtype=np.float64)  # [H, W], forces the full decode
+                gray8 = np.rint(np.clip(gray, 0, 65535) / 257.0).astype(np.uint8)
+                return np.repeat(gray8[:, :, None], 3, axis=2)  # [H, W, 3]
+            if im.mode in ("I", "F"):
+                raise ValueError(f"unsupported image {label}: {'32-bit float' if im.mode == 'F' else '32-bit integer'} "
+                                 f"pixels have no known range; convert it to an 8-bit RGB image")
             rgb = im.convert("RGB")  # forces the full decode: truncated files fail here
     except FileNotFoundError as e:
         raise ValueError(f"image file not found: {label}") from e

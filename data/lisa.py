@@ -19,8 +19,12 @@ Ignore regions, two protocols (``ignore_regions``, :data:`IGNORE_REGION_PROTOCOL
   protocol of the Seg-Zero paper's ReasonSeg numbers.
 
 Bad files raise BadSampleError naming the file: a polygon with fewer than 3 points or with
-non-finite coordinates, a missing key, unreadable JSON, an unreadable image.
-:meth:`LisaReasonSeg.scan` lists the JSON-level problems without decoding any image.
+non-finite coordinates, a missing key or a value of the wrong type (``shapes`` not a list, a top
+level that is not an object), unreadable JSON, an unreadable or missing image (a ``name.json``
+without its ``name.jpg`` is a sample too, counted as bad). :meth:`LisaReasonSeg.scan` lists the
+JSON-level problems without decoding any image. A polygon reaching far beyond the image is
+clipped near it before rasterisation (:func:`data.polygon.frame_polygon`; real annotations are
+never that far out, so they are drawn exactly as LISA draws them).
 
 :func:`write_lisa_folder` writes any SampleSource with masks in this layout (mask -> polygons with
 cv2.findContours, outer contours only: holes in a mask are not representable and are lost).
@@ -36,7 +40,8 @@ import cv2
 import numpy as np
 
 from data.image import encode_image, load_image
-from data.types import BadSampleError, Sample, SampleSource
+from data.polygon import frame_polygon
+from data.types import BadSampleError, Sample, SampleSource, check_sample, check_text, reading_sample
 
 IGNORE = 255
 
@@ -63,9 +68,11 @@ def apply_ignore_regions(mask: np.ndarray, ignore_regions: str) -> np.ndarray:
     return (np.asarray(mask) != 0).astype(np.uint8)
 
 
-def _polygon_points(shape, k: int) -> np.ndarray:
+def _polygon_points(shape, k: int, height: int, width: int) -> np.ndarray:
     """The vertices of shape ``k`` as int32 [K, 2] (x, y), truncated toward zero as
-    ``np.array(points, dtype=np.int32)`` does in LISA's loader; ValueError on bad points."""
+    ``np.array(points, dtype=np.int32)`` does in LISA's loader, after clipping a polygon that
+    reaches far beyond the ``height`` x ``width`` image (:func:`data.polygon.frame_polygon`; K may
+    then be 0: nothing of it is near the image); ValueError on bad points."""
     try:
         pts = np.asarray(shape["points"], dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -76,7 +83,7 @@ def _polygon_points(shape, k: int) -> np.ndarray:
     if not np.isfinite(pts).all() or (np.abs(pts) > _INT32_LIMIT).any():
         raise ValueError(f"bad polygon: shape {k} ({shape['label']!r}) has a coordinate that is "
                          f"not finite or does not fit int32: {pts.tolist()}")
-    return pts.astype(np.int32)  # [K, 2], truncation toward zero
+    return frame_polygon(pts, height, width).astype(np.int32)  # [K, 2], truncation toward zero
 
 
 def _draw(canvas: np.ndarray, pts: np.ndarray, value: int) -> None:
@@ -92,7 +99,9 @@ def polygons_to_mask(shapes: list, height: int, width: int) -> np.ndarray:
 
     1. Labels are compared lower-cased. A shape whose label equals "flag" is skipped; a label that
        contains "ignore" gives 255; any other label gives 1.
-    2. Vertices are cast to int32 (truncation toward zero).
+    2. Vertices are cast to int32 (truncation toward zero). (Before that, a polygon reaching more
+       than one image size beyond the image is clipped to that margin, which LISA does not do: it
+       changes nothing inside the image, and spares OpenCV coordinates it cannot handle.)
     3. Each remaining polygon's RASTERISED area is the number of pixels of the image it covers when
        drawn alone (closed 1-pixel outline plus fill): pixels outside the image do not count, and
        a thin or degenerate polygon counts its outline, so this ranking can differ from the
@@ -134,7 +143,9 @@ def polygons_to_mask(shapes: list, height: int, width: int) -> np.ndarray:
         label = shape["label"].lower()
         if label == "flag":
             continue
-        polygons.append((IGNORE if "ignore" in label else 1, _polygon_points(shape, k)))
+        pts = _polygon_points(shape, k, height, width)
+        if len(pts):  # else entirely outside the image: nothing to draw
+            polygons.append((IGNORE if "ignore" in label else 1, pts))
 
     canvas = np.zeros((height, width), dtype=np.uint8)  # [H, W], one polygon at a time
     areas = []
@@ -162,7 +173,7 @@ def _read_json(path: str, sample_id: str) -> dict:
         except UnicodeDecodeError:
             with open(path, encoding="cp1252") as f:
                 meta = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise BadSampleError(sample_id, path, f"unreadable json: {e}") from e
     if not isinstance(meta, dict):
         raise BadSampleError(sample_id, path, f"unreadable json: expected an object, got "
@@ -179,7 +190,10 @@ def _first_text(meta: dict, path: str, sample_id: str) -> str:
         if not text:
             raise BadSampleError(sample_id, path, "missing key: 'text' is an empty list")
         text = text[0]
-    return str(text)
+    try:
+        return check_text(text, "'text'")
+    except ValueError as e:
+        raise BadSampleError(sample_id, path, f"bad query: {e}") from None
 
 
 class LisaReasonSeg:
@@ -197,12 +211,12 @@ class LisaReasonSeg:
         self.ignore_regions = check_ignore_regions(ignore_regions)
         if not os.path.isdir(self.folder):
             raise ValueError(f"no such LISA ReasonSeg folder: {self.folder}")
-        images = sorted(glob.glob(os.path.join(self.folder, "*.jpg")))
-        self._pairs = [(p, os.path.splitext(p)[0] + ".json") for p in images
-                       if os.path.isfile(os.path.splitext(p)[0] + ".json")]
-        if not self._pairs:
+        annotations = sorted(glob.glob(os.path.join(self.folder, "*.json")))
+        # every name.json is a sample; one whose name.jpg is missing is a bad one
+        self._pairs = [(os.path.splitext(p)[0] + ".jpg", p) for p in annotations]
+        if not any(os.path.isfile(image) for image, _ in self._pairs):
             raise ValueError(f"no name.jpg + name.json pairs in {self.folder}")
-        self.ids = [os.path.splitext(os.path.basename(p))[0] for p, _ in self._pairs]
+        self.ids = [os.path.splitext(os.path.basename(p))[0] for _, p in self._pairs]
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -212,11 +226,14 @@ class LisaReasonSeg:
         unreadable JSON), without decoding images. An all-"flag" file is not a problem: it is an
         empty target."""
         bad = []
-        for sample_id, (_, json_path) in zip(self.ids, self._pairs):
+        for sample_id, (image_path, json_path) in zip(self.ids, self._pairs):
             try:
-                meta = _read_json(json_path, sample_id)
-                _first_text(meta, json_path, sample_id)
-                _mask_of(meta, 1, 1, json_path, sample_id)
+                with reading_sample(sample_id, json_path):
+                    if not os.path.isfile(image_path):
+                        raise BadSampleError(sample_id, image_path, "missing image: no such file")
+                    meta = _read_json(json_path, sample_id)
+                    _first_text(meta, json_path, sample_id)
+                    _mask_of(meta, 1, 1, json_path, sample_id)
             except BadSampleError as e:
                 bad.append(e)
         return bad
@@ -224,20 +241,24 @@ class LisaReasonSeg:
     def __getitem__(self, index: int) -> Sample:
         image_path, json_path = self._pairs[index]
         sample_id = self.ids[index]
-        meta = _read_json(json_path, sample_id)
-        query = _first_text(meta, json_path, sample_id)
-        try:
-            image = load_image(image_path)
-        except ValueError as e:
-            raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
-        h, w = image.shape[:2]
-        mask = apply_ignore_regions(_mask_of(meta, h, w, json_path, sample_id), self.ignore_regions)
-        is_sentence = meta.get("is_sentence")
-        return Sample(id=sample_id, image=image, query=query, mask=mask,
-                      is_sentence=None if is_sentence is None else bool(is_sentence),
-                      meta={"file": image_path, "json": json_path,
-                            "texts": meta["text"] if isinstance(meta["text"], list) else None,
-                            "ignore_regions": self.ignore_regions})
+        with reading_sample(sample_id, json_path):
+            meta = _read_json(json_path, sample_id)
+            query = _first_text(meta, json_path, sample_id)
+            if not os.path.isfile(image_path):
+                raise BadSampleError(sample_id, image_path, "missing image: no such file")
+            try:
+                image = load_image(image_path)
+            except ValueError as e:
+                raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
+            h, w = image.shape[:2]
+            mask = apply_ignore_regions(_mask_of(meta, h, w, json_path, sample_id), self.ignore_regions)
+            is_sentence = meta.get("is_sentence")
+            sample = Sample(id=sample_id, image=image, query=query, mask=mask,
+                            is_sentence=None if is_sentence is None else bool(is_sentence),
+                            meta={"file": image_path, "json": json_path,
+                                  "texts": meta["text"] if isinstance(meta["text"], list) else None,
+                                  "ignore_regions": self.ignore_regions})
+        return check_sample(sample, json_path)
 
 
 def _mask_of(meta: dict, height: int, width: int, path: str, sample_id: str) -> np.ndarray:

@@ -16,11 +16,17 @@ struct ``{bytes: binary, path: string}``; raw ``bytes`` columns are accepted too
 
 Files are read one row group at a time (the last one is cached), so a 9,000-image training set
 is never decoded whole; ``ids`` come from the id columns only.
+
+Bad input: a file that is not parquet, or lacks a column, is one ValueError naming the file. A row
+whose values are wrong (``img_height`` that is not a positive integer, a query that is not text, a
+solution whose box is not ordered or leaves the 840 frame, a mask of another size than the image)
+is a BadSampleError for that row (:func:`data.types.check_sample`).
 """
 from __future__ import annotations
 
 import glob
 import json
+import numbers
 import os
 from typing import Iterable, Sequence
 
@@ -31,10 +37,18 @@ import pyarrow.parquet as pq
 from data.ground_truth import solution_from_mask
 from data.image import encode_image, load_image, resize_to_frame
 from data.solution import format_solution, parse_solution
-from data.types import FRAME, BadSampleError, Sample, SampleSource
+from data.types import FRAME, BadSampleError, Sample, SampleSource, check_sample, check_text, reading_sample
 
 TRAIN_COLUMNS = ("id", "problem", "solution", "image", "img_height", "img_width")
 REASONSEG_COLUMNS = ("image", "text", "mask", "image_id", "ann_id", "img_height", "img_width")
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``; ValueError naming the file when it is not a readable parquet file."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def parquet_files(path: str | os.PathLike, split: str | None = None) -> list[str]:
@@ -67,7 +81,7 @@ class _ParquetRows:
         self._index: list[tuple[int, int, int]] = []  # global row -> (file, row group, row)
         self.columns: list[str] | None = None
         for fi, f in enumerate(self.files):
-            pf = pq.ParquetFile(f)
+            pf = open_parquet(f)
             cols = pf.schema_arrow.names
             missing = [c for c in required if c not in cols]
             if missing:
@@ -86,7 +100,10 @@ class _ParquetRows:
         """One column of every file, as Python values (used for ids: no image is decoded)."""
         out: list = []
         for f in self.files:
-            out.extend(pq.read_table(f, columns=[name]).column(name).to_pylist())
+            try:
+                out.extend(pq.read_table(f, columns=[name]).column(name).to_pylist())
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{f}: cannot read column {name!r} ({e})") from None
         return out
 
     def where(self, index: int) -> tuple[str, int]:
@@ -98,7 +115,10 @@ class _ParquetRows:
             raise IndexError(f"row {index} out of range for {len(self)} rows")
         fi, g, r = self._index[index]
         if self._cache_key != (fi, g):
-            self._cache = pq.ParquetFile(self.files[fi]).read_row_group(g)
+            try:
+                self._cache = pq.ParquetFile(self.files[fi]).read_row_group(g)
+            except (pa.ArrowException, OSError) as e:  # a corrupt row group: its rows are bad samples
+                raise ValueError(f"row group {g} is unreadable ({e})") from None
             self._cache_key = (fi, g)
         return {name: self._cache.column(name)[r].as_py() for name in self._cache.column_names}
 
@@ -132,6 +152,26 @@ def _get(row: dict, key: str, where: str, sample_id: str):
     return row[key]
 
 
+def _size(row: dict, key: str, where: str, sample_id: str) -> int:
+    """A positive integer column value (img_width, img_height; an int or a string of digits)."""
+    value = _get(row, key, where, sample_id)
+    number = None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+    if number is None or number <= 0:
+        raise BadSampleError(sample_id, where, f"bad value: {key}={value!r:.40} is not a positive integer")
+    return number
+
+
+def _query(row: dict, key: str, where: str, sample_id: str) -> str:
+    try:
+        return check_text(_get(row, key, where, sample_id), f"{key!r}")
+    except ValueError as e:
+        raise BadSampleError(sample_id, where, f"bad query: {e}") from None
+
+
 class AuthorsTrainParquet:
     """The authors' training parquet (one file or a folder of files) as a SampleSource."""
 
@@ -145,22 +185,24 @@ class AuthorsTrainParquet:
 
     def __getitem__(self, index: int) -> Sample:
         where, _ = self._rows.where(index)
-        row = self._rows.row(index)
-        sample_id = str(row.get("id", index))
-        image = _decode(_get(row, "image", where, sample_id), where, sample_id)
-        if image.shape[:2] != (FRAME, FRAME):
-            raise BadSampleError(sample_id, where, f"mismatched sizes: training image is "
-                                                   f"{image.shape[1]}x{image.shape[0]}, "
-                                                   f"expected {FRAME}x{FRAME}")
-        try:
-            solution = parse_solution(_get(row, "solution", where, sample_id))
-        except ValueError as e:
-            raise BadSampleError(sample_id, where, f"bad solution: {e}") from e
-        w = int(_get(row, "img_width", where, sample_id))
-        h = int(_get(row, "img_height", where, sample_id))
-        return Sample(id=sample_id, image=image, query=str(_get(row, "problem", where, sample_id)),
-                      solution=solution,
-                      meta={"file": where, "frame": FRAME, "original_size": (w, h)})
+        sample_id = self.ids[index]
+        with reading_sample(sample_id, where):
+            row = self._rows.row(index)
+            image = _decode(_get(row, "image", where, sample_id), where, sample_id)
+            if image.shape[:2] != (FRAME, FRAME):
+                raise BadSampleError(sample_id, where, f"mismatched sizes: training image is "
+                                                       f"{image.shape[1]}x{image.shape[0]}, "
+                                                       f"expected {FRAME}x{FRAME}")
+            try:
+                solution = parse_solution(_get(row, "solution", where, sample_id))
+            except ValueError as e:
+                raise BadSampleError(sample_id, where, f"bad solution: {e}") from e
+            w = _size(row, "img_width", where, sample_id)
+            h = _size(row, "img_height", where, sample_id)
+            sample = Sample(id=sample_id, image=image, query=_query(row, "problem", where, sample_id),
+                            solution=solution,
+                            meta={"file": where, "frame": FRAME, "original_size": (w, h)})
+        return check_sample(sample, where)
 
 
 def _mask_array(value, where: str, sample_id: str) -> np.ndarray:
@@ -202,22 +244,23 @@ class ReasonSegParquet:
     def __getitem__(self, index: int) -> Sample:
         where, _ = self._rows.where(index)
         sample_id = self.ids[index]
-        row = self._rows.row(index)
-        image = _decode(_get(row, "image", where, sample_id), where, sample_id)
-        mask = _mask_array(_get(row, "mask", where, sample_id), where, sample_id)
-        h, w = int(_get(row, "img_height", where, sample_id)), int(_get(row, "img_width", where,
-                                                                         sample_id))
-        if image.shape[:2] != mask.shape or image.shape[:2] != (h, w):
-            raise BadSampleError(sample_id, where, f"mismatched sizes: image "
-                                                   f"{image.shape[1]}x{image.shape[0]}, mask "
-                                                   f"{mask.shape[1]}x{mask.shape[0]}, "
-                                                   f"img_width x img_height {w}x{h}")
-        is_sentence = row.get("is_sentence")
-        return Sample(id=sample_id, image=image, query=str(_get(row, "text", where, sample_id)),
-                      mask=mask.astype(np.uint8),
-                      is_sentence=None if is_sentence is None else bool(is_sentence),
-                      meta={"file": where, "image_id": row.get("image_id"),
-                            "ann_id": row.get("ann_id")})
+        with reading_sample(sample_id, where):
+            row = self._rows.row(index)
+            image = _decode(_get(row, "image", where, sample_id), where, sample_id)
+            mask = _mask_array(_get(row, "mask", where, sample_id), where, sample_id)
+            h, w = _size(row, "img_height", where, sample_id), _size(row, "img_width", where, sample_id)
+            if image.shape[:2] != mask.shape or image.shape[:2] != (h, w):
+                raise BadSampleError(sample_id, where, f"mismatched sizes: image "
+                                                       f"{image.shape[1]}x{image.shape[0]}, mask "
+                                                       f"{mask.shape[1]}x{mask.shape[0]}, "
+                                                       f"img_width x img_height {w}x{h}")
+            is_sentence = row.get("is_sentence")
+            sample = Sample(id=sample_id, image=image, query=_query(row, "text", where, sample_id),
+                            mask=mask.astype(np.uint8),
+                            is_sentence=None if is_sentence is None else bool(is_sentence),
+                            meta={"file": where, "image_id": row.get("image_id"),
+                                  "ann_id": row.get("ann_id")})
+        return check_sample(sample, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,9 +307,15 @@ class _AtomicParquetWriter:
             self._pending = []
 
     def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        os.replace(self.tmp, self.path)
+        """Flush and move the file into place; on failure the temporary file is removed."""
+        try:
+            self._flush()
+            self._writer.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+            raise
 
     def abort(self) -> None:
         self._writer.close()

@@ -15,55 +15,39 @@ mismatched sizes) are counted by reason and skipped; they never stop the run. Wi
 ``--sam2-filter``, a sample is kept only if SAM2 prompted with the ground-truth box and p1
 reconstructs the mask with IoU >= ``--sam2-threshold`` (the authors' optional filter); SAM2 is
 imported only then. The output is written to a temporary file and moved into place at the end.
+
+Command-line mistakes (a missing or unknown option, ``--out`` naming a directory or an unwritable
+place, a folder that is not there, a refer file that cannot be read, a bad SAM2 config,
+checkpoint, threshold or device) are one line "error: ..." on stderr and exit code 2, found before
+any sample is converted.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 from collections import Counter
 from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
 from data.ground_truth import sam2_consistency_filter
 from data.parquet import TRAIN_SCHEMA, _AtomicParquetWriter, authors_train_row
+from data.paths import check_output_file
 from data.refer import ReferDataset
 from data.types import BadSampleError
 
 
 def build_sam2_segmenter(config: str, checkpoint: str, device: str = "cpu") -> Callable:
-    """A ``(image, bbox, points) -> bool mask`` SAM2 callable for the consistency filter.
+    """A ``(image, bbox, points) -> bool mask`` SAM2 callable for the consistency filter: the
+    project's :class:`models.segmenter.Segmenter` (box + positive points, multimask output, the
+    highest-scoring mask; the config checked before Hydra builds anything). Imported lazily so
+    that the data package never needs models / sam2 / torch unless the filter is on."""
+    from models.segmenter import Segmenter
 
-    Uses the project's :class:`models.segmenter.Segmenter` when the models package is importable,
-    else sam2's image predictor directly (:func:`sam2_predictor_segmenter`). Imported lazily so
-    that the data package never needs models / sam2 / torch unless the filter is on.
-    """
-    try:
-        from models.segmenter import Segmenter
-    except ImportError:
-        return sam2_predictor_segmenter(config, checkpoint, device)
     return Segmenter.from_config(config, checkpoint, device=device)
-
-
-def sam2_predictor_segmenter(config: str, checkpoint: str | None,
-                             device: str = "cpu") -> Callable:
-    """sam2's image predictor as ``(image, bbox, points) -> bool mask``: box + positive points,
-    multimask output, the highest-scoring mask (SPEC section 1, step 5)."""
-    from sam2.build_sam import build_sam2
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(build_sam2(config, checkpoint, device=device))
-
-    def segment(image: np.ndarray, bbox: list, points: list) -> np.ndarray:
-        predictor.set_image(image)
-        masks, scores, _ = predictor.predict(
-            point_coords=np.asarray(points, dtype=np.float32),
-            point_labels=np.ones(len(points), dtype=np.int32),
-            box=np.asarray(bbox, dtype=np.float32), multimask_output=True)
-        return masks[int(np.argmax(scores))] > 0  # [H, W]
-
-    return segment
 
 
 def _reason_kind(reason: str) -> str:
@@ -109,9 +93,47 @@ def prepare(dataset, out: str, limit: int | None = None, segmenter: Callable | N
     return writer.num_rows, skipped
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors raise ValueError (printed as one line by :func:`main`)."""
+
+    def error(self, message):
+        raise ValueError(f"{message} (python -m data.prepare_refcocog --help lists the options)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """ValueError naming the option for a value that would fail later (before any conversion)."""
+    check_output_file(args.out, "--out")
+    for option, folder in (("--refer-root", args.refer_root), ("--images", args.images)):
+        if not os.path.isdir(folder):
+            raise ValueError(f"{option} {folder!r} is not a directory")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be positive, got {args.limit}")
+    if not (math.isfinite(args.sam2_threshold) and 0.0 <= args.sam2_threshold <= 1.0):
+        raise ValueError(f"--sam2-threshold must be an IoU in [0, 1], got {args.sam2_threshold}")
+    if args.sam2_filter:
+        if not args.sam2_checkpoint:
+            raise ValueError("--sam2-filter needs --sam2-checkpoint (a SAM2 .pt file matching --sam2-config)")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+            raise ValueError(f"--device {args.device!r}: use cpu, cuda or cuda:K")
+        if args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {args.device!r} requested but CUDA is not available here; "
+                                 f"use --device cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.prepare_refcocog",
-                                     description=__doc__.split("\n\n")[0])
+    """The command line; returns the exit code (2 and one line on stderr for a mistake)."""
+    try:
+        return run(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m data.prepare_refcocog", description=__doc__.split("\n\n")[0])
     parser.add_argument("--refer-root", required=True,
                         help="folder holding refcocog/instances.json and refcocog/refs(umd).p")
     parser.add_argument("--images", required=True, help="the COCO train2014 image folder")
@@ -130,13 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device for SAM2")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    check_args(args)
 
     dataset = ReferDataset(args.refer_root, dataset=args.dataset, split_by=args.split_by,
                            split=args.split, image_dir=args.images)
     segmenter = None
     if args.sam2_filter:
-        if not args.sam2_checkpoint:
-            parser.error("--sam2-filter needs --sam2-checkpoint")
         segmenter = build_sam2_segmenter(args.sam2_config, args.sam2_checkpoint, args.device)
     kept, skipped = prepare(dataset, args.out, limit=args.limit, segmenter=segmenter,
                             threshold=args.sam2_threshold, image_format=args.image_format.upper(),

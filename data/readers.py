@@ -15,11 +15,9 @@ from __future__ import annotations
 import glob
 import os
 
-import pyarrow.parquet as pq
-
 from data.lisa import LisaReasonSeg, check_ignore_regions
 from data.parquet import (REASONSEG_COLUMNS, TRAIN_COLUMNS, AuthorsTrainParquet, ReasonSegParquet,
-                          parquet_files)
+                          open_parquet, parquet_files)
 from data.refer import ReferDataset
 from data.synthetic import SyntheticDataset
 from data.types import SampleSource
@@ -81,7 +79,7 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
         raise ValueError(f"unknown dataset file {spec_str!r}: expected a .parquet file")
 
     files = parquet_files(spec_str, split)
-    columns = set(pq.ParquetFile(files[0]).schema_arrow.names)
+    columns = set(open_parquet(files[0]).schema_arrow.names)
     if set(TRAIN_COLUMNS) <= columns:
         return AuthorsTrainParquet(spec_str, split)
     if set(REASONSEG_COLUMNS) <= columns:

@@ -4,10 +4,18 @@ Layout of ``<output_dir>/checkpoints``::
 
     step_000010/              one complete checkpoint
         .metadata, __*.distcp model + optimizer, sharded (torch.distributed.checkpoint)
-        extra_rank00000.pt    per rank: step, scheduler, data position, RNG states (python,
-                              numpy, torch CPU, torch CUDA), anything the trainer adds
+        extra_rank00000.json  per rank: step, scheduler, data position, python and numpy RNG
+                              states, anything the trainer adds (JSON values only)
+        rng_rank00000.safetensors  per rank: torch CPU and CUDA RNG states (uint8 tensors)
         COMPLETE              written last
     latest                    text file: the name of the newest complete checkpoint
+
+What a resume reads: the per-rank state is JSON and safetensors, formats that hold data only, so
+reading them cannot run code. The model and optimizer go through torch.distributed.checkpoint,
+whose ``.metadata`` file torch itself unpickles: a checkpoint directory is trusted input, like any
+torch checkpoint. :func:`load_checkpoint` refuses a directory holding any file this module does
+not write (a planted ``.pt`` is never read), and :func:`latest_checkpoint` only follows names
+``step_XXXXXX`` inside the checkpoint root.
 
 Atomicity: everything is written into ``step_XXXXXX.tmp``; after a barrier (every rank done) rank 0
 writes ``COMPLETE``, renames the folder to ``step_XXXXXX`` (one ``os.rename``) and replaces
@@ -24,8 +32,10 @@ for anything else that draws random numbers.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,9 +53,18 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from grpo.parallel import barrier, unwrapped_class
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from grpo.parallel import all_gather_objects, barrier, unwrapped_class
 
 COMPLETE = "COMPLETE"
+#: Names of the complete checkpoint folders (and the only names ``latest`` may point to).
+STEP_DIR = re.compile(r"step_\d{6,}")
+#: Every file a checkpoint folder may hold: torch.distributed.checkpoint's metadata and shards,
+#: the per-rank JSON and safetensors files, the COMPLETE marker.
+CHECKPOINT_FILES = re.compile(r"\.metadata|__\d+_\d+\.distcp|extra_rank\d{5}\.json|"
+                              r"rng_rank\d{5}\.safetensors|" + COMPLETE)
 
 
 def step_dir_name(step: int) -> str:
@@ -56,30 +75,36 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """This process's RNG states as (JSON values: python, numpy; uint8 tensors: torch CPU, CUDA)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    as_json = {"python": [version, list(internal), gauss],
+               "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors.update({f"cuda{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+    return as_json, tensors
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(as_json: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, internal, gauss = as_json["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = as_json["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda{i}"] for i in range(sum(k.startswith("cuda") for k in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(ckpt_root: str | os.PathLike, step: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> Path:
     """Collective: every rank calls it. Returns the final folder ``ckpt_root/step_XXXXXX``.
 
-    ``extra`` (per rank, picklable): scheduler state, data position... RNG states are added here.
+    ``extra`` (per rank, JSON values: dicts, lists, strings, numbers): scheduler state, data
+    position... The step and the RNG states are added here.
     """
     root = Path(ckpt_root)
     final = root / step_dir_name(step)
@@ -92,7 +117,9 @@ def save_checkpoint(ckpt_root: str | os.PathLike, step: int, model: nn.Module,
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save({"step": step, "rng": rng_state(), **extra}, tmp / f"extra_rank{_rank():05d}.pt")
+    rng_json, rng_tensors = rng_state()
+    (tmp / f"extra_rank{_rank():05d}.json").write_text(json.dumps({"step": step, "rng": rng_json, **extra}))
+    save_file(rng_tensors, str(tmp / f"rng_rank{_rank():05d}.safetensors"))
     barrier()
     if _rank() == 0:
         (tmp / COMPLETE).write_text(f"{step}\n")
@@ -107,17 +134,34 @@ def save_checkpoint(ckpt_root: str | os.PathLike, step: int, model: nn.Module,
 
 
 def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint (``latest`` pointer, else the highest complete step folder)."""
+    """Newest complete checkpoint (``latest`` pointer, else the highest complete step folder).
+
+    Only folders named ``step_XXXXXX`` directly in ``ckpt_root`` count; a pointer naming anything
+    else (``../elsewhere``) is ignored."""
     root = Path(ckpt_root)
     if not root.is_dir():
         return None
     pointer = root / "latest"
     if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if (cand / COMPLETE).is_file():
-            return cand
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / COMPLETE).is_file())
+        name = pointer.read_text().strip()
+        if STEP_DIR.fullmatch(name) and (root / name / COMPLETE).is_file():
+            return root / name
+    done = sorted((p for p in root.iterdir()
+                   if STEP_DIR.fullmatch(p.name) and p.is_dir() and (p / COMPLETE).is_file()),
+                  key=lambda p: int(p.name[5:]))
     return done[-1] if done else None
+
+
+def check_checkpoint_files(path: str | os.PathLike) -> None:
+    """ValueError unless ``path`` holds only what :func:`save_checkpoint` writes (no other file,
+    no sub-folder): a checkpoint directory is trusted input, and anything added to it is refused."""
+    path = Path(path)
+    unexpected = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()
+                        if not (p.is_file() and CHECKPOINT_FILES.fullmatch(p.name)))
+    if unexpected:
+        raise ValueError(f"checkpoint {str(path)!r} holds files the trainer did not write: {unexpected}; "
+                         "a checkpoint directory is trusted input (torch unpickles its .metadata): "
+                         "resume only from checkpoints this trainer wrote, and remove anything added")
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module,
@@ -126,6 +170,19 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise ValueError(f"checkpoint {str(path)!r} is incomplete (no {COMPLETE} marker)")
+    check_checkpoint_files(path)
+    extra_file = path / f"extra_rank{_rank():05d}.json"
+    rng_file = path / f"rng_rank{_rank():05d}.safetensors"
+    if not extra_file.is_file() or not rng_file.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} has no {extra_file.name} / {rng_file.name}: it was "
+                         "written by a run with fewer ranks; resume with the same number of processes")
+    try:
+        extra = json.loads(extra_file.read_text())
+        rng_tensors = load_file(str(rng_file))
+    except (ValueError, OSError, SafetensorError) as err:  # also JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"checkpoint {str(path)!r}: unreadable {extra_file.name} / {rng_file.name}: {err}") from err
+    if not isinstance(extra, dict) or not isinstance(extra.get("rng"), dict):
+        raise ValueError(f"checkpoint {str(path)!r}: {extra_file.name} is not a saved training state")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
@@ -133,23 +190,40 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     # strict=False: parameters that never received a gradient (e.g. unused by the inputs so far)
     # have no AdamW state yet, in the saved and in the fresh optimizer alike.
     set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
-    extra_file = path / f"extra_rank{_rank():05d}.pt"
-    if not extra_file.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} has no {extra_file.name}: it was written by a run "
-                         "with fewer ranks; resume with the same number of processes")
-    extra = torch.load(extra_file, weights_only=False)
-    set_rng_state(extra.pop("rng"))
+    set_rng_state(extra.pop("rng"), rng_tensors)
     return extra
 
 
+class TrainingDiverged(RuntimeError):
+    """The model's numbers are no longer finite (or no step could be applied): nothing to keep."""
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Collective: names of the parameters holding a NaN or an infinity on any rank (each rank
+    checks its own shards), sorted; the same list on every rank."""
+    local = []
+    for name, p in model.named_parameters():
+        data = p.to_local() if hasattr(p, "to_local") else p  # a DTensor shard under FSDP2
+        if not torch.isfinite(data.detach()).all():
+            local.append(name)
+    return sorted({name for names in all_gather_objects(local) for name in names})
+
+
 def export_hf(out_dir: str | os.PathLike, model: nn.Module, processor: Any | None,
-              dtype: torch.dtype | None = None) -> Path | None:
+              dtype: torch.dtype | None = None, extra_files: dict[str, str] | None = None) -> Path | None:
     """Collective: gather the full state dict on rank 0 and ``save_pretrained`` it (safetensors).
 
     Rank 0 builds an unsharded copy of the model class on CPU from ``model.config``, loads the
-    gathered weights, and saves it together with the processor. Written to ``out_dir.tmp`` then
-    renamed, like checkpoints. Returns the folder on rank 0, None elsewhere.
+    gathered weights, and saves it together with the processor and ``extra_files`` (name -> text).
+    Written to ``out_dir.tmp`` then renamed, like checkpoints. Returns the folder on rank 0, None
+    elsewhere. Weights holding a NaN or an infinity are never exported: TrainingDiverged on every
+    rank, naming them.
     """
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise TrainingDiverged(f"refusing to export {out_dir}: {len(bad)} parameter tensors hold NaN or inf "
+                         f"(e.g. {bad[:3]}); training diverged: lower the learning rate or check the "
+                         f"other numbers of the config")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     out = Path(out_dir)
     result = None
@@ -170,6 +244,8 @@ def export_hf(out_dir: str | os.PathLike, model: nn.Module, processor: Any | Non
         plain.save_pretrained(tmp, safe_serialization=True)
         if processor is not None:
             processor.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

@@ -22,9 +22,11 @@ Command line: ``--name value`` where ``name`` is a field name (``-`` and ``_`` i
 dotted ``section.field`` (``--grpo.kl_coef 0.01``); a boolean given without a value means true
 (``--resume``). ``--preset NAME`` picks the starting values; explicit overrides win over the preset.
 ``train.py --print-config`` prints the resolved configuration as JSON and exits.
-Validation happens once, on the final values, in each dataclass's ``__post_init__``: a bad value
-raises ``ValueError`` naming the field and the value. Checks that need the world size (the global
-batch divisible across ranks) are in :func:`check_world_size`.
+Validation happens once, on the final values, in each dataclass's ``__post_init__``: every field
+has its declared type (bool, int, str, or a FINITE float: nan and inf are refused for every
+number), then the field's own range; a bad value raises ``ValueError`` naming the field, its
+command-line option and the value. Checks that need the world size (the global batch divisible
+across ranks) are in :func:`check_world_size`.
 """
 from __future__ import annotations
 
@@ -41,7 +43,23 @@ from typing import Any, Callable
 
 def _require(cond: bool, name: str, value: Any, what: str) -> None:
     if not cond:
-        raise ValueError(f"config field {name}={value!r}: {what}")
+        raise ValueError(f"config field {name}={value!r} (--{name.replace('_', '-')}): {what}")
+
+
+def _check_types(section: Any) -> None:
+    """Every field of a config section has its declared type; floats are finite (an int is
+    accepted for a float). ValueError naming the field otherwise."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, tp = getattr(section, f.name), hints[f.name]
+        if tp is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            _require(ok, f.name, value, "expected a number")
+            _require(math.isfinite(value), f.name, value, "must be a finite number")
+        elif tp is int:
+            _require(isinstance(value, int) and not isinstance(value, bool), f.name, value, "expected an integer")
+        elif tp in (bool, str):
+            _require(isinstance(value, tp), f.name, value, f"expected {'true or false' if tp is bool else 'text'}")
 
 
 @dataclass
@@ -61,6 +79,7 @@ class ModelConfig:
     """Seed of the random tiny model (model_path='tiny' only)."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(bool(self.model_path), "model_path", self.model_path,
                  "a model path is required (a Qwen2.5-VL directory, hub id, or 'tiny')")
         _require(self.dtype in ("float32", "bfloat16"), "dtype", self.dtype, "use float32 or bfloat16")
@@ -83,6 +102,7 @@ class DataConfig:
     """Seed of the synthetic data and of the per-epoch shuffling of the training set."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(bool(self.data_path), "data_path", self.data_path,
                  "a data path is required (see data.open_dataset), or 'synthetic'")
         _require(self.num_synthetic >= 1, "num_synthetic", self.num_synthetic, "must be >= 1")
@@ -105,6 +125,7 @@ class RolloutConfig:
     """Put the example answer in the prompt (False = paper Table 5 ablation)."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(self.group_size >= 2, "group_size", self.group_size,
                  "GRPO needs at least 2 samples per prompt (group-normalised advantages)")
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
@@ -119,6 +140,9 @@ class RewardConfig:
     """Soft accuracy rewards (IoU value, 1 - L1/840) instead of hard thresholds (SPEC 4)."""
     strict_format: bool = True
     """Strict segmentation-format reward (exact keys) instead of the soft one (SPEC 4)."""
+
+    def __post_init__(self):
+        _check_types(self)
 
 
 @dataclass
@@ -159,6 +183,7 @@ class GRPOConfig:
     0 = off (the recipe; the released code has none)."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "must be >= 0")
         _require(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", self.kl_estimator,
                  "use k1, k2 or k3")
@@ -201,6 +226,7 @@ class OptimConfig:
     """After warmup: constant or cosine (to 0 at the last step)."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(self.optimizer in ("adamw", "sgd"), "optimizer", self.optimizer, "use adamw or sgd")
         _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be a finite number > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
@@ -226,6 +252,7 @@ class ParallelConfig:
     """Keep the frozen reference model's shards in CPU memory (FSDP2 CPU offload)."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "use auto, cpu or cuda")
 
 
@@ -262,6 +289,7 @@ class TrainConfig:
     """tqdm progress bar on rank 0."""
 
     def __post_init__(self):
+        _check_types(self)
         _require(self.algo in ("grpo", "sft"), "algo", self.algo, "use grpo or sft")
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "must be >= 1")

@@ -61,12 +61,16 @@ def _jsonable(v: Any) -> Any:
 
 
 class Tracker:
-    """Writes metrics on the main process only; a no-op object on the other ranks."""
+    """Writes metrics on the main process only; a no-op object on the other ranks.
+
+    ``phase`` names the rows this tracker writes ("train", or "warmstart_sft" for the warm start).
+    """
 
     def __init__(self, output_dir: str | Path, *, is_main: bool, total_steps: int,
                  start_step: int = 0, progress: bool = True, tensorboard: bool = False,
-                 desc: str = "train"):
+                 desc: str = "train", phase: str = "train"):
         self.is_main = is_main
+        self.phase = phase
         self.path = Path(output_dir) / "metrics.jsonl"
         self._bar = None
         self._tb = None
@@ -88,10 +92,10 @@ class Tracker:
                 self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
 
     def _drop_rows_after(self, start_step: int) -> None:
-        """Drop the "train" rows of steps > start_step: a resumed run re-logs the steps that its
-        crashed predecessor logged after its last checkpoint, and a fresh run (start_step 0) starts
-        its curve anew. Rows of other phases (the warm start) stay; a torn last line (crash
-        mid-write) is dropped. Rewritten atomically."""
+        """Drop this tracker's rows (its ``phase``) of steps > start_step: a resumed run re-logs the
+        steps that its crashed predecessor logged after its last checkpoint, and a fresh run
+        (start_step 0), such as a warm start redone after a crash, starts its curve anew. Rows of
+        other phases stay; a torn last line (crash mid-write) is dropped. Rewritten atomically."""
         if not self.path.exists():
             return
         kept = []
@@ -100,15 +104,16 @@ class Tracker:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and not (row.get("phase") == "train" and row.get("step", 0) > start_step):
+            if isinstance(row, dict) and not (row.get("phase") == self.phase and row.get("step", 0) > start_step):
                 kept.append(line + "\n")
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
         os.replace(tmp, self.path)
 
-    def log(self, step: int, metrics: dict[str, Any], phase: str = "train") -> None:
+    def log(self, step: int, metrics: dict[str, Any], phase: str | None = None) -> None:
         if not self.is_main:
             return
+        phase = phase or self.phase
         row = {"step": step, "phase": phase, **{k: _jsonable(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -20,9 +20,11 @@ the default training run with the tiny SAM2. Without ``--tiny``, ``--model`` is 
 comes from ``--sam2-config`` + ``--sam2-checkpoint``, or ``--sam2 HUB_ID`` (default
 ``facebook/sam2-hiera-large``, the authors').
 
-User mistakes (missing or config-only weights, unreadable image, CUDA unavailable, missing SAM2
-checkpoint, contradictory options) end with exit code 2 and one line "error: ..." on stderr saying
-what to do; they are detected in that order, the policy's weights before anything heavy is loaded.
+User mistakes (a query that is not text or is empty once normalised, an ``--out`` that is a file
+or not writable, missing or config-only weights, unreadable image, CUDA unavailable, missing SAM2
+checkpoint or a refused SAM2 config, contradictory options) end with exit code 2 and one line
+"error: ..." on stderr saying what to do; the options, the query and ``--out`` are checked before
+any model is loaded, the policy's weights before anything heavy.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ import sys
 
 import torch
 
+from data.paths import check_output_dir
+from models.prompt import normalize_query
 from models.segmenter import DEFAULT_SAM2_HUB_ID, PROMPT_MODES
 
 
@@ -49,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query", required=True, help="the referring expression or reasoning question")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--model", help="reasoning model: checkpoint directory or hub id (Qwen2.5-VL)")
-    parser.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
+    parser.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, e.g. configs/sam2.1/sam2.1_hiera_l.yaml, "
+                        "or a yaml file that only instantiates sam2 classes")
     parser.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt) matching --sam2-config")
     parser.add_argument("--sam2", help=f"SAM2 hub id (default {DEFAULT_SAM2_HUB_ID} when no config is given)")
     parser.add_argument("--prompt-mode", default="box+points", choices=PROMPT_MODES, help="SAM2 prompts (paper Table 2)")
@@ -82,8 +87,14 @@ def check_args(args: argparse.Namespace) -> str:
         raise UsageError("pass either --sam2 HUB_ID or --sam2-config with --sam2-checkpoint, not both")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out!r} exists and is not a directory: pass a directory")
+    try:
+        normalize_query(args.query)  # the prompt's rule (SPEC 2): valid text, not empty once normalised
+    except ValueError as exc:
+        raise UsageError(f"--query: {exc}; pass the referring expression or question as text") from exc
+    try:
+        check_output_dir(args.out, "--out")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but CUDA is not available here: use --device cpu")
@@ -93,13 +104,18 @@ def check_args(args: argparse.Namespace) -> str:
 def load_models(args: argparse.Namespace, device: str):
     """(policy, segmenter) for the options. Raises UsageError for weights that are not there."""
     from models.policy import SegZeroPolicy, load_policy
-    from models.segmenter import Segmenter
+    from models.segmenter import Segmenter, check_sam2_config
 
-    if args.sam2_checkpoint and not os.path.isfile(args.sam2_checkpoint):  # cheap check before any loading
+    if args.sam2_checkpoint and not os.path.isfile(args.sam2_checkpoint):  # cheap checks before any loading
         raise UsageError(
             f"SAM2 checkpoint not found: {args.sam2_checkpoint!r}; download it (e.g. sam2.1_hiera_large.pt) "
             f"or use --sam2 HUB_ID"
         )
+    if args.sam2_config:
+        try:
+            check_sam2_config(args.sam2_config)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     try:
         if args.tiny and not args.model:
             from models.tiny import build_tiny_qwen

@@ -25,6 +25,8 @@ The chat has no system turn of ours: the chat template inserts the model's defau
 """
 from __future__ import annotations
 
+from data.types import check_text
+
 EXAMPLE_ANSWER = "{'bbox': [10,100,200,210], 'points_1': [30,110], 'points_2': [35,180]}"
 """The verbatim example answer of SPEC section 2 (single quotes: it is not valid JSON, on purpose)."""
 
@@ -43,9 +45,13 @@ _ANSWER_ONLY_EXAMPLE = "i.e., <answer>{answer}</answer>"
 
 
 def normalize_query(query: str) -> str:
-    """SPEC section 2, as the authors' code does it: ``query.lower().strip(".")`` (nothing more)."""
+    """SPEC section 2, as the authors' code does it: ``query.lower().strip(".")`` (nothing more).
+
+    ValueError when the query is not text (not a ``str``, or a ``str`` that does not encode to
+    UTF-8, e.g. a lone surrogate: the tokenizer cannot take it) or is empty once normalised."""
     if not isinstance(query, str):
-        raise ValueError(f"query must be a string, got {type(query).__name__}: {query!r}")
+        raise ValueError(f"query must be a string, got {type(query).__name__}: {query!r:.80}")
+    check_text(query, "query")
     question = query.lower().strip(".")
     if not question.strip():
         raise ValueError(f"query is empty after normalisation: {query!r}")

@@ -13,8 +13,13 @@ box and two points, and a frozen SAM2 image predictor turns them into a mask. Th
 Prompt modes (the paper's Table 2 ablation): "box+points" (default), "box", "points".
 
 Constructors:
-- :meth:`Segmenter.from_config`: a sam2 package config name plus a checkpoint file (the checkpoint
-  is checked before anything is built; its keys must match the model exactly).
+- :meth:`Segmenter.from_config`: a SAM2 config plus a checkpoint file (the checkpoint is checked
+  before anything is built; its keys must match the model exactly). The config is the name of a
+  yaml inside the sam2 package's ``configs`` folder (``configs/sam2.1/sam2.1_hiera_l.yaml``;
+  the name is resolved, so ``configs/../../x.yaml`` is refused), or the path of a self-contained
+  user yaml. A config is instantiated by Hydra, which imports and calls whatever its ``_target_``
+  keys name, so every ``_target_`` (after interpolation) must name a class defined in the sam2
+  package (:func:`check_sam2_targets`); anything else is refused before anything is built.
 - :meth:`Segmenter.from_hub`: a Hugging Face id such as ``facebook/sam2-hiera-large`` (the model
   the authors use). This does what ``SAM2ImagePredictor.from_pretrained`` does (look the id up in
   sam2's ``HF_MODEL_ID_TO_FILENAMES``, download that checkpoint) but reports a failed download with
@@ -54,32 +59,125 @@ def _sam2_package_dir() -> str:
     return os.path.dirname(sam2.__file__)
 
 
-def check_sam2_config(config: str) -> None:
-    """ValueError unless ``config`` names a yaml shipped inside the sam2 package.
+#: What sam2's build_sam2 adds to every config (apply_postprocessing=True).
+_POSTPROCESSING = {
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
+}
 
-    sam2 builds models with hydra from its own config module, so the name is relative to the
-    package, e.g. ``configs/sam2.1/sam2.1_hiera_l.yaml`` or ``configs/sam2/sam2_hiera_l.yaml``.
+
+def resolve_sam2_config(config: str) -> tuple[str, str]:
+    """("package", name relative to the sam2 package) for a yaml inside the package's ``configs``
+    folder (the name resolved: symlinks and ``..`` followed), else ("file", absolute path) for an
+    existing ``.yaml`` file outside the package. ValueError otherwise, listing the package configs.
     """
-    root = _sam2_package_dir()
-    if not os.path.isfile(os.path.join(root, config)):
-        known = []
-        for sub in ("configs/sam2", "configs/sam2.1"):
-            folder = os.path.join(root, sub)
-            if os.path.isdir(folder):
-                known += [f"{sub}/{name}" for name in sorted(os.listdir(folder)) if name.endswith(".yaml")]
-        raise ValueError(
-            f"unknown SAM2 config {config!r}: give the name of a config inside the sam2 package, "
-            f"one of {known}"
-        )
+    root = os.path.realpath(_sam2_package_dir())
+    configs = os.path.join(root, "configs")
+    in_package = os.path.realpath(os.path.join(root, config))
+    if os.path.isfile(in_package) and in_package.startswith(configs + os.sep):
+        return "package", os.path.relpath(in_package, root)
+    user = os.path.realpath(config)
+    if os.path.isfile(user) and user.endswith((".yaml", ".yml")) and not user.startswith(root + os.sep):
+        return "file", user
+    known = []
+    for sub in ("configs/sam2", "configs/sam2.1"):
+        folder = os.path.join(root, sub)
+        if os.path.isdir(folder):
+            known += [f"{sub}/{name}" for name in sorted(os.listdir(folder)) if name.endswith(".yaml")]
+    raise ValueError(
+        f"unknown SAM2 config {config!r}: give the name of a config inside the sam2 package's configs "
+        f"folder, one of {known}, or the path of a yaml file"
+    )
+
+
+def check_sam2_config(config: str) -> None:
+    """ValueError unless ``config`` is a package config or a yaml file (:func:`resolve_sam2_config`)
+    whose ``_target_`` keys all name sam2 classes (:func:`check_sam2_targets`). Builds nothing."""
+    _load_sam2_config(config)
+
+
+def _sam2_class(target: str) -> bool:
+    """Whether ``target`` is ``module.Class`` for a class defined in that module of the sam2 package."""
+    import importlib
+    import inspect
+
+    module, _, name = target.rpartition(".")
+    if not (module == "sam2" or module.startswith("sam2.")) or not name.isidentifier():
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return inspect.isclass(obj) and obj.__module__ == module and obj.__qualname__ == name
+
+
+def check_sam2_targets(cfg, config: str) -> None:
+    """ValueError unless every ``_target_`` in the resolved config ``cfg`` (nested dicts and lists)
+    names a class of the sam2 package (:func:`_sam2_class`). Hydra's instantiate would import and
+    call anything a ``_target_`` names (``os.system``, ``builtins.open``...)."""
+    from omegaconf import OmegaConf
+
+    bad = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if key == "_target_" and not (isinstance(value, str) and _sam2_class(value)):
+                    bad.append(f"{here}={value!r}")
+                walk(value, here)
+        elif isinstance(node, list):
+            for k, value in enumerate(node):
+                walk(value, f"{where}[{k}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    if bad:
+        raise ValueError(f"SAM2 config {config!r} names objects that are not sam2 classes: {', '.join(bad)}; "
+                         f"a config may only instantiate classes of the sam2 package")
+
+
+def _load_sam2_config(config: str, image_size: int | None = None):
+    """The resolved, checked OmegaConf config (with build_sam2's post-processing settings)."""
+    import json
+
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    kind, name = resolve_sam2_config(config)
+    overrides = dict(_POSTPROCESSING)
+    if image_size is not None:
+        overrides["model.image_size"] = int(image_size)
+    if kind == "package":
+        import sam2  # noqa: F401  (registers the package as Hydra's config module)
+        from hydra import compose
+
+        cfg = compose(config_name=name, overrides=[f"++{k}={json.dumps(v)}" for k, v in overrides.items()])
+    else:
+        try:
+            cfg = OmegaConf.load(name)
+            if not OmegaConf.is_dict(cfg) or "model" not in cfg:
+                raise ValueError("no 'model' section")
+            for key, value in overrides.items():
+                OmegaConf.update(cfg, key, value, force_add=True)
+        except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
+            raise ValueError(f"SAM2 config {config!r} is not a usable yaml file: {exc}") from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:  # e.g. an interpolation to a missing key
+        raise ValueError(f"SAM2 config {config!r}: {exc}") from None
+    check_sam2_targets(cfg, config)
+    return cfg
 
 
 def _build_sam2_model(config: str, image_size: int | None = None):
-    """The SAM2Base model of a package config, random weights, on CPU, eval mode."""
-    from sam2.build_sam import build_sam2
+    """The SAM2Base model of a config, random weights, on CPU, eval mode (what sam2's build_sam2
+    does, with the config checked first)."""
+    from hydra.utils import instantiate
 
-    check_sam2_config(config)
-    overrides = [] if image_size is None else [f"++model.image_size={int(image_size)}"]
-    return build_sam2(config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
+    cfg = _load_sam2_config(config, image_size)
+    return instantiate(cfg.model, _recursive_=True).to("cpu").eval()
 
 
 def build_tiny_sam2(seed: int = 0, image_size: int = 256, device: str | torch.device = "cpu"):

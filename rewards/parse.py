@@ -52,7 +52,10 @@ fails, it retries once with every ``'`` replaced by ``"`` and sets ``quotes_repa
 never use it. Evaluation reports should say when it was on.
 
 Parsing never raises for any ``str`` input; a non-``str`` completion is a programming error
-(TypeError).
+(TypeError). It takes time linear in the length of the completion, whatever its content: blocks
+are found with ``str.find`` (the first opening tag, then the first closing tag after it: what the
+lazy regex ``<answer>(.*?)</answer>`` finds, without its quadratic retries on a text of many
+opening tags), and the JSON object pattern cannot backtrack.
 """
 from __future__ import annotations
 
@@ -72,9 +75,18 @@ STATUSES = ("ok", "no_json", "invalid_json", "missing_keys", "bad_shape", "bad_v
 #: Exact key names of the answer object (SPEC section 3).
 ANSWER_KEYS = ("bbox", "points_1", "points_2")
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _JSON_OBJECT = re.compile(r"\{[^{}]*\}")
+
+
+def first_block(text: str, open_tag: str, close_tag: str) -> str | None:
+    """The text between the first ``open_tag`` and the first ``close_tag`` after it, or None: the
+    first match of the regex ``open_tag(.*?)close_tag`` (DOTALL), in linear time. (If the first
+    opening tag has no closing tag after it, no later one has.)"""
+    start = text.find(open_tag)
+    if start < 0:
+        return None
+    end = text.find(close_tag, start + len(open_tag))
+    return None if end < 0 else text[start + len(open_tag):end]
 
 
 @dataclass
@@ -134,8 +146,8 @@ def extract_json_object(completion: str) -> tuple[str | None, bool]:
     Returns (text of the first brace-free ``{...}`` inside the first <answer> block when there is
     one, else in the whole completion; or None), answer_block_found.
     """
-    block = _ANSWER_BLOCK.search(completion)
-    searched = block.group(1) if block else completion
+    block = first_block(completion, "<answer>", "</answer>")
+    searched = block if block is not None else completion
     match = _JSON_OBJECT.search(searched)
     return (match.group(0) if match else None), block is not None
 
@@ -159,8 +171,8 @@ def parse_answer(completion: str, *, single_quotes: bool = False) -> ParsedAnswe
     """
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}: {completion!r:.80}")
-    think = _THINK_BLOCK.search(completion)
-    reasoning = think.group(1).strip() if think else None
+    think = first_block(completion, "<think>", "</think>")
+    reasoning = think.strip() if think is not None else None
 
     text, answer_block = extract_json_object(completion)
     parsed = ParsedAnswer(None, None, reasoning, "no_json", answer_block=answer_block)

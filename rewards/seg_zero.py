@@ -54,7 +54,9 @@ IOU_THRESHOLD = 0.5  # reward when IoU > 0.5
 BBOX_L1_THRESHOLD = 10.0  # reward when mean |pred - gt| < 10 px
 POINT_DISTANCE_THRESHOLD = 100.0  # reward when mean point distance < 100 px
 
-_THINKING_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+#: The junction of the thinking format: "</think>", whitespace, "<answer>" (cannot backtrack
+#: more than the whitespace run that follows one "</think>").
+_THINK_TO_ANSWER = re.compile(r"</think>\s*<answer>")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,7 +93,15 @@ def _gt_numbers(value: Any, length: int, what: str) -> list[float]:
 
 
 def _thinking_format(completion: str) -> float:
-    return 1.0 if _THINKING_FORMAT.fullmatch(completion.strip()) else 0.0
+    """1.0 when ``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", text, re.DOTALL)``
+    with text = the stripped completion, computed in linear time: the text starts with <think>,
+    ends with </answer>, and its first "</think> <answer>" junction after the opening tag ends
+    before that closing tag (the first junction ends earliest, so it is the one to check)."""
+    text = completion.strip()
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return 0.0
+    junction = _THINK_TO_ANSWER.search(text, len("<think>"))
+    return 1.0 if junction is not None and junction.end() <= len(text) - len("</answer>") else 0.0
 
 
 def _segmentation_format(parsed: ParsedAnswer, strict: bool) -> float:

@@ -73,42 +73,7 @@ def test_command_line_entry_point(tmp_path):
     assert len(AuthorsTrainParquet(out)) == 1
 
 
-def test_sam2_adapter_keeps_highest_scoring_mask(monkeypatch):
-    # The adapter's wiring, with sam2 replaced by a fake (the real predictor is tested in models/):
-    # box + points with positive labels, multimask output, the mask with the highest score.
-    import types
-
-    from data.prepare_refcocog import sam2_predictor_segmenter
-
-    calls = {}
-
-    class FakePredictor:
-        def __init__(self, model):
-            calls["model"] = model
-
-        def set_image(self, image):
-            calls["image_shape"] = image.shape
-
-        def predict(self, point_coords, point_labels, box, multimask_output):
-            calls.update(points=point_coords.tolist(), labels=point_labels.tolist(),
-                         box=box.tolist(), multimask=multimask_output)
-            masks = np.zeros((3, 4, 5), np.float32)
-            masks[1, 0, 0] = 1.0  # the best-scoring mask (score 0.9) has one pixel set
-            return masks, np.array([0.1, 0.9, 0.5]), None
-
-    monkeypatch.setitem(sys.modules, "sam2.build_sam", types.SimpleNamespace(
-        build_sam2=lambda cfg, ckpt, device: ("model", cfg, ckpt, device)))
-    monkeypatch.setitem(sys.modules, "sam2.sam2_image_predictor",
-                        types.SimpleNamespace(SAM2ImagePredictor=FakePredictor))
-    seg = sam2_predictor_segmenter("cfg.yaml", "ckpt.pt")
-    out = seg(np.zeros((4, 5, 3), np.uint8), [1, 1, 3, 2], [[2, 1]])
-    assert calls["model"] == ("model", "cfg.yaml", "ckpt.pt", "cpu")
-    assert calls["points"] == [[2.0, 1.0]] and calls["labels"] == [1]
-    assert calls["box"] == [1.0, 1.0, 3.0, 2.0] and calls["multimask"] is True
-    assert out.dtype == bool and out.sum() == 1 and out[0, 0]
-
-
-def test_sam2_filter_prefers_models_segmenter(monkeypatch):
+def test_sam2_filter_uses_models_segmenter(monkeypatch):
     import types
 
     from data.prepare_refcocog import build_sam2_segmenter
@@ -122,3 +87,63 @@ def test_sam2_filter_prefers_models_segmenter(monkeypatch):
                         types.SimpleNamespace(Segmenter=FakeSegmenter))
     assert build_sam2_segmenter("c.yaml", "k.pt", "cuda") == ("models.segmenter", "c.yaml",
                                                               "k.pt", "cuda")
+
+
+def test_command_line_mistakes_are_one_line_exit_2_and_checked_before_converting(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    import data.prepare_refcocog as prep
+
+    img_dir = make_refer_fixture(tmp_path / "refer")
+    root = str(tmp_path / "refer")
+    (tmp_path / "out_dir").mkdir()
+    hostile = tmp_path / "hostile"
+    (hostile / "refcocog").mkdir(parents=True)
+    (hostile / "refcocog" / "instances.json").write_text('{"images": [], "annotations": []}')
+    with open(hostile / "refcocog" / "refs(umd).p", "wb") as f:
+        pickle.dump([os.system], f)
+    (tmp_path / "sam2.pt").write_bytes(b"")
+    escape_yaml = tmp_path / "x.yaml"
+    escape_yaml.write_text("model:\n  _target_: os.system\n")
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted samples before checking the command line")
+
+    monkeypatch.setattr(prep, "prepare", no_conversion)
+    ok = ["--refer-root", root, "--images", str(img_dir), "--out", str(tmp_path / "o.parquet")]
+    sam2 = ["--sam2-filter", "--sam2-checkpoint", str(tmp_path / "sam2.pt")]
+    cases = [
+        ([], "the following arguments are required: --refer-root, --images, --out"),
+        (ok + ["--limit", "abc"], "argument --limit: invalid int value: 'abc'"),
+        (ok + ["--limit", "0"], "--limit must be positive, got 0"),
+        (ok + ["--image-format", "gif"], "argument --image-format: invalid choice: 'gif'"),
+        (["--refer-root", root, "--images", str(img_dir), "--out", str(tmp_path / "out_dir")],
+         f"--out {str(tmp_path / 'out_dir')!r} is a directory; pass a file path"),
+        (["--refer-root", root, "--images", str(img_dir), "--out", "/sys/x.parquet"], "cannot write in '/sys'"),
+        (["--refer-root", root, "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "o.parquet")],
+         f"--images {str(tmp_path / 'nope')!r} is not a directory"),
+        (ok + ["--split", "nope"], "split 'nope' not in"),
+        (ok + ["--sam2-filter"], "--sam2-filter needs --sam2-checkpoint"),
+        (ok + sam2 + ["--sam2-threshold", "nan"], "--sam2-threshold must be an IoU in [0, 1], got nan"),
+        (ok + sam2 + ["--device", "tpu"], "--device 'tpu': use cpu, cuda or cuda:K"),
+        (ok + sam2 + ["--sam2-config", str(escape_yaml)], "names objects that are not sam2 classes"),
+        (["--refer-root", str(hostile), "--images", str(img_dir), "--out", str(tmp_path / "o.parquet")],
+         "not a readable refs file (UnpicklingError: refused to load global"),
+    ]
+    for argv, expected in cases:
+        assert prep.main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, (argv, err)
+    assert os.listdir(tmp_path / "out_dir") == [] and not (tmp_path / "o.parquet").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_a_failed_final_move_leaves_no_temporary_file(tmp_path):
+    from data.parquet import TRAIN_SCHEMA, _AtomicParquetWriter
+
+    target = tmp_path / "is_a_dir.parquet"
+    target.mkdir()
+    with pytest.raises(OSError):
+        with _AtomicParquetWriter(target, TRAIN_SCHEMA):
+            pass
+    assert os.listdir(tmp_path) == ["is_a_dir.parquet"]

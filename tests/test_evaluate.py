@@ -312,7 +312,7 @@ def test_tiny_preset_one_and_two_ranks_and_recompute(tmp_path, capsys):
 def test_command_line_mistake_is_one_line_without_traceback(tmp_path):
     res = subprocess.run([sys.executable, "evaluate.py", "--data", "synthetic", "--output-dir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0
+    assert res.returncode == 2
     assert res.stderr.strip() == "error: --model is required (or --preset tiny)"
 
 
@@ -428,3 +428,32 @@ def test_lisa_empty_targets_are_evaluated_under_both_ignore_protocols(tmp_path):
     assert json.load(open(os.path.join(out, "metrics.json")))["config"]["ignore_regions"] == "as-target"
     with pytest.raises(SystemExit):  # argparse refuses an unknown protocol
         evaluate.parse_args(base + ["--output-dir", out, "--ignore-regions", "include"])
+
+
+def test_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
+    import pickle
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    refer = tmp_path / "refer" / "refcocog"  # a refs pickle that wants to import code
+    refer.mkdir(parents=True)
+    (refer / "instances.json").write_text('{"images": [], "annotations": []}')
+    with open(refer / "refs(umd).p", "wb") as f:
+        pickle.dump([os.system], f)
+    tiny = ["--preset", "tiny", "--output-dir", str(tmp_path / "out")]
+    cases = [
+        (tiny + ["--device", "tpu"], "error: --device 'tpu': use cpu, cuda or cuda:K"),
+        (["--preset", "tiny", "--output-dir", str(a_file)],
+         f"error: --output-dir {str(a_file)!r} exists and is not a directory; pass a directory"),
+        (["--preset", "tiny", "--output-dir", "/sys/seg_zero_eval"], "error: --output-dir '/sys/seg_zero_eval': "
+                                                                      "cannot write in '/sys'"),
+        (tiny + ["--data", str(tmp_path / "refer")], "refs(umd).p: not a readable refs file (UnpicklingError: "
+                                                     "refused to load global 'posix.system'"),
+    ]
+    if not __import__("torch").cuda.is_available():
+        cases.append((tiny + ["--device", "cuda"], "error: --device 'cuda' requested but this machine has 0 "
+                                                   "CUDA device(s); use --device cpu"))
+    for argv, expected in cases:
+        assert evaluate.cli(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, (argv, err)

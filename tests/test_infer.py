@@ -199,6 +199,29 @@ def test_missing_sam2_checkpoint_and_option_mistakes(tmp_path, image_path, capsy
                   "is not a directory")
 
 
+def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, image_path, capsys, monkeypatch):
+    import models.policy
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("loaded a model before checking the command line")
+
+    monkeypatch.setattr(models.tiny, "build_tiny_qwen", heavy)
+    monkeypatch.setattr(models.policy, "load_policy", heavy)
+    base = ["--image", image_path, "--tiny", "--device", "cpu"]
+    out = ["--out", str(tmp_path / "o")]
+    _expect_error(base + out + ["--query", "..."], capsys, "--query: query is empty after normalisation: '...'")
+    _expect_error(base + out + ["--query", "the \udcff cat"], capsys,  # non-UTF-8 bytes in argv arrive like this
+                  "--query: query is not valid text: surrogates not allowed at character 4")
+    _expect_error(base + ["--query", "q", "--out", "/sys/seg_zero_out"], capsys,
+                  "--out '/sys/seg_zero_out': cannot write in '/sys'")
+    hostile = tmp_path / "x.yaml"
+    hostile.write_text("model:\n  _target_: os.system\n  _args_: ['true']\n")
+    (tmp_path / "sam2.pt").write_bytes(b"")
+    _expect_error(base + out + ["--query", "q", "--sam2-config", str(hostile), "--sam2-checkpoint",
+                                str(tmp_path / "sam2.pt")], capsys, "names objects that are not sam2 classes")
+    assert not (tmp_path / "o").exists()
+
+
 def test_module_entry_point_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "models.infer", "--image", str(tmp_path / "none.png"), "--query", "q",

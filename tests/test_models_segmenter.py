@@ -1,4 +1,5 @@
 """models.segmenter: parity with sam2's own predictor, batching, prompt modes, loading errors."""
+import os
 import time
 
 import numpy as np
@@ -170,3 +171,52 @@ def test_from_hub_errors_offline(monkeypatch):
     with pytest.raises(FileNotFoundError, match="--sam2-config configs/sam2/sam2_hiera_l.yaml --sam2-checkpoint"):
         Segmenter.from_hub("facebook/sam2-hiera-large")
     assert time.time() - t0 < 5
+
+
+def _package_config_dir():
+    import sam2
+
+    return os.path.dirname(sam2.__file__)
+
+
+def test_config_outside_the_package_configs_is_refused_and_nothing_runs(tmp_path, monkeypatch):
+    # a yaml that Hydra would instantiate as open(victim, "w"): truncating the victim file
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    hostile = tmp_path / "x.yaml"
+    hostile.write_text(f"model:\n  _target_: builtins.open\n  file: {victim}\n  mode: w\n")
+    escape = os.path.relpath(hostile, _package_config_dir())  # "../../../.../x.yaml" from the package
+    assert escape.startswith("..")
+    monkeypatch.chdir(tmp_path)  # so that the same string also names the file as a user path
+    for name in (escape, str(hostile), "configs/../" + escape):
+        with pytest.raises(ValueError, match=r"names objects that are not sam2 classes: "
+                                             r"model._target_='builtins.open'; a config may only"):
+            seg._build_sam2_model(name)
+    monkeypatch.chdir(_package_config_dir())
+    with pytest.raises(ValueError, match="unknown SAM2 config"):  # inside the package, outside configs/
+        seg._build_sam2_model("build_sam.py")
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("target", ["sam2.build_sam.os.system", "sam2.build_sam.OmegaConf", "os.system",
+                                    "sam2.modeling.sam2_base.torch.nn.Linear", "sam2.modeling.nothing.X"])
+def test_every_target_must_be_a_class_defined_in_sam2(tmp_path, target):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  _target_: sam2.modeling.sam2_base.SAM2Base\n  image_encoder:\n"
+                    f"    trunk:\n      - _target_: {target}\n")
+    with pytest.raises(ValueError, match=f"classes: model.image_encoder.trunk\\[0\\]._target_='{target}';"):
+        seg.check_sam2_config(str(path))
+
+
+def test_user_yaml_with_sam2_classes_builds_like_the_package_config(tmp_path):
+    package = os.path.join(_package_config_dir(), seg.TINY_SAM2_CONFIG)
+    copy = tmp_path / "my_tiny.yaml"
+    copy.write_text(open(package).read())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        mine = seg._build_sam2_model(str(copy), image_size=128)
+        torch.manual_seed(4)
+        theirs = seg._build_sam2_model(seg.TINY_SAM2_CONFIG, image_size=128)
+    assert mine.image_size == 128 and mine.sam_mask_decoder.dynamic_multimask_via_stability
+    a, b = mine.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

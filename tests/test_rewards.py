@@ -142,6 +142,22 @@ def test_parse_rejects_non_string():
         parse_answer(None)
 
 
+@pytest.mark.parametrize("unit", ["<answer>", "<think>", "<think></think><answer>", "</think> <answer>",
+                                  "<answer>{", "{", "{\"bbox\": [", "[" , "<think>x</think><answer></answer>"])
+def test_parsing_and_rewards_take_linear_time_on_1mb(unit):
+    # 1 MB of one repeated fragment (model output can be anything): a quadratic matcher takes
+    # minutes here (64 KB of "<answer>" took 5.5 s); linear code takes milliseconds.
+    import time
+
+    text = unit * (2**20 // len(unit))
+    gt = {"bbox": [1, 2, 3, 4], "points": [[1, 2], [3, 4]]}
+    start = time.perf_counter()
+    parse_answer(text, single_quotes=True)
+    total = score_completions([text, "<think>" + text + "</answer>"], [gt, gt]).total
+    assert time.perf_counter() - start < 2.0
+    assert total.tolist()[0] in (0.0, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # term 1: thinking format
 

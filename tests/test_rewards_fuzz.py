@@ -7,6 +7,7 @@ in [0, 1], the sum equals the terms, hard and soft IoU agree, the batch scorer e
 single-completion functions, and a status outside "ok" never earns the strict format reward.
 """
 import json
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from rewards import (
     segmentation_format_reward,
     thinking_format_reward,
 )
+from rewards.parse import first_block
 
 GT = {"bbox": [100, 120, 400, 380], "points": [[200, 200], [300, 320]]}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -162,3 +164,20 @@ def test_point_order_never_matters(gt, pred):
     b = f"<think>x</think><answer>{json.dumps(swapped)}</answer>"
     assert point_l1_reward(a, gt, soft=True) == point_l1_reward(b, gt, soft=True)
     assert seg_zero_reward(a, gt) == seg_zero_reward(b, gt)
+
+
+# The SPEC's regular expressions, as written (quadratic on some inputs): the linear-time code must
+# agree with them on every input.
+SPEC_THINKING_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+SPEC_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+tag_soup = st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "<",
+                                     "think>", "answer>", "</"]), max_size=30).map("".join)
+
+
+@FUZZ
+@given(tag_soup)
+def test_linear_time_matching_equals_the_spec_regexes(completion):
+    expected = 1.0 if SPEC_THINKING_FORMAT.fullmatch(completion.strip()) else 0.0
+    assert thinking_format_reward(completion) == expected
+    block = SPEC_ANSWER_BLOCK.search(completion)
+    assert first_block(completion, "<answer>", "</answer>") == (block.group(1) if block else None)

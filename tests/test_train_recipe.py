@@ -1,14 +1,17 @@
 """Config, presets, validation, data sharding, checkpoint atomicity: the fast, in-process tests."""
+import dataclasses
 import json
+import re
 import types
+import typing
 
 import pytest
 import torch
 
 from grpo.checkpoint import COMPLETE, latest_checkpoint
 from grpo.parallel import StepSampler
-from grpo.recipe import (PRESETS, build_config, check_world_size, help_text, micro_batch_note, parse_args,
-                         prompt_passes)
+from grpo.recipe import (PRESETS, SECTIONS, build_config, check_world_size, help_text, micro_batch_note,
+                         parse_args, prompt_passes)
 
 
 def test_overrides_flat_dotted_and_bare_bool():
@@ -97,6 +100,34 @@ def test_print_config_prints_the_resolved_config_and_loads_nothing(capsys, tmp_p
 def test_out_of_range_values_name_the_field(args, field):
     with pytest.raises(ValueError, match=field):
         parse_args(args)
+
+
+FLOAT_FIELDS = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+                if typing.get_type_hints(cls)[f.name] is float]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_non_finite_numbers_are_refused_naming_the_option(name, value):
+    assert {"weight_decay", "adv_eps", "lr", "kl_coef"} <= set(FLOAT_FIELDS)
+    option = "--" + name.replace("_", "-")
+    with pytest.raises(ValueError, match=rf"^config field {name}={float(value)!r} \({option}\): "):
+        parse_args([option, value])
+
+
+def test_values_of_the_wrong_type_are_refused():
+    # from a config.json (Config.from_dict) values arrive as JSON, not as command-line strings
+    cfg = json.loads(build_config().to_json())
+    for section, name, value, what in [("rollout", "group_size", [8], "expected an integer"),
+                                       ("rollout", "group_size", 8.5, "expected an integer"),
+                                       ("rollout", "group_size", True, "expected an integer"),
+                                       ("optim", "lr", None, "expected a number"),
+                                       ("train", "output_dir", 3, "expected text"),
+                                       ("optim", "weight_decay", float("inf"), "must be a finite number")]:
+        bad = json.loads(json.dumps(cfg))
+        bad[section][name] = value
+        with pytest.raises(ValueError, match=f"config field {name}=.*: {what}"):
+            type(build_config()).from_dict(bad)
 
 
 def test_unknown_option_and_preset():
@@ -273,3 +304,73 @@ def test_read_sample_skips_a_lisa_empty_target(tmp_path, capsys):
     assert sample.solution["bbox"] == [210, 210, 525, 420]
     out = capsys.readouterr().out
     assert "skipping bad sample at index 0" in out and "empty mask" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py's command line: a user mistake is one line on stderr and exit code 2, no traceback
+# (in-process: every case below fails before the process group would be created)
+
+
+def _user_mistakes(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["--group-size", "0"], "config field group_size=0 (--group-size): GRPO needs at least 2"),
+        (["--lr", "nan"], "config field lr=nan (--lr): must be a finite number"),
+        (["--weight-decay", "inf"], "config field weight_decay=inf (--weight-decay): must be a finite number"),
+        (["--adv-eps", "inf"], "config field adv_eps=inf (--adv-eps): must be a finite number"),
+        (["--max-steps", "two"], "config field max_steps='two': expected a number (int)"),
+        (["--resume", "maybe"], "config field resume='maybe': expected true or false"),
+        (["--top-p", "0"], "config field top_p=0.0 (--top-p): must be in (0, 1]"),
+        (["--kl-estimator", "k9"], "config field kl_estimator='k9' (--kl-estimator): use k1, k2 or k3"),
+        (["--device", "tpu"], "config field device='tpu' (--device): use auto, cpu or cuda"),
+        (["--preset", "huge"], "config field preset='huge': unknown preset"),
+        (["--preset"], "--preset needs a value"),
+        (["--learning-rate", "1"], "unknown config option 'learning-rate'; known: --activation-checkpointing"),
+        (["stray"], "unexpected command-line argument 'stray'"),
+        (["--max-steps"], "option --max-steps needs a value"),
+        (["--preset", "seg_zero_3b"], "config field model_path='' (--model-path): a model path is required"),
+        (["--preset", "seg_zero_3b", "--model-path", "/m"], "config field data_path='' (--data-path)"),
+        (["--output-dir", str(a_file)], f"--output-dir {str(a_file)!r} exists and is not a directory"),
+        (["--output-dir", str(a_file / "sub")], f"{str(a_file)!r} is not a directory"),
+        (["--output-dir", "/sys/seg_zero_run"], "cannot write in '/sys'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "config field device='cuda' but no CUDA device is available"))
+    return cases
+
+
+def test_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
+    import train
+
+    cases = _user_mistakes(tmp_path)
+    assert len(cases) >= 19
+    for argv, expected in cases:
+        run_dir = [] if "--output-dir" in argv else ["--output-dir", str(tmp_path / "run")]
+        assert train.cli(run_dir + argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("error: "), (argv, err)
+        assert expected in err, (argv, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_warm_start_export_is_reused_only_with_the_same_settings(tmp_path):
+    import train
+
+    cfg = build_config({"warmstart_sft_steps": 3, "seed": 1})
+    export = tmp_path / "warmstart_sft"
+    export.mkdir()
+    with pytest.raises(ValueError, match=r"warmstart_sft holds a warm start made with unknown settings "
+                                         r"\(no readable warmstart.json\); delete that folder"):
+        train.check_warmstart_export(export, train.warmstart_settings(cfg))
+    (export / "warmstart.json").write_text(json.dumps(train.warmstart_settings(cfg)))
+    train.check_warmstart_export(export, train.warmstart_settings(cfg))  # same settings: reused
+    for changed, key, then_now in [({"warmstart_sft_steps": 4}, "train.warmstart_sft_steps", "(3, 4)"),
+                                   ({"seed": 2}, "train.seed", "(1, 2)"),
+                                   ({"model_path": "/other"}, "model.model_path", "('tiny', '/other')")]:
+        other = build_config({"warmstart_sft_steps": 3, "seed": 1, **changed})
+        with pytest.raises(ValueError, match=re.escape(f"{{'{key}': {then_now}}}")):
+            train.check_warmstart_export(export, train.warmstart_settings(other))
+    # what does not change the warm start (the GRPO learning rate, the number of GRPO steps) is ignored
+    train.check_warmstart_export(export, train.warmstart_settings(build_config(
+        {"warmstart_sft_steps": 3, "seed": 1, "lr": 0.5, "max_steps": 7})))

@@ -155,11 +155,48 @@ def test_sft_baseline_runs_and_lowers_its_loss(tmp_path):
     assert (tmp_path / "checkpoints" / "step_000003" / "COMPLETE").is_file()
 
 
-def test_missing_model_path_is_a_clear_error(tmp_path):
-    res = run(SMALL + ["--model-path", tmp_path / "no_such_model", "--output-dir", tmp_path / "o"], check=False)
-    assert res.returncode != 0
-    assert "no_such_model" in res.stderr
-    assert "ValueError" in res.stderr or "FileNotFoundError" in res.stderr
+def test_setup_mistakes_are_one_line_and_exit_code_2(tmp_path):
+    for args, expected in [(["--model-path", tmp_path / "no_such_model"], "no_such_model"),
+                           (["--data-path", tmp_path / "no_such_data"], "no_such_data': not 'synthetic[:N]' "
+                                                                        "and no such path")]:
+        res = run(SMALL + args + ["--output-dir", tmp_path / "o"], check=False)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+        lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and expected in lines[0], res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_run_whose_steps_are_all_skipped_fails_and_exports_nothing(tmp_path):
+    # an entropy weight of 1e300 is a finite config value, but the float32 loss is -inf at every step
+    res = run(SMALL + ["--entropy-coef", "1e300", "--max-steps", "2", "--output-dir", tmp_path], check=False)
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[-1] == (
+        "error: every step of this run (1..2) was skipped: the loss or the gradients were not finite, nothing "
+        "was learned and nothing is exported; lower the learning rate or check the other numbers of the config")
+    assert "Traceback" not in res.stderr
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in rows] == [1.0, 1.0]
+    assert not (tmp_path / "hf_export").exists()
+
+
+@pytest.mark.slow
+def test_warm_start_interrupted_then_rerun_and_stale_export_refused(tmp_path):
+    # what a kill during the warm start leaves: its rows of steps 1, 2 and no export yet
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "phase": "warmstart_sft", "loss": 9.0})
+                                                    + "\n" for s in (1, 2)))
+    common = SMALL[2:] + ["--max-steps", "1", "--output-dir", tmp_path]  # SMALL without its warm-start 0
+    run(common + ["--warmstart-sft-steps", "2"])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in rows] == [("warmstart_sft", 1), ("warmstart_sft", 2), ("train", 1)]
+    assert all(r.get("loss") != 9.0 for r in rows)  # the interrupted attempt's rows were replaced
+    recorded = json.loads((tmp_path / "warmstart_sft" / "warmstart.json").read_text())
+    assert recorded["train"]["warmstart_sft_steps"] == 2
+
+    res = run(common + ["--warmstart-sft-steps", "3", "--resume"], check=False)  # a stale export
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "holds a warm start made with other settings ((then, now): {'train.warmstart_sft_steps': (2, 3)})" \
+        in res.stderr
 
 
 @pytest.mark.dist
