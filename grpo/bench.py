@@ -230,7 +230,7 @@ def run(args) -> dict:
     hf_tps = num_rows * new_tokens / hf_s
     return {
         "device": name, "shape": "tiny" if args.tiny else args.model, "dtype": str(next(model.parameters()).dtype),
-        "attention": args.attn, "vision_attention": model.config.vision_config._attn_implementation,
+        "attention": args.attn, "vision_attention": model.model.visual.config._attn_implementation,
         "params": params, "prompts": num_prompts, "group": group, "new_tokens": new_tokens,
         "prompt_len": prompt_len, "micro_batch_rows": args.micro_prompts * group,
         "rollout_tokens_per_s": ours_tps, "hf_generate_tokens_per_s": hf_tps,

@@ -608,8 +608,12 @@ class ResponseLogProbs(nn.Module):
 
     def forward(self, batch: PolicyBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
                 group_size: int, temperature: float = 1.0, return_entropy: bool = False):
-        return response_logprobs(self.model, batch, response_ids, response_mask, group_size,
-                                 temperature=temperature, return_entropy=return_entropy)
+        out = response_logprobs(self.model, batch, response_ids, response_mask, group_size,
+                                temperature=temperature, return_entropy=return_entropy)
+        # FSDP2 hooks the root's outputs for its backward; a view output could lose that hook to a
+        # later in-place op, so views ([N, L] slices of a wider result) are returned as copies
+        own = [t if t._base is None else t.clone() for t in (out if return_entropy else (out,))]
+        return tuple(own) if return_entropy else own[0]
 
 
 class SegZeroPolicy:

@@ -22,9 +22,11 @@ per block, as in its flash-attention path).
 transformers passes ``cu_seqlens`` to an attention function only when the implementation's NAME
 contains "flash" (``is_flash_attention_requested``), so the function is registered under
 :data:`WINDOWED_SDPA` ("sdpa_windows_flash_api"); the kernel is torch's sdpa. It is set on the
-vision config only (:func:`use_windowed_vision_attention`); the language model keeps its own.
+vision tower only (:func:`use_windowed_vision_attention`); the language model keeps its own.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -69,13 +71,27 @@ def windowed_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 def use_windowed_vision_attention(model) -> None:
-    """Make the vision tower of a Qwen2.5-VL ``model`` use :func:`windowed_sdpa` (registered once)."""
+    """Make the vision tower of a Qwen2.5-VL ``model`` use :func:`windowed_sdpa` (registered once).
+
+    The tower's modules get their own copy of the vision config with the new attention name; the
+    model's ``config.vision_config`` keeps its own (``sdpa``), so ``save_pretrained``, exports and
+    models built from that config never see a name that only this process has registered.
+    """
     from transformers import AttentionInterface
 
     if WINDOWED_SDPA not in AttentionInterface._global_mapping:
         AttentionInterface.register(WINDOWED_SDPA, windowed_sdpa)
-    vision = model.config.vision_config
-    vision._attn_implementation = WINDOWED_SDPA
-    visual = getattr(getattr(model, "model", model), "visual", None)
-    if visual is not None and visual.config is not vision:
-        visual.config._attn_implementation = WINDOWED_SDPA
+    visual = getattr(model, "model", model).visual
+    shared = visual.config
+    if shared._attn_implementation == WINDOWED_SDPA:
+        return
+    own = copy.copy(shared)
+    own._attn_implementation = WINDOWED_SDPA
+    for module in visual.modules():
+        if getattr(module, "config", None) is shared:
+            module.config = own
+
+
+def vision_attention_of(model) -> str:
+    """The attention implementation the vision tower of ``model`` runs."""
+    return getattr(model, "model", model).visual.config._attn_implementation

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_cpu_tiny_run_executes_every_step_and_writes_one_json(tmp_path):
     out = tmp_path / "check.json"
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu", "--tiny", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     steps = result["steps"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.vision_attention import WINDOWED_SDPA, use_windowed_vision_attention, windowed_sdpa
+from models.vision_attention import WINDOWED_SDPA, use_windowed_vision_attention, vision_attention_of, windowed_sdpa
 
 
 def _per_window(q, k, v, cu, scale):
@@ -57,10 +57,12 @@ def test_tiny_vision_tower_features_and_gradients_unchanged():
     from models.tiny import build_tiny_qwen
 
     windowed, processor = build_tiny_qwen(seed=0)  # sdpa: the windowed vision attention is on
-    assert windowed.config.vision_config._attn_implementation == WINDOWED_SDPA
+    assert vision_attention_of(windowed) == WINDOWED_SDPA
     assert windowed.config.text_config._attn_implementation == "sdpa"
+    assert windowed.config.vision_config._attn_implementation == "sdpa"  # what is saved / exported
     loop = copy.deepcopy(windowed)
-    loop.config.vision_config._attn_implementation = "sdpa"  # transformers' one call per window
+    loop.model.visual.config._attn_implementation = "sdpa"  # transformers' one call per window
+    assert vision_attention_of(loop) == "sdpa" and vision_attention_of(windowed) == WINDOWED_SDPA
     rs = np.random.RandomState(0)
     batch = prepare_inputs(processor, [rs.randint(0, 256, (840, 840, 3), dtype=np.uint8) for _ in range(2)],
                            ["a", "b"])
@@ -79,8 +81,21 @@ def test_use_is_idempotent_and_leaves_the_language_model_alone():
     from models.tiny import build_tiny_qwen
 
     model, _ = build_tiny_qwen(seed=0, attn_implementation="eager")
-    assert model.config.vision_config._attn_implementation == "eager"
+    assert vision_attention_of(model) == "eager"
     use_windowed_vision_attention(model)
     use_windowed_vision_attention(model)
-    assert model.config.vision_config._attn_implementation == WINDOWED_SDPA
+    assert vision_attention_of(model) == WINDOWED_SDPA
     assert model.config.text_config._attn_implementation == "eager"
+    assert all(m.config is model.model.visual.config for m in model.model.visual.modules() if hasattr(m, "config"))
+
+
+def test_a_model_built_from_the_config_of_a_windowed_model_works(tmp_path):
+    # exports build a fresh model from model.config and save it: the windowed name must not be there
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from models.tiny import build_tiny_qwen
+
+    model, _ = build_tiny_qwen(seed=0)
+    fresh = Qwen2_5_VLForConditionalGeneration._from_config(model.config)
+    fresh.save_pretrained(tmp_path)
+    assert WINDOWED_SDPA not in (tmp_path / "config.json").read_text()

@@ -117,4 +117,5 @@ shutdown()
                            str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(line for line in proc.stdout.splitlines() if "equal" in line) == ["rank 0 equal", "rank 1 equal"]
+    # both ranks report (their lines may interleave in the shared stdout)
+    assert "rank 0 equal" in proc.stdout and "rank 1 equal" in proc.stdout, proc.stdout[-2000:]
