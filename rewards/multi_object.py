@@ -406,3 +406,19 @@ def score_multi_object(completions: Sequence[str], solutions: Sequence[Any]) -> 
         values[i] = _terms(completion, parsed, boxes_gt, points_gt)
     terms = {name: values[:, k].copy() for k, name in enumerate(MULTI_TERM_NAMES)}
     return RewardBatch(total=values.sum(axis=1), terms=terms, statuses=statuses)
+
+
+def matched_box_iou(completion: str, solution: Any) -> float:
+    """A box-level stand-in for gIoU used by training reports (no SAM2): the box IoU summed over
+    the Hungarian-matched pairs (module docstring) divided by max(M, N); 1.0 for the empty answer
+    on an empty target, 0.0 for an answer that did not parse."""
+    _check_completion(completion)
+    boxes_gt, points_gt = check_objects_solution(solution)
+    parsed = parse_objects(completion)
+    if not parsed.ok:
+        return 0.0
+    if parsed.num_objects == 0 or len(boxes_gt) == 0:
+        return float(parsed.num_objects == 0 and len(boxes_gt) == 0)
+    rows, cols, _ = hungarian_match(parsed.boxes, parsed.points, boxes_gt, points_gt)
+    iou = box_iou_matrix(parsed.boxes[:MAX_OBJECTS], boxes_gt[:MAX_OBJECTS])  # [M, N]
+    return float(iou[rows, cols].sum()) / max(min(parsed.num_objects, MAX_OBJECTS), min(len(boxes_gt), MAX_OBJECTS))
