@@ -285,6 +285,8 @@ class Segmenter:
         point_labels [K, 1] = 1). Each object keeps its highest-scoring multimask output.
         Returns B bool arrays [K_i, H_i, W_i] (K_i = 0: an empty [0, H_i, W_i] array).
         """
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"mode must be one of {PROMPT_MODES}, got {mode!r}")
         images = [_check_image(image) for image in images]
         if len(boxes) != len(images) or len(points) != len(images):
             raise ValueError(f"got {len(images)} images, {len(boxes)} box lists and {len(points)} point lists")
@@ -295,7 +297,6 @@ class Segmenter:
             if len(bxs) != len(pts) or not (np.isfinite(bxs).all() and np.isfinite(pts).all()):
                 raise ValueError(f"image {i}: need as many finite boxes [K, 4] as points [K, 2], "
                                  f"got {len(bxs)} and {len(pts)}")
-            sam2_prompts(bxs[0] if len(bxs) else [0, 0, 0, 0], pts[:1] if len(pts) else [[0, 0]], mode)
             prompts.append((bxs, pts))
         out = [np.zeros((0, *image.shape[:2]), dtype=bool) for image in images]
         todo = [i for i, (bxs, _) in enumerate(prompts) if len(bxs)]
