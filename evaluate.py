@@ -29,6 +29,14 @@ test``; the images are COCO train2014, ``--image-dir``)::
 The paper's ablations: ``--prompt-mode box|points`` (Table 2), ``--no-example`` (Table 5),
 ``--no-think`` (non-CoT, Table 1).
 
+Multi-object mode (SPEC section 9, the authors' VisionReasoner format): ``--task multi`` asks for
+the list of objects, prompts SAM2 with each (box, point) and scores the union mask; the table adds
+the no-target and target accuracies (:mod:`eval.multi_object`). gRefCOCO (``grefs(unc).json``)::
+
+    torchrun --nproc_per_node 8 evaluate.py --task multi --data /data/grefcoco --split val \
+        --image-dir /data/coco/train2014 --model /ckpt/VisionReasoner-7B --output-dir runs/grefcoco-val
+    python evaluate.py --task multi --preset tiny --output-dir runs/eval-tiny-multi   # CPU plumbing
+
 Ignore regions of LISA's ReasonSeg folders (:mod:`data.lisa`): ``--ignore-regions exclude`` (the
 default) leaves them out of intersection and union, LISA's evaluation and the protocol of LISA's
 ReasonSeg numbers; ``--ignore-regions as-target`` counts them as target, which is what the Seg-Zero
@@ -73,13 +81,14 @@ import torch.distributed as dist
 from data.lisa import IGNORE_REGION_PROTOCOLS
 from data.paths import check_output_dir
 from eval.loop import evaluate_shard
-from eval.results import (done_ids, format_table, merge_predictions, table_from_predictions,
+from eval.multi_object import format_multi_object_table, multi_object_table
+from eval.results import (done_ids, format_table, merge_predictions, read_predictions, table_from_predictions,
                           table_from_records, write_atomic, write_metrics)
 
 RUN_CONFIG = "run_config.json"
 
 #: Arguments that determine the predictions or their scores: a resume must not change them.
-PREDICTION_KEYS = ("data", "split", "refer_dataset", "split_by", "synthetic_seed", "ignore_regions",
+PREDICTION_KEYS = ("task", "data", "split", "refer_dataset", "split_by", "synthetic_seed", "ignore_regions",
                    "model", "sam2", "sam2_config", "sam2_checkpoint", "preset", "prompt_mode",
                    "example", "think", "max_new_tokens", "single_quotes")
 
@@ -90,6 +99,8 @@ TINY_DEFAULTS = {"data": "synthetic:8", "max_new_tokens": 48, "batch_size": 4}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="single", choices=["single", "multi"],
+                   help="single: Seg-Zero's one box + two points; multi: the object list (SPEC 9)")
     p.add_argument("--data", help="'synthetic[:N]', a parquet file/folder, a LISA ReasonSeg folder, "
                                   "or a refer root (instances.json + refs(...).p)")
     p.add_argument("--split", help="dataset split (LISA sub-folder, parquet file prefix, refer split)")
@@ -155,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.sam2 = "facebook/sam2-hiera-large"
     if not args.data:
         raise ValueError("--data is required (or --preset tiny)")
+    if args.task == "multi" and (not args.example or not args.think or args.single_quotes):
+        raise ValueError("--no-example, --no-think and --single-quotes are single-object options; "
+                         "the multi-object prompt and parser have no such variants")
     if not args.output_dir:
         raise ValueError("--output-dir is required")
     args.batch_size = 1 if args.batch_size is None else args.batch_size
@@ -217,9 +231,10 @@ def barrier() -> None:
 
 def build_source(args: argparse.Namespace):
     """The dataset named by ``--data`` (any format ``data.open_dataset`` reads)."""
-    from data import open_dataset
+    from data import open_dataset, open_multi_object_dataset
 
-    return open_dataset(args.data, split=args.split, seed=args.synthetic_seed,
+    opener = open_multi_object_dataset if args.task == "multi" else open_dataset
+    return opener(args.data, split=args.split, seed=args.synthetic_seed,
                         dataset=args.refer_dataset, split_by=args.split_by, image_dir=args.image_dir,
                         ignore_regions=args.ignore_regions)
 
@@ -244,7 +259,11 @@ def build_pipeline(args: argparse.Namespace, device: str):
             segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
         else:
             segmenter = Segmenter.from_hub(args.sam2, device=device)
-    policy = SegZeroPolicy(model, processor, with_example=args.example, think=args.think)
+    policy = SegZeroPolicy(model, processor, with_example=args.example, think=args.think, task=args.task)
+    if args.task == "multi":
+        from models.multi_object import MultiObjectPipeline
+
+        return MultiObjectPipeline(policy, segmenter, prompt_mode=args.prompt_mode, max_new_tokens=args.max_new_tokens)
     return SegZeroPipeline(policy, segmenter, prompt_mode=args.prompt_mode,
                            max_new_tokens=args.max_new_tokens, single_quotes=args.single_quotes)
 
@@ -260,6 +279,7 @@ def check_run_config(output_dir: str, config: dict[str, Any]) -> None:
         return
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
+    old.setdefault("task", "single")  # a run config without a task is a single-object run
     diff = {k: (old.get(k), config[k]) for k in config if old.get(k) != config[k]}
     if diff:
         raise ValueError(
@@ -296,12 +316,13 @@ def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> d
         records = merge_predictions(args.output_dir)
         if args.limit is not None:  # a resume with a smaller limit: report what was asked
             records = [r for r in records if r.index < args.limit]
-        table = table_from_records(records)
+        table = multi_object_table(records) if args.task == "multi" else table_from_records(records)
         for r in records:
             if r.is_bad:
                 log(f"bad sample {r.id!r} (index {r.index}): {r.reason}")
         split = f" [{args.split}]" if args.split else ""
-        log(format_table(table, title=f"{args.data}{split}: {len(records)} samples"))
+        show = format_multi_object_table if args.task == "multi" else format_table
+        log(show(table, title=f"{args.data}{split}: {len(records)} samples"))
         path = write_metrics(args.output_dir, table, {"config": config, "world_size": world,
                                                       "limit": args.limit})
         log(f"metrics: {path}")
@@ -318,6 +339,17 @@ def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> d
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.recompute:
+        config_path = os.path.join(args.recompute, RUN_CONFIG)
+        task = "single"
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                task = json.load(f).get("task", "single")
+        if task == "multi":
+            records = [r for r in read_predictions(args.recompute)
+                       if args.limit is None or r.index < args.limit]
+            table = multi_object_table(records)
+            print(format_multi_object_table(table, title=args.recompute))
+            return table
         table = table_from_predictions(args.recompute, limit=args.limit)
         print(format_table(table, title=args.recompute))
         return table

@@ -5,11 +5,13 @@
     torchrun --nproc_per_node=8 train.py --preset seg_zero_3b --model-path DIR --data-path DIR
     python train.py --help                                    # every option, every preset
     python train.py --preset seg_zero_3b --print-config ...   # the resolved configuration, as JSON
+    python train.py --task multi                              # the tiny run on multi-object answers (SPEC 9)
 
 One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B * G, L tokens):
   1. rows      this rank's B samples of the global batch (grpo.parallel.StepSampler)
   2. rollout   prompts -> G sampled responses each: ids / mask / sampling log-probs [N, L]
-  3. rewards   the five Seg-Zero terms from the completion text (rewards; no SAM2) -> [N]
+  3. rewards   the five Seg-Zero terms from the completion text (rewards; no SAM2) -> [N];
+               with --task multi the three multi-object terms (rewards.multi_object)
   4. advantage group-normalised rewards [N] (grpo.advantages)
   5. reference log-probs of the frozen initial policy [N, L] (skipped when kl_coef = 0)
   6. update    clipped surrogate + KL - entropy over micro-batches, global normalisation,
@@ -47,7 +49,7 @@ from grpo.sft import sft_step
 from grpo.tracking import PhaseTimer, Tracker, format_report, heldout_report
 from grpo.update import UpdateConfig
 from models.policy import SegZeroPolicy
-from rewards import score_completions
+from rewards import score_completions, score_multi_object
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -100,9 +102,12 @@ def main(argv: list[str] | None = None) -> Path | None:
                 ro = rollout(cfg, policy, samples, step, sampler.positions(step))
             with timer("reward"):  # 3. text-only rewards, [N]
                 solutions = [s.solution for s in samples for _ in range(cfg.rollout.group_size)]
-                rb = score_completions(ro.texts, solutions,
-                                       strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
-                                       think=cfg.rollout.think)
+                if cfg.train.task == "multi":
+                    rb = score_multi_object(ro.texts, solutions)
+                else:
+                    rb = score_completions(ro.texts, solutions,
+                                           strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
+                                           think=cfg.rollout.think)
             buffer = make_buffer(ro, rb, cfg, info.device)  # 4. advantages inside
             with timer("reference"):  # 5. frozen-reference log-probs
                 if ref is not None:
@@ -140,18 +145,22 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 def build_data(cfg: Config, info):
-    """(train SampleSource, held-out samples of this rank). Raises ValueError on an empty set."""
-    from data import SyntheticDataset, open_dataset
+    """(train SampleSource, held-out samples of this rank). Raises ValueError on an empty set.
+    With task 'multi' every sample's solution is a list of objects (data.multi_object) and the
+    synthetic sets are the multi-object scenes."""
+    from data import MultiObjectSynthetic, SyntheticDataset, open_dataset, open_multi_object_dataset
 
+    multi = cfg.train.task == "multi"
+    synthetic = MultiObjectSynthetic if multi else SyntheticDataset
     if cfg.data.data_path == "synthetic":
-        train_set = SyntheticDataset(cfg.data.num_synthetic, seed=cfg.data.data_seed)
+        train_set = synthetic(cfg.data.num_synthetic, seed=cfg.data.data_seed)
     else:
-        train_set = open_dataset(cfg.data.data_path, seed=cfg.data.data_seed)
+        train_set = (open_multi_object_dataset if multi else open_dataset)(cfg.data.data_path, seed=cfg.data.data_seed)
     if len(train_set) == 0:
         raise ValueError(f"config field data_path={cfg.data.data_path!r}: the training set is empty")
     # held-out synthetic samples (a different seed), split evenly over ranks
     n = cfg.data.heldout_size - cfg.data.heldout_size % info.world_size
-    held = SyntheticDataset(n, seed=cfg.data.data_seed + 10_000) if n else []
+    held = synthetic(n, seed=cfg.data.data_seed + 10_000) if n else []
     heldout = [held[i] for i in range(info.rank, n, info.world_size)]
     return train_set, heldout
 
@@ -197,7 +206,7 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
 
         model, processor = build_tiny_qwen(cfg.model.tiny_seed, attn_implementation=cfg.model.attn_implementation)
         policy = SegZeroPolicy(model.to(info.device).train(not frozen), processor,
-                               with_example=cfg.rollout.with_example, think=cfg.rollout.think)
+                               with_example=cfg.rollout.with_example, think=cfg.rollout.think, task=cfg.train.task)
         shard_model(policy.logprobs, info, **shard)
         return policy
     from models.policy import load_processor, local_checkpoint_dir
@@ -213,7 +222,7 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
     model = build_on_meta(AutoConfig.from_pretrained(model_path), dtype=dtype,
                           attn_implementation=cfg.model.attn_implementation)
     policy = SegZeroPolicy(model.train(not frozen), processor, with_example=cfg.rollout.with_example,
-                           think=cfg.rollout.think)
+                           think=cfg.rollout.think, task=cfg.train.task)
     shard_model(policy.logprobs, info, **shard)
     offloaded = shard["cpu_offload"] and info.device.type == "cuda"  # FSDP2 keeps these shards in CPU memory
     materialize(policy.logprobs, "cpu" if offloaded else info.device, buffer_device=info.device)
@@ -344,7 +353,7 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
     with unsharded_for_generation(policy.logprobs), torch.no_grad():
         rep = heldout_report(policy, heldout, max_new_tokens=cfg.rollout.max_new_tokens,
                              think=cfg.rollout.think, strict=cfg.reward.strict_format,
-                             soft=cfg.reward.soft_accuracy)
+                             soft=cfg.reward.soft_accuracy, task=cfg.train.task)
     policy.model.train()
     tracker.print(format_report(title, rep))
     if tracker.is_main:

@@ -112,6 +112,8 @@ def score_prediction(index: int, sample: Sample, prediction: Any, seconds: float
         width=sample.width,
         mask_rle=encode_mask(mask) if mask is not None else None,
         rank=rank,
+        target_area=int(np.count_nonzero(np.asarray(sample.mask) == 1)),
+        pred_area=int(np.count_nonzero(mask)) if mask is not None else 0,
     )
 
 

@@ -71,6 +71,9 @@ class PredictionRecord:
     ``intersection`` / ``union`` are pixel counts with "ignore" pixels excluded (section 7); both are
     None for a bad sample. ``iou`` = I / U, or 1.0 when U = 0. ``seconds`` = the batch's wall time
     divided by its size (generation is batched, so per-sample time is not observable).
+    In the multi-object mode ``bbox_840`` / ``points_840`` / ``bbox`` / ``points`` hold every
+    predicted object ([K, 4] / [K, 2] lists, [] for the "nothing here" answer). ``target_area`` and
+    ``pred_area`` give the no-target / target accuracies (:mod:`eval.multi_object`).
     """
 
     index: int
@@ -93,6 +96,8 @@ class PredictionRecord:
     mask_rle: dict | None = field(default=None, repr=False)
     reason: str | None = None
     rank: int = 0
+    target_area: int | None = None  # ground-truth target pixels (gt == 1); 0 = empty target
+    pred_area: int | None = None  # predicted mask pixels (0 for an unparsed answer)
 
     @property
     def is_bad(self) -> bool:

@@ -17,6 +17,7 @@ Every ablation of the paper is a field, so an ablation is one command-line overr
     response length ............. --max-new-tokens 1300
     sampling .................... --temperature 1.0 --top-p 1.0
     SFT baseline (paper Table 1)  --algo sft
+    multi-object answers (SPEC 9) --task multi             (preset visionreasoner_7b)
 
 Command line: ``--name value`` where ``name`` is a field name (``-`` and ``_`` interchangeable) or a
 dotted ``section.field`` (``--grpo.kl_coef 0.01``); a boolean given without a value means true
@@ -262,6 +263,11 @@ class TrainConfig:
     """Name of the preset the run started from (informational once resolved)."""
     algo: str = "grpo"
     """grpo (the paper) or sft (the supervised baseline on ground-truth answer text)."""
+    task: str = "single"
+    """single: Seg-Zero's one box + two points and its five rewards (SPEC 2-4); multi: the
+    authors' current list of objects (one box + one point each), its prompt, data (solution
+    lists; 'synthetic' = multi-object scenes) and three rewards (SPEC 9, rewards.multi_object;
+    soft_accuracy and strict_format do not apply to them)."""
     seed: int = 0
     """Seed of everything: sampling, shuffling, the tiny model."""
     max_steps: int = 30
@@ -291,6 +297,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_types(self)
         _require(self.algo in ("grpo", "sft"), "algo", self.algo, "use grpo or sft")
+        _require(self.task in ("single", "multi"), "task", self.task, "use single or multi")
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "must be >= 1")
         _require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
@@ -312,6 +319,11 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.task == "multi":
+            _require(self.rollout.think and self.rollout.with_example, "task", self.train.task,
+                     "the multi-object prompt has no think=false / with_example=false variants")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -478,10 +490,39 @@ def preset_seg_zero_7b() -> dict:
     return d
 
 
+def preset_visionreasoner_7b() -> dict:
+    """The authors' released multi-object config (VisionReasoner, SPEC 9) on Qwen2.5-VL-7B-Instruct.
+
+    Launch (one node, 8 GPUs):
+        torchrun --nproc_per_node=8 train.py --preset visionreasoner_7b \\
+            --model-path /path/to/Qwen2.5-VL-7B-Instruct \\
+            --data-path /path/to/VisionReasoner_multi_object_7k_840 --output-dir runs/visionreasoner_7b
+
+    Values of the released multi-object config: 16 prompts x 8 samples per step, lr 1e-6, KL loss
+    k3 (low_var_kl) 5e-3, max 2000 new tokens, update micro-batches of 16 responses per device;
+    the rest as the Seg-Zero recipe (``seg_zero_7b``: temperature 1.0, weight decay 0.01, grad
+    clip 1.0, one optimizer step per rollout, bf16 compute, reference offloaded to CPU).
+    Aggregation: the released loss is a token mean over each device's 16 responses, averaged over
+    the 8 devices; ``token-mean`` here is the token mean over all 128 responses, which equals it
+    when every device holds as many response tokens and otherwise differs only in how devices
+    with longer responses are weighted. ``max_steps`` stays at the Seg-Zero value (562); for one
+    epoch set ``--max-steps`` to the number of rows / 16.
+    """
+    d = preset_seg_zero_7b()
+    d.update({
+        "train.task": "multi", "rollout.group_size": 8, "train.prompts_per_step": 16,
+        "optim.lr": 1e-6, "grpo.kl_coef": 5e-3, "grpo.kl_estimator": "k3",
+        "rollout.max_new_tokens": 2000, "grpo.micro_batch_size": 16, "grpo.aggregation": "token-mean",
+        "train.output_dir": "runs/visionreasoner_7b",
+    })
+    return d
+
+
 PRESETS: dict[str, Callable[[], dict]] = {
     "tiny": preset_tiny,
     "seg_zero_3b": preset_seg_zero_3b,
     "seg_zero_7b": preset_seg_zero_7b,
+    "visionreasoner_7b": preset_visionreasoner_7b,
 }
 
 # --------------------------------------------------------------------------------------------------

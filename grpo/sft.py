@@ -49,6 +49,10 @@ def sft_target(sample: Sample, think: bool = True) -> str:
     if sample.solution is None:
         raise ValueError(f"sample {sample.id!r} has no 840-frame solution to build an SFT target from")
     sol = sample.solution
+    if isinstance(sol, list):  # the multi-object mode's list of objects (SPEC 9)
+        from rewards import format_objects_answer
+
+        return format_objects_answer(sol, reasoning=reasoning_text(sample.query))
     return format_answer(sol["bbox"], sol["points"], reasoning=reasoning_text(sample.query) if think else None,
                          think=think)
 

@@ -149,7 +149,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def heldout_report(policy, samples, *, max_new_tokens: int, think: bool, strict: bool,
-                   soft: bool) -> dict[str, float]:
+                   soft: bool, task: str = "single") -> dict[str, float]:
     """Greedy completions on held-out samples -> mean reward terms and the box-IoU proxy.
 
     ``iou_proxy`` is the mean IoU (SPEC 4 inclusive-pixel convention) of the predicted box against
@@ -163,11 +163,17 @@ def heldout_report(policy, samples, *, max_new_tokens: int, think: bool, strict:
 
     texts = policy.complete([s.image for s in samples], [s.query for s in samples],
                             max_new_tokens=max_new_tokens, greedy=True) if samples else []
-    rb = score_completions(texts, [s.solution for s in samples], strict=strict, soft=soft, think=think)
-    ious = []
-    for text, s in zip(texts, samples):
-        parsed = parse_answer(text)
-        ious.append(box_iou(parsed.bbox, s.solution["bbox"]) if parsed.bbox is not None else 0.0)
+    if task == "multi":  # the object list (SPEC 9): its rewards, and the matched-box IoU proxy
+        from rewards import matched_box_iou, score_multi_object
+
+        rb = score_multi_object(texts, [s.solution for s in samples])
+        ious = [matched_box_iou(text, s.solution) for text, s in zip(texts, samples)]
+    else:
+        rb = score_completions(texts, [s.solution for s in samples], strict=strict, soft=soft, think=think)
+        ious = []
+        for text, s in zip(texts, samples):
+            parsed = parse_answer(text)
+            ious.append(box_iou(parsed.bbox, s.solution["bbox"]) if parsed.bbox is not None else 0.0)
     local = {"n": len(samples), "total": float(rb.total.sum()), "iou_proxy": float(sum(ious)),
              "parse_fail": float(sum(st != "ok" for st in rb.statuses)),
              **{f"reward/{k}": float(v.sum()) for k, v in rb.terms.items()}}

@@ -70,8 +70,11 @@ def overlay(
         out[region] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     width = _line_width(image)
     if bbox is not None:
-        x1, y1, x2, y2 = (int(round(float(v))) for v in bbox)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, width)
+        # one box [x1, y1, x2, y2], or several [[x1, y1, x2, y2], ...] (the multi-object mode)
+        several = len(bbox) == 0 or isinstance(bbox[0], (list, tuple, np.ndarray))
+        for box in (bbox if several else [bbox]):
+            x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), color, width)
     for x, y in points or ():
         center = (int(round(float(x))), int(round(float(y))))
         cv2.circle(out, center, 3 * width + 1, color, -1)

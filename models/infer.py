@@ -3,6 +3,8 @@
     python -m models.infer --image cat.jpg --query "the animal that could catch the mouse" --out out/ \\
         --model /path/to/Seg-Zero-7B --sam2 facebook/sam2-hiera-large
     python -m models.infer --image cat.jpg --query "the cat" --out out/ --tiny   # no weights needed
+    python -m models.infer --task multi --image cups.jpg --query "all the cups" --out out/ \
+        --model /path/to/VisionReasoner-7B                                   # the object list (SPEC 9)
 
 Prints the reasoning and the answer (status; bbox and points in the 840 frame the policy sees and
 in the original frame), and writes in ``--out``:
@@ -19,6 +21,10 @@ download (the text is garbage); ``--model runs/tiny/hf_export --tiny`` runs the 
 the default training run with the tiny SAM2. Without ``--tiny``, ``--model`` is required; SAM2
 comes from ``--sam2-config`` + ``--sam2-checkpoint``, or ``--sam2 HUB_ID`` (default
 ``facebook/sam2-hiera-large``, the authors').
+
+``--task multi`` uses the multi-object prompt and answer (SPEC section 9): every object's box and
+point are printed and drawn, the mask is the union of SAM2's object masks, and ``prediction.json``
+lists the objects; an empty list ("nothing here") gives an empty mask.
 
 User mistakes (a query that is not text or is empty once normalised, an ``--out`` that is a file
 or not writable, missing or config-only weights, unreadable image, CUDA unavailable, missing SAM2
@@ -57,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a yaml file that only instantiates sam2 classes")
     parser.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt) matching --sam2-config")
     parser.add_argument("--sam2", help=f"SAM2 hub id (default {DEFAULT_SAM2_HUB_ID} when no config is given)")
+    parser.add_argument("--task", default="single", choices=("single", "multi"),
+                        help="single: one box + two points (Seg-Zero); multi: a list of objects (SPEC 9)")
     parser.add_argument("--prompt-mode", default="box+points", choices=PROMPT_MODES, help="SAM2 prompts (paper Table 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"),
@@ -85,6 +93,9 @@ def check_args(args: argparse.Namespace) -> str:
         raise UsageError("--sam2-config and --sam2-checkpoint go together: pass both, or --sam2 HUB_ID")
     if args.sam2 and args.sam2_config:
         raise UsageError("pass either --sam2 HUB_ID or --sam2-config with --sam2-checkpoint, not both")
+    if args.task == "multi" and (args.no_example or args.no_think or args.single_quotes):
+        raise UsageError("--no-example, --no-think and --single-quotes are single-object options; "
+                         "drop them with --task multi")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     try:
@@ -127,7 +138,8 @@ def load_models(args: argparse.Namespace, device: str):
             model, processor = load_policy(args.model, device=device, attn_implementation=args.attn)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise UsageError(f"reasoning model {args.model or 'tiny'!r}: {exc}") from exc
-    policy = SegZeroPolicy(model, processor, with_example=not args.no_example, think=not args.no_think)
+    policy = SegZeroPolicy(model, processor, with_example=not args.no_example, think=not args.no_think,
+                           task=args.task)
 
     try:
         if args.tiny and not sam2_given(args):
@@ -160,6 +172,23 @@ def report(prediction, width: int, height: int) -> str:
     return "\n".join(lines)
 
 
+def report_multi(prediction, width: int, height: int) -> str:
+    """The text printed for one multi-object prediction: every object in both frames."""
+    lines = ["reasoning:", "  " + prediction.reasoning] if prediction.reasoning is not None else []
+    if not prediction.ok:
+        return "\n".join(lines + [f"answer: none (status {prediction.status}); the mask is empty",
+                                  "completion:", "  " + prediction.completion])
+    area = int(prediction.mask.sum())
+    lines.append(f"answer (status {prediction.status}): {prediction.num_objects} object(s)"
+                 + (" -- nothing here, the mask is empty" if not prediction.num_objects else ""))
+    for k in range(prediction.num_objects):
+        lines.append(f"  object {k}: bbox {prediction.bbox_840[k]} point {prediction.points_840[k]} (840 frame)"
+                     f"  ->  {width}x{height} image bbox {prediction.bbox[k]} point {prediction.points[k]}")
+    lines.append(f"  mask    {area} pixels ({100.0 * area / (width * height):.1f}% of the image), "
+                 f"the union of the object masks")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from data.image import load_image
     from models.draw import mask_to_png, overlay, save_rgb_png
@@ -172,11 +201,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{exc}; pass a readable image file (jpg, png, ...)") from exc
     policy, segmenter = load_models(args, device)
 
-    pipeline = SegZeroPipeline(policy, segmenter, prompt_mode=args.prompt_mode,
-                               max_new_tokens=args.max_new_tokens, single_quotes=args.single_quotes)
+    if args.task == "multi":
+        from models.multi_object import MultiObjectPipeline
+
+        pipeline = MultiObjectPipeline(policy, segmenter, prompt_mode=args.prompt_mode,
+                                       max_new_tokens=args.max_new_tokens)
+    else:
+        pipeline = SegZeroPipeline(policy, segmenter, prompt_mode=args.prompt_mode,
+                                   max_new_tokens=args.max_new_tokens, single_quotes=args.single_quotes)
     prediction = pipeline([image], [args.query])[0]
     height, width = image.shape[:2]
-    print(report(prediction, width, height))
+    print((report_multi if args.task == "multi" else report)(prediction, width, height))
 
     os.makedirs(args.out, exist_ok=True)
     mask_to_png(prediction.mask, os.path.join(args.out, "mask.png"))
@@ -184,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                  os.path.join(args.out, "overlay.png"))
     record = {
         "image": os.path.abspath(args.image), "query": args.query, "width": width, "height": height,
-        "model": args.model or "tiny", "prompt_mode": args.prompt_mode,
+        "model": args.model or "tiny", "task": args.task, "prompt_mode": args.prompt_mode,
         "completion": prediction.completion, "reasoning": prediction.reasoning, "status": prediction.status,
         "bbox_840": prediction.bbox_840, "points_840": prediction.points_840,
         "bbox": prediction.bbox, "points": prediction.points, "mask_area": int(prediction.mask.sum()),

@@ -51,7 +51,7 @@ from data.image import resize_to_frame as data_resize_to_frame
 from data.types import FRAME
 from grpo import token_entropy, token_logprobs
 from models.compat import CACHE_KWARG
-from models.prompt import build_messages
+from models.prompt import build_messages, check_task
 from models.vision_attention import use_windowed_vision_attention
 
 _WEIGHT_FILES = re.compile(r".*\.(safetensors|bin)$|.*\.index\.json$")
@@ -264,6 +264,7 @@ def prepare_inputs(
     *,
     with_example: bool = True,
     think: bool = True,
+    task: str = "single",
     frame: int = FRAME,
     padding_side: str = "left",
 ) -> PolicyBatch:
@@ -277,7 +278,7 @@ def prepare_inputs(
     framed = [resize_to_frame(im, frame) for im in images]
     texts = [
         processor.apply_chat_template(
-            build_messages(q, with_example=with_example, think=think),
+            build_messages(q, with_example=with_example, think=think, task=task),
             tokenize=False, add_generation_prompt=True,
         )
         for q in queries
@@ -623,12 +624,13 @@ class SegZeroPolicy:
     module around it (:class:`ResponseLogProbs`), the unit the trainer shards and checkpoints.
     """
 
-    def __init__(self, model, processor, *, with_example: bool = True, think: bool = True):
+    def __init__(self, model, processor, *, with_example: bool = True, think: bool = True, task: str = "single"):
         self.model = model
         self.logprobs = ResponseLogProbs(model)
         self.processor = processor
         self.with_example = with_example
         self.think = think
+        self.task = check_task(task)  # "single" (SPEC 2) or "multi" (the object-list prompt, SPEC 9)
         tok = processor.tokenizer
         self.eos_token_id = int(tok.convert_tokens_to_ids("<|im_end|>"))
         # Every id that ends a response: <|im_end|> first, then those of the generation config
@@ -639,9 +641,9 @@ class SegZeroPolicy:
         self.pad_token_id = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_id)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, with_example=True, think=True, **load_kwargs):
+    def from_pretrained(cls, name_or_path, *, with_example=True, think=True, task="single", **load_kwargs):
         model, processor = load_policy(name_or_path, **load_kwargs)
-        return cls(model, processor, with_example=with_example, think=think)
+        return cls(model, processor, with_example=with_example, think=think, task=task)
 
     @property
     def device(self) -> torch.device:
@@ -649,7 +651,7 @@ class SegZeroPolicy:
 
     def prepare(self, images, queries, *, padding_side: str = "left") -> PolicyBatch:
         return prepare_inputs(
-            self.processor, images, queries, with_example=self.with_example, think=self.think,
+            self.processor, images, queries, with_example=self.with_example, think=self.think, task=self.task,
             padding_side=padding_side,
         ).to(self.device)
 

@@ -20,6 +20,10 @@ Ablation variants (the paper names them but does not print their text; the wordi
   ``i.e., <answer>{Answer}</answer>`` (or ``i.e., <answer></answer>`` without the example). Train
   this variant without the thinking-format reward (SPEC section 4).
 
+Multi-object mode (``task="multi"``, SPEC section 9, VisionReasoner): :func:`build_multi_object_prompt`,
+the authors' current prompt asking for a JSON list of objects (one box and one point each). In the
+user turn the image comes first and the text starts with a newline (the authors' training form).
+
 The chat has no system turn of ours: the chat template inserts the model's default system prompt
 (Qwen2.5-VL: "You are a helpful assistant."), as in SPEC section 1 step 2.
 """
@@ -68,11 +72,58 @@ def build_prompt(query: str, *, with_example: bool = True, think: bool = True) -
     )
 
 
-def build_messages(query: str, *, with_example: bool = True, think: bool = True) -> list[dict]:
+#: Tasks: "single" (Seg-Zero, SPEC sections 2-4) and "multi" (the object list, SPEC section 9).
+TASKS = ("single", "multi")
+
+MULTI_OBJECT_EXAMPLE = ('[{"bbox_2d": [10,100,200,210], "point_2d": [30,110]}, '
+                        '{"bbox_2d": [225,296,706,786], "point_2d": [302,410]}]')
+"""The verbatim example answer of the multi-object prompt (SPEC section 9)."""
+
+_MULTI_PIECES = (
+    'Please find "{question}" with bboxs and points.',
+    "Compare the difference between object(s) and find the most closely matched object(s).",
+    "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags.",
+    "Output the bbox(es) and point(s) inside the interested object(s) in JSON format.",
+    "i.e., <think> thinking process here </think><answer>{answer}</answer>",
+)
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return task
+
+
+def normalize_multi_object_query(query: str) -> str:
+    """SPEC section 9: the query lower-cased with trailing '.' stripped; ValueError when empty."""
+    if not isinstance(query, str):
+        raise ValueError(f"query must be a string, got {type(query).__name__}: {query!r}")
+    question = query.lower().rstrip(".")
+    if not question.strip():
+        raise ValueError(f"query is empty after normalisation: {query!r}")
+    return question
+
+
+def build_multi_object_prompt(query: str) -> str:
+    """The multi-object user text (SPEC section 9), the pieces concatenated with no space."""
+    question = normalize_multi_object_query(query)
+    first, *rest = _MULTI_PIECES
+    return first.replace("{question}", question) + "".join(rest).replace("{answer}", MULTI_OBJECT_EXAMPLE)
+
+
+def build_messages(query: str, *, with_example: bool = True, think: bool = True,
+                   task: str = "single") -> list[dict]:
     """Chat messages for ``apply_chat_template``: one user turn = [image, prompt text].
 
     No system message: the template supplies the model's default one. The image itself is passed
     to the processor separately; here it is only a placeholder that places the vision tokens.
+    ``task="multi"``: the multi-object prompt, after a newline (``with_example`` / ``think`` are
+    the single-object ablations and must keep their defaults).
     """
+    if check_task(task) == "multi":
+        if not (with_example and think):
+            raise ValueError("the multi-object prompt has no --no-example / --no-think variants")
+        text = "\n" + build_multi_object_prompt(query)
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     text = build_prompt(query, with_example=with_example, think=think)
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]

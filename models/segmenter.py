@@ -367,6 +367,56 @@ class Segmenter:
         self.predictor.reset_predictor()
         return [best_mask(m, s) for m, s in zip(masks, scores)]
 
+    @torch.inference_mode()
+    def segment_objects(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence,
+        points: Sequence,
+        mode: str = "box+points",
+    ) -> list[np.ndarray]:
+        """Per-object masks of B images, K_i (box, ONE point) prompts each (multi-object mode).
+
+        ``boxes[i]`` is [K_i, 4] and ``points[i]`` [K_i, 2] (original-image pixels; K_i may be 0).
+        The images with prompts go through the backbone together (``set_image_batch``); the K_i
+        prompts of an image are decoded in one batched call (box [K, 4], point_coords [K, 1, 2],
+        point_labels [K, 1] = 1). Each object keeps its highest-scoring multimask output.
+        Returns B bool arrays [K_i, H_i, W_i] (K_i = 0: an empty [0, H_i, W_i] array).
+        """
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"mode must be one of {PROMPT_MODES}, got {mode!r}")
+        images = [_check_image(image) for image in images]
+        if len(boxes) != len(images) or len(points) != len(images):
+            raise ValueError(f"got {len(images)} images, {len(boxes)} box lists and {len(points)} point lists")
+        prompts = []
+        for i, (bxs, pts) in enumerate(zip(boxes, points)):
+            bxs = np.asarray(bxs, dtype=np.float32).reshape(-1, 4)  # [K, 4]
+            pts = np.asarray(pts, dtype=np.float32).reshape(-1, 2)  # [K, 2]
+            if len(bxs) != len(pts) or not (np.isfinite(bxs).all() and np.isfinite(pts).all()):
+                raise ValueError(f"image {i}: need as many finite boxes [K, 4] as points [K, 2], "
+                                 f"got {len(bxs)} and {len(pts)}")
+            prompts.append((bxs, pts))
+        out = [np.zeros((0, *image.shape[:2]), dtype=bool) for image in images]
+        todo = [i for i, (bxs, _) in enumerate(prompts) if len(bxs)]
+        if not todo:
+            return out
+        use_box, use_points = mode in ("box+points", "box"), mode in ("box+points", "points")
+        with self._autocast():
+            self.predictor.set_image_batch([images[i] for i in todo])
+            masks, scores, _ = self.predictor.predict_batch(
+                point_coords_batch=[prompts[i][1][:, None, :] for i in todo] if use_points else None,  # [K, 1, 2]
+                point_labels_batch=[np.ones((len(prompts[i][1]), 1), np.int32) for i in todo] if use_points else None,
+                box_batch=[prompts[i][0] for i in todo] if use_box else None,  # [K, 4]
+                multimask_output=True,
+            )  # per image: masks [K, 3, H, W] (the K axis squeezed away when K = 1), scores [K, 3]
+        self.predictor.reset_predictor()
+        for i, m, sc in zip(todo, masks, scores):
+            k = len(prompts[i][0])
+            h, w = images[i].shape[:2]
+            m, sc = m.reshape(k, -1, h, w), sc.reshape(k, -1)  # [K, 3, H, W], [K, 3]
+            out[i] = np.stack([best_mask(m[j], sc[j]) for j in range(k)])  # [K, H, W]
+        return out
+
     def __call__(self, image: np.ndarray, bbox=None, points=None) -> np.ndarray:
         """``segment`` with the mode implied by the prompts given (both, box only or points only)."""
         if bbox is None and points is None:

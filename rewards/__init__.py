@@ -4,7 +4,26 @@
   the rewards and by inference, and its inverse ``format_answer`` (SFT / warm-start targets).
 - :mod:`rewards.seg_zero`: the five reward terms, their sum ``seg_zero_reward`` and the batch
   scorer ``score_completions`` used by the trainer.
+- :mod:`rewards.multi_object`: the multi-object answer list (SPEC.md section 9, VisionReasoner):
+  ``parse_objects``, ``multi_object_format_reward``, ``multi_object_accuracy_reward``,
+  ``non_repeat_reward`` and the batch scorer ``score_multi_object``.
 """
+from rewards.multi_object import (
+    MAX_OBJECTS,
+    MULTI_TERM_NAMES,
+    OBJECT_STATUSES,
+    ParsedObjects,
+    check_objects_solution,
+    format_objects_answer,
+    hungarian_match,
+    matched_box_iou,
+    multi_object_accuracy_reward,
+    multi_object_format_reward,
+    multi_object_reward,
+    non_repeat_reward,
+    parse_objects,
+    score_multi_object,
+)
 from rewards.parse import MAX_ABS_COORD, STATUSES, ParsedAnswer, format_answer, parse_answer
 from rewards.seg_zero import (
     TERM_NAMES,
@@ -21,6 +40,20 @@ from rewards.seg_zero import (
 )
 
 __all__ = [
+    "MAX_OBJECTS",
+    "MULTI_TERM_NAMES",
+    "OBJECT_STATUSES",
+    "ParsedObjects",
+    "check_objects_solution",
+    "format_objects_answer",
+    "hungarian_match",
+    "matched_box_iou",
+    "multi_object_accuracy_reward",
+    "multi_object_format_reward",
+    "multi_object_reward",
+    "non_repeat_reward",
+    "parse_objects",
+    "score_multi_object",
     "MAX_ABS_COORD",
     "STATUSES",
     "TERM_NAMES",
