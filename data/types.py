@@ -183,7 +183,12 @@ def check_sample(sample: Sample, source: str) -> Sample:
                                                     f"{int(other.sum()) - 1} more), expected 0, 1 or 255")
     if sample.solution is not None:
         try:
-            check_solution(sample.solution)
+            if isinstance(sample.solution, list):  # multi-object ground truth (SPEC 9): a list of objects
+                from rewards.multi_object import check_objects_solution
+
+                check_objects_solution(sample.solution)
+            else:
+                check_solution(sample.solution)
         except ValueError as err:
             raise BadSampleError(sample.id, source, f"bad solution: {err}") from None
     return sample
