@@ -230,7 +230,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cpu", action="store_true", help="run on the CPU (with --tiny: the plumbing check)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes instead of the real 3B / 7B")
     p.add_argument("--work", default=None, help="scratch folder (default: a folder beside --out)")
-    p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget; later steps are "
+    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget; later steps are "
                    "skipped when it is spent")
     p.add_argument("--new-tokens", type=int, default=300, help="bench: tokens per response")
     p.add_argument("--train-new-tokens", type=int, default=64, help="train.py: tokens per response")
