@@ -187,10 +187,16 @@ def test_config_outside_the_package_configs_is_refused_and_nothing_runs(tmp_path
     hostile.write_text(f"model:\n  _target_: builtins.open\n  file: {victim}\n  mode: w\n")
     escape = os.path.relpath(hostile, _package_config_dir())  # "../../../.../x.yaml" from the package
     assert escape.startswith("..")
-    monkeypatch.chdir(tmp_path)  # so that the same string also names the file as a user path
-    for name in (escape, str(hostile), "configs/../" + escape):
-        with pytest.raises(ValueError, match=r"names objects that are not sam2 classes: "
-                                             r"model._target_='builtins.open'; a config may only"):
+    refused = (r"names objects that are not sam2 classes: model._target_='builtins.open'; "
+               r"a config may only")
+    with pytest.raises(ValueError, match=refused):  # as a user path: read, checked, refused
+        seg._build_sam2_model(str(hostile))
+    monkeypatch.chdir(tmp_path)
+    for name in (escape, "configs/../" + escape):
+        # never resolved inside the package; as a user path (relative to the working directory) it
+        # names the hostile file or nothing, depending on where the package is installed: refused
+        # either way, before Hydra instantiates anything
+        with pytest.raises(ValueError, match=refused + "|unknown SAM2 config"):
             seg._build_sam2_model(name)
     monkeypatch.chdir(_package_config_dir())
     with pytest.raises(ValueError, match="unknown SAM2 config"):  # inside the package, outside configs/
