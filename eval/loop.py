@@ -1,6 +1,6 @@
 """The evaluation loop behind ``evaluate.py``: one rank's share of a dataset -> prediction records.
 
-What it implements (issue 6.2, 6.3, 6.6; SPEC.md sections 1 and 7)
+What it implements (SPEC.md sections 1 and 7)
 ------------------------------------------------------------------
 For every sample of this rank's shard that has no record yet:
 

@@ -1,6 +1,6 @@
 """The evaluation's results on disk: ``predictions.jsonl``, resume, merge, and the metrics table.
 
-What this file implements (issue 6, SPEC.md section 7)
+What this file implements (SPEC.md section 7)
 ------------------------------------------------------
 Every evaluated sample becomes one JSON line (a :class:`PredictionRecord`). The line holds all that
 the metrics need (``intersection``, ``union``, ``status``, ``is_sentence``), so the final table is a

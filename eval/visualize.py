@@ -1,4 +1,4 @@
-"""Pictures of an evaluation run: one PNG panel per chosen sample and an ``index.html`` (issue 6.4).
+"""Pictures of an evaluation run: one PNG panel per chosen sample and an ``index.html``.
 
 A panel (drawn by :func:`models.draw.panel`) is three tiles side by side, each the original image
 scaled to ``height`` pixels:

@@ -1,4 +1,4 @@
-"""GRPO in pure PyTorch, model-agnostic: tensors in, tensors out (issue 3).
+"""GRPO in pure PyTorch, model-agnostic: tensors in, tensors out.
 
 The math lives in small pure functions (one formula per docstring, with its source); the update
 step wires them together:

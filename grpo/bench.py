@@ -1,4 +1,4 @@
-"""Benchmark of one GRPO step (issue 7 item 4): rollout vs transformers' generate, training MFU, phases.
+"""Benchmark of one GRPO step: rollout vs transformers' generate, training MFU, phases.
 
     python -m grpo.bench --tiny                                   # CPU, seconds (what CI runs)
     python -m grpo.bench --model 3b --device cuda --out bench_3b.json   # the real shape, random init

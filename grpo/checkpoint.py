@@ -1,4 +1,4 @@
-"""Checkpoints: distributed save / exact resume, and the Hugging Face export (issue 5, section 3).
+"""Checkpoints: distributed save / exact resume, and the Hugging Face export.
 
 Layout of ``<output_dir>/checkpoints``::
 

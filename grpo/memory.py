@@ -1,4 +1,4 @@
-"""Per-GPU memory plan of a GRPO step (issue 7 item 3): what must fit, phase by phase.
+"""Per-GPU memory plan of a GRPO step: what must fit, phase by phase.
 
     python -m grpo.memory --model 3b --gpus 1 --prompts 16 --group 8 --response-len 1024 \
         --offload-ref --activation-checkpointing
@@ -133,7 +133,7 @@ class PlanConfig:
     prompts: int = 16
     group: int = 8
     prompt_len: int = 1000
-    """P: ~900 image tokens of an 840 x 840 image + the chat text (issue 7's figure)."""
+    """P: ~900 image tokens of an 840 x 840 image + the chat text."""
     response_len: int = 1024
     micro_batch: int = 8
     """m, response rows per forward/backward."""

@@ -1,4 +1,4 @@
-"""Distributed setup and FSDP2 sharding (issue 5, section 2). The only module besides train.py that
+"""Distributed setup and FSDP2 sharding. The only module besides train.py that
 imports torch.distributed: model code stays single-device.
 
 - :func:`init_distributed`: a process group under ``torchrun`` (env vars RANK, WORLD_SIZE, ...) or a

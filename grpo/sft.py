@@ -1,4 +1,4 @@
-"""The supervised baseline (``--algo sft``) and the tiny run's warm start (issue 5, section 5).
+"""The supervised baseline (``--algo sft``) and the tiny run's warm start.
 
 Seg-Zero (arXiv 2503.06520, Table 1) compares GRPO with supervised fine-tuning on the same data.
 Here SFT trains the policy to write the ground-truth answer text:

@@ -1,6 +1,6 @@
 """The Qwen2.5-VL policy: loading, prompt batches, and per-token log-probs of given responses.
 
-What it implements (SPEC.md sections 1-2, issue 4 section 1, DESIGN.md data flow steps 1 and 5):
+What it implements (SPEC.md sections 1-2, DESIGN.md data flow steps 1 and 5):
 
 - :func:`load_policy`: a Qwen2.5-VL checkpoint (hub id, downloaded directory, or our own export)
   with ``from_pretrained``; bf16 on GPU, fp32 on CPU; sdpa / flash-attention 2 / eager attention;

@@ -1,4 +1,4 @@
-"""Shared-prefix rollout engine: B prompts, G samples each, one prefill per prompt (issue 7 item 1).
+"""Shared-prefix rollout engine: B prompts, G samples each, one prefill per prompt.
 
 Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance principles):
 
@@ -21,7 +21,7 @@ Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance
    stream does not depend on which rows are being decoded, removing finished rows (below) leaves
    every sampled token unchanged (tested: same generator seed -> same tokens and log-probs with and
    without compaction). This is an exact draw from the filtered distribution, like
-   ``torch.multinomial`` (which the first version used; its stream depends on the batch size).
+   ``torch.multinomial`` (whose random stream would depend on the batch size).
 
 Returned log-probs: log softmax(logits / T)[token] under the FULL temperature-scaled distribution,
 computed by ``grpo.token_logprobs`` -- the same function and scaling as the training forward
@@ -42,8 +42,8 @@ rows, and ``rows`` maps working-set rows back to output rows, which are written 
 So a finished row costs at most ``check_every - 1`` wasted decode steps. Why compaction every k
 steps rather than per step: selecting the active rows needs their count on the host (a sync), and
 copying the cache costs one pass over the active KV, about one decode step's memory traffic; at
-k = 16 both are amortised. ``compact=False`` keeps the first version's behaviour (finished rows
-stay and are masked); tests compare the two. The result is trimmed to the longest response.
+k = 16 both are amortised. ``compact=False`` keeps finished rows in the batch (masked);
+tests compare the two. The result is trimmed to the longest response.
 
 Measured on an H200 (3B shape, 128 rows, docs/PERFORMANCE.md): 78 ms per decode step against
 2.5 ms of memory traffic, i.e. the host launching the step's kernels is the bound. The remedy is a

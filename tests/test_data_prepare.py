@@ -1,5 +1,5 @@
 """`python -m data.prepare_refcocog` on a refer-format fixture: the training-set reader loads
-back exactly the boxes and points computed from the masks (issue 2, "done when"), bad samples are
+back exactly the boxes and points computed from the masks, bad samples are
 counted, not fatal, and --limit / the SAM2 filter work."""
 import os
 import subprocess
