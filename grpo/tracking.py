@@ -88,7 +88,7 @@ class Tracker:
                 self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
 
     def _drop_rows_after(self, start_step: int) -> None:
-        """Drop the "train" rows of steps > start_step: a resumed run re-logs the steps that its
+        """Drop the "train" and "val" rows of steps > start_step: a resumed run re-logs the steps that its
         crashed predecessor logged after its last checkpoint, and a fresh run (start_step 0) starts
         its curve anew. Rows of other phases (the warm start) stay; a torn last line (crash
         mid-write) is dropped. Rewritten atomically."""
@@ -100,7 +100,8 @@ class Tracker:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and not (row.get("phase") == "train" and row.get("step", 0) > start_step):
+            if isinstance(row, dict) and not (row.get("phase") in ("train", "val")
+                                              and row.get("step", 0) > start_step):
                 kept.append(line + "\n")
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
@@ -116,7 +117,7 @@ class Tracker:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                     self._tb.add_scalar(f"{phase}/{k}", v, step)
-        if self._bar is not None:
+        if self._bar is not None and phase != "val":  # validation rows are not steps
             self._bar.update(1)
             shown = {k: metrics[k] for k in ("reward/total", "loss", "kl", "iou_proxy")
                      if isinstance(metrics.get(k), (int, float))}
