@@ -265,6 +265,11 @@ class SyntheticDataset:
         return shapes, label
 
     def __getitem__(self, index: int) -> Sample:
+        return self.scene(index)[0]
+
+    def scene(self, index: int) -> tuple[Sample, np.ndarray]:
+        """(sample ``index``, the scene's label map [H, W] uint8): 0 = background, k = the visible
+        pixels of ``sample.meta["shapes"][k - 1]`` (every shape's mask, e.g. to train a segmenter)."""
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         index %= self.num_samples
@@ -287,7 +292,7 @@ class SyntheticDataset:
             return Sample(id=self.ids[index], image=image, query=text, mask=mask,
                           solution=solution_from_mask(mask), is_sentence=family == "reasoning",
                           meta={"target": target, "shapes": [s.as_dict() for s in shapes],
-                                "family": family})
+                                "family": family}), label
         raise RuntimeError(f"could not draw an unambiguous scene for sample {index} "
                            f"(seed {self.seed}) in 100 attempts")
 

@@ -58,7 +58,7 @@ def _panel(title: str, series: dict[str, list[tuple[float, float]]], x_max: floa
         v = xm * k / 4
         xx, _ = px(v, lo)
         d.line([xx, y0, xx, y0 + 4], fill="black")
-        d.text((xx - 8, y0 + 8), f"{v:.0f}", fill="black")
+        d.text((xx - 8, y0 + 8), f"{v:.0f}" if xm >= 8 else f"{v:.1f}", fill="black")
     if band:
         upper, lower = band
         poly = [px(*p) for p in upper] + [px(*p) for p in reversed(lower)]

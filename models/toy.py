@@ -9,7 +9,7 @@ shipped in the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and re
     python -m models.toy policy        # the toy policy checkpoint (see POLICY_RECIPE)
     python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
 
-Each command is deterministic from its seed on one process (torch.set_num_threads(2)) and prints
+Each command is deterministic from its seed on one process (torch.set_num_threads(1)) and prints
 its held-out figures at the end; the figures measured when the shipped files were built are in
 the docstrings of :func:`pretrain_policy` and :func:`train_sam2`.
 """
@@ -36,8 +36,8 @@ TOY_SAM2_IMAGE_SIZE = 256
 HELDOUT_SEED = 10_000
 HELDOUT_SIZE = 64
 
-POLICY_RECIPE = dict(seed=0, steps=600, batch=8, lr=1e-3, warmup=30, single_shape_fraction=0.3,
-                     data_seed=20_000, max_len=96)
+POLICY_RECIPE = dict(seed=0, vision_steps=200, steps=1400, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
+                     aux_weight=1.0, single_shape_fraction=0.2, data_seed=20_000, max_len=96)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def box_iou_report(policy, samples, *, max_new_tokens: int = 96, batch_size: int
             chunk = samples[i:i + batch_size]
             texts += policy.complete([s.image for s in chunk], [s.query for s in chunk],
                                      max_new_tokens=max_new_tokens, greedy=True)
-    ious, fails = [], 0
+    ious, fails = [], 0  # per scene
     for text, s in zip(texts, samples):
         parsed = parse_answer(text)
         if parsed.bbox is None:
@@ -73,33 +73,128 @@ def box_iou_report(policy, samples, *, max_new_tokens: int = 96, batch_size: int
             ious.append(box_iou(parsed.bbox, s.solution["bbox"]))
     n = max(len(samples), 1)
     return {"box_iou": float(np.mean(ious)) if ious else 0.0, "parse_fail": fails / n,
-            "iou_gt_0.5": float(np.mean([i > 0.5 for i in ious])) if ious else 0.0, "texts": texts}
+            "iou_gt_0.5": float(np.mean([i > 0.5 for i in ious])) if ious else 0.0, "texts": texts,
+            "ious": [round(float(i), 4) for i in ious]}
 
 
-def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, steps: int = 3000,
-                    batch: int = 16, lr: float = 1e-3, warmup: int = 100,
-                    single_shape_fraction: float = 0.25, data_seed: int = 20_000, max_len: int = 96,
-                    eval_every: int = 500, heldout: int = HELDOUT_SIZE, log=print) -> dict:
-    """Pretrain the toy Qwen2.5-VL to localise: SFT on the ground-truth answer text
-    (grpo.sft.sft_step: "<think> {query} is the target. </think> <answer>{box, points}</answer>").
+#: per image-token targets of the vision pretraining: is-shape 1, colour 6, kind 7, size 2, the
+#: shape's box 4, the token's centre 2
+_AUX_OUT = 1 + 6 + 7 + 2 + 4 + 2
+GRID = 8  # the toy view is 8 x 8 merged image tokens (models.tiny.TOY_PIXELS)
 
-    Recipe: AdamW (weight decay 0), ``batch`` scenes per step, linear warmup then cosine decay of
-    ``lr``, grad-norm clip 1.0; a curriculum: the first ``single_shape_fraction`` of the steps
-    draw single-shape scenes ("the red circle" with nothing else), the rest the default 2-5 shape
-    scenes with distractors and both query families. Scenes are drawn from
-    SyntheticDataset(seed=data_seed) (1-shape: data_seed + 1), disjoint from the held-out seed.
-    Writes a Hugging Face checkpoint (safetensors) + processor to ``out`` and ``build.json``
-    (recipe and measured figures). Returns the final held-out report.
+
+def token_targets(sample, label: np.ndarray) -> dict[str, torch.Tensor]:
+    """Dense targets of the 8 x 8 image tokens of a synthetic scene (raster order, [64, ...]).
+
+    A token (a 1/8 x 1/8 cell of the image) belongs to the shape with the most pixels in its cell
+    when that shape covers >= 10 % of it. Targets: is_shape [64], colour / kind / size class ids
+    [64] (-100 on background tokens), the owning shape's visible box [64, 4] and the cell centre
+    [64, 2], both in [0, 1] image coordinates."""
+    from data.synthetic import COLORS, KINDS, SIZES
+
+    h, w = label.shape
+    shapes = sample.meta["shapes"]
+    boxes = []
+    for k in range(len(shapes)):
+        ys, xs = np.nonzero(label == k + 1)
+        boxes.append([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
+    owner = np.full(GRID * GRID, -1)
+    centre = np.zeros((GRID * GRID, 2), dtype=np.float32)
+    for r in range(GRID):
+        for c in range(GRID):
+            cell = label[r * h // GRID:(r + 1) * h // GRID, c * w // GRID:(c + 1) * w // GRID]
+            counts = np.bincount(cell.ravel(), minlength=len(shapes) + 1)[1:]
+            if counts.size and counts.max() >= 0.1 * cell.size:
+                owner[r * GRID + c] = int(counts.argmax())
+            centre[r * GRID + c] = [(c + 0.5) / GRID, (r + 0.5) / GRID]
+    colors, kinds, sizes = list(COLORS), list(KINDS), list(SIZES)
+    ids = lambda table, key: torch.tensor([table.index(shapes[o][key]) if o >= 0 else -100 for o in owner])
+    return {"is_shape": torch.tensor(owner >= 0, dtype=torch.float32), "color": ids(colors, "color"),
+            "kind": ids(kinds, "kind"), "size": ids(sizes, "size"),
+            "box": torch.tensor([boxes[o] if o >= 0 else [0.0] * 4 for o in owner], dtype=torch.float32),
+            "centre": torch.from_numpy(centre)}
+
+
+def aux_loss(policy, head: torch.nn.Module, samples, labels, batch=None) -> torch.Tensor:
+    """Vision-tower auxiliary loss: a linear ``head`` on each image token predicts the targets of
+    :func:`token_targets` (BCE for is-shape, cross-entropy for the classes, smooth L1 x 10 for the
+    box and the centre)."""
+    import torch.nn.functional as F
+
+    from models.policy import image_embeddings
+
+    if batch is None:
+        batch = policy.prepare([s.image for s in samples], [s.query for s in samples])
+    feats = torch.cat(image_embeddings(policy.model, batch))  # [B * 64, hidden]
+    assert feats.shape[0] == GRID * GRID * len(samples), feats.shape
+    out = head(feats)  # [B * 64, _AUX_OUT]
+    t = [token_targets(s, lab) for s, lab in zip(samples, labels)]
+    cat = {k: torch.cat([x[k] for x in t]) for k in t[0]}
+    shape_rows = cat["is_shape"] > 0
+    loss = F.binary_cross_entropy_with_logits(out[:, 0], cat["is_shape"])
+    loss = loss + F.cross_entropy(out[:, 1:7], cat["color"], ignore_index=-100)
+    loss = loss + F.cross_entropy(out[:, 7:14], cat["kind"], ignore_index=-100)
+    loss = loss + F.cross_entropy(out[:, 14:16], cat["size"], ignore_index=-100)
+    if shape_rows.any():
+        loss = loss + 10 * F.smooth_l1_loss(out[shape_rows, 16:20], cat["box"][shape_rows], beta=0.05)
+    loss = loss + 10 * F.smooth_l1_loss(out[:, 20:22], cat["centre"], beta=0.05)
+    return loss
+
+
+def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, vision_steps: int = 300,
+                    steps: int = 3000, batch: int = 8, lr: float = 1e-3, vision_lr: float = 2e-3,
+                    warmup: int = 100, aux_weight: float = 1.0, single_shape_fraction: float = 0.2,
+                    data_seed: int = 20_000, max_len: int = 96, eval_every: int = 500,
+                    heldout: int = HELDOUT_SIZE, log=print) -> dict:
+    """Pretrain the toy Qwen2.5-VL to localise (the toy stand-in for Qwen2.5-VL-Instruct).
+
+    1. Vision tower first (``vision_steps`` steps of 16 scenes, AdamW ``vision_lr``): a temporary
+       linear head on each of the 64 image tokens predicts whether the token's cell shows a shape,
+       that shape's colour, kind, size class and visible box, and the cell's own centre
+       (:func:`token_targets`, :func:`aux_loss`). This gives every image token what a pretrained
+       vision encoder gives the real model: what is there and where it is.
+    2. Then the whole model: SFT on the ground-truth answer text (grpo.sft.sft_target:
+       "<think> {query} is the target. </think> <answer>{box, points}</answer>", token-mean NLL)
+       plus ``aux_weight`` x the vision loss on the same scenes, ``batch`` scenes per step, AdamW
+       ``lr`` (weight decay 0) with linear warmup then cosine decay, grad-norm clip 1.0; a
+       curriculum: the first ``single_shape_fraction`` of the steps draw single-shape scenes, the
+       rest the default 2-5 shape scenes with distractors and both query families.
+
+    Scenes: SyntheticDataset(seed=data_seed) (single-shape: data_seed + 1; vision phase:
+    data_seed + 2), disjoint from the held-out seed. Writes a Hugging Face checkpoint
+    (safetensors) + processor to ``out`` and ``build.json`` (recipe, measured figures, per-scene
+    held-out box IoU). Returns the final held-out report.
     """
     from data import SyntheticDataset
-    from grpo.sft import sft_step
+    from grpo.sft import sft_target, tokenize_targets
     from models.policy import SegZeroPolicy
     from models.tiny import build_toy_qwen
 
     torch.manual_seed(seed)
     model, processor = build_toy_qwen(seed)
     policy = SegZeroPolicy(model.train(), processor)
-    params = [p for p in model.parameters() if p.requires_grad]
+    hidden = model.config.text_config.hidden_size
+    head = torch.nn.Linear(hidden, _AUX_OUT)
+    held = heldout_samples(heldout)
+    t0 = time.time()
+    history = []
+
+    # 1. vision tower + head
+    vis_params = list(model.model.visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(vis_params, lr=vision_lr, weight_decay=0.0)
+    vis_data = SyntheticDataset(max(vision_steps * 16, 1), seed=data_seed + 2)
+    for step in range(vision_steps):
+        scenes = [vis_data.scene(step * 16 + k) for k in range(16)]
+        loss = aux_loss(policy, head, [x[0] for x in scenes], [x[1] for x in scenes])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vis_params, 1.0)
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log(f"vision step {step + 1}/{vision_steps} aux loss {loss.item():.4f} {time.time() - t0:.0f}s")
+
+    # 2. everything: SFT + aux
+    params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
     def factor(step: int) -> float:
@@ -108,35 +203,46 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, s
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    single = SyntheticDataset(steps * batch, seed=data_seed + 1, min_shapes=1, max_shapes=1)
-    multi = SyntheticDataset(steps * batch, seed=data_seed)
-    held = heldout_samples(heldout)
-    t0 = time.time()
-    history = []
+    single = SyntheticDataset(max(steps * batch, 1), seed=data_seed + 1, min_shapes=1, max_shapes=1)
+    multi = SyntheticDataset(max(steps * batch, 1), seed=data_seed)
     n_single = int(single_shape_fraction * steps)
+    tok = processor.tokenizer
     for step in range(steps):
         source = single if step < n_single else multi
-        samples = [source[step * batch + k] for k in range(batch)]
+        scenes = [source.scene(step * batch + k) for k in range(batch)]
+        samples = [x[0] for x in scenes]
         model.train()
-        m = sft_step(policy, samples, opt, micro_batch_size=batch, max_grad_norm=1.0, max_len=max_len)
+        ids, mask = tokenize_targets(tok, [sft_target(x) for x in samples], policy.eos_token_id,
+                                     policy.pad_token_id, max_len=max_len)
+        b = policy.prepare([x.image for x in samples], [x.query for x in samples])
+        logp = policy.response_logprobs(b, ids, mask, group_size=1)  # [B, L]
+        nll = -(logp * mask).sum() / mask.sum()
+        loss = nll + aux_weight * aux_loss(policy, head, samples, [x[1] for x in scenes], batch=b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
         sched.step()
         if (step + 1) % 50 == 0:
-            log(f"step {step + 1}/{steps} loss {m['loss']:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                f"{time.time() - t0:.0f}s")
-        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            log(f"step {step + 1}/{steps} nll {nll.item():.4f} loss {loss.item():.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
+        if eval_every and ((step + 1) % eval_every == 0 and step + 1 < steps):
             rep = box_iou_report(policy, held, max_new_tokens=max_len)
             history.append({"step": step + 1, "box_iou": rep["box_iou"], "parse_fail": rep["parse_fail"],
                             "iou_gt_0.5": rep["iou_gt_0.5"], "seconds": round(time.time() - t0)})
             log(f"held-out {history[-1]}  e.g. {rep['texts'][0]!r}")
+    model.eval()
     final = box_iou_report(policy, held, max_new_tokens=max_len)
     result = {"box_iou": final["box_iou"], "parse_fail": final["parse_fail"], "iou_gt_0.5": final["iou_gt_0.5"],
-              "heldout": f"SyntheticDataset({heldout}, seed={HELDOUT_SEED})", "seconds": round(time.time() - t0)}
+              "heldout": f"SyntheticDataset({heldout}, seed={HELDOUT_SEED})", "seconds": round(time.time() - t0),
+              "per_scene_box_iou": final["ious"], "answers": final["texts"][:4]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.eval().save_pretrained(out)
+    model.save_pretrained(out)
     processor.save_pretrained(out)
-    recipe = dict(seed=seed, steps=steps, batch=batch, lr=lr, warmup=warmup,
-                  single_shape_fraction=single_shape_fraction, data_seed=data_seed, max_len=max_len)
+    recipe = dict(seed=seed, vision_steps=vision_steps, steps=steps, batch=batch, lr=lr, vision_lr=vision_lr,
+                  warmup=warmup, aux_weight=aux_weight, single_shape_fraction=single_shape_fraction,
+                  data_seed=data_seed, max_len=max_len, threads=torch.get_num_threads())
     (out / "build.json").write_text(json.dumps({"recipe": recipe, "result": result, "history": history},
                                                indent=1) + "\n")
     log(f"toy policy -> {out}: held-out box IoU {result['box_iou']:.3f}, IoU>0.5 {result['iou_gt_0.5']:.2f}, "
@@ -149,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["policy", "sam2"])
     p.add_argument("--out", default=None, help="output path (default: the shipped location)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the shipped files: 1)")
     p.add_argument("--eval-every", type=int, default=500)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -297,23 +403,22 @@ def sam2_gt_prompt_giou(segmenter, samples) -> tuple[float, float]:
     return 100 * float(np.mean(ious)), 100 * inter / max(union, 1)
 
 
-SAM2_RECIPE = dict(seed=0, steps=1500, batch=8, lr=1e-3, warmup=50, data_seed=30_000)
+SAM2_RECIPE = dict(seed=0, steps=600, batch=8, masks_per_image=3, lr=1e-3, warmup=50, data_seed=30_000)
 
 
 def train_sam2(out: str | os.PathLike = TOY_SAM2_PATH, *, seed: int = 0, steps: int = 1500, batch: int = 8,
-               lr: float = 1e-3, warmup: int = 50, data_seed: int = 30_000, heldout: int = HELDOUT_SIZE,
-               log=print) -> dict:
+               masks_per_image: int = 3, lr: float = 1e-3, warmup: int = 50, data_seed: int = 30_000,
+               heldout: int = HELDOUT_SIZE, log=print) -> dict:
     """Train the toy SAM2 on synthetic scenes with SAM's recipe: random box + point prompts from the
     ground-truth mask (:func:`_random_prompts`), focal + dice loss on the masks and an IoU-prediction
     loss (:func:`_loss`), AdamW (weight decay 0.01), linear warmup then cosine decay, grad clip 1.0.
-    The target of each scene is a random one of its shapes (every visible shape is a mask), images
-    SyntheticDataset(seed=data_seed). Writes the weights (safetensors, float32) to ``out`` and prints
+    Each scene (SyntheticDataset(seed=data_seed)) gives up to ``masks_per_image`` of its shapes as
+    targets (every visible shape is an object), each with its own prompt, on one backbone pass. Writes the weights (safetensors, float32) to ``out`` and prints
     the held-out gIoU / cIoU with ground-truth prompts (:func:`sam2_gt_prompt_giou`)."""
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from data import SyntheticDataset
-    from models.segmenter import Segmenter
+    from data import SyntheticDataset, solution_from_mask
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -330,22 +435,27 @@ def train_sam2(out: str | os.PathLike = TOY_SAM2_PATH, *, seed: int = 0, steps: 
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     t0 = time.time()
     for step in range(steps):
-        imgs, boxes, pts, targets = [], [], [], []
+        imgs, boxes, pts, targets, owner = [], [], [], [], []
         for k in range(batch):
-            sample = ds[step * batch + k]
-            mask = sample.mask.astype(bool)  # the query's target: any of the scene's shapes
-            h, w = mask.shape
-            sol_pts = [[x * w / 840, y * h / 840] for x, y in sample.solution["points"]]
-            box, p2 = _random_prompts(rng, mask, sol_pts, s / w)
+            sample, label = ds.scene(step * batch + k)
+            h, w = label.shape
             img = torch.from_numpy(sample.image).permute(2, 0, 1)[None].float() / 255  # [1, 3, H, W]
             imgs.append(F.interpolate(img, size=(s, s), mode="bilinear", align_corners=False))
-            mode = rng.random()  # box+points 70 %, box 15 %, points 15 %
-            boxes.append(box if mode < 0.85 else None)
-            pts.append(p2 if mode < 0.7 or mode >= 0.85 else None)
-            m = torch.from_numpy(mask.astype(np.float32))[None, None]
-            targets.append(F.interpolate(m, size=(s // 4, s // 4), mode="area")[0, 0])
+            # up to masks_per_image of the scene's shapes, each its own prompt (one backbone pass)
+            ids = rng.permutation(int(label.max()))[:masks_per_image] + 1
+            for v in ids:
+                mask = label == v
+                sol = solution_from_mask(mask.astype(np.uint8))
+                sol_pts = [[x * w / 840, y * h / 840] for x, y in sol["points"]]
+                box, p2 = _random_prompts(rng, mask, sol_pts, s / w)
+                mode = rng.random()  # box+points 70 %, box 15 %, points 15 %
+                boxes.append(box if mode < 0.85 else None)
+                pts.append(p2 if mode < 0.7 or mode >= 0.85 else None)
+                m = torch.from_numpy(mask.astype(np.float32))[None, None]
+                targets.append(F.interpolate(m, size=(s // 4, s // 4), mode="area")[0, 0])
+                owner.append(k)
         x = (torch.cat(imgs) - mean) / std
-        low, iou = _forward_mixed(model, x, boxes, pts)
+        low, iou = _forward_mixed(model, x, boxes, pts, owner)
         tgt = (torch.stack(targets) > 0.5).float()
         loss, focal_dice, iou_l = _loss(low, iou, tgt)
         opt.zero_grad(set_to_none=True)
@@ -361,7 +471,8 @@ def train_sam2(out: str | os.PathLike = TOY_SAM2_PATH, *, seed: int = 0, steps: 
     # the image path only: the video memory modules stay at their seed's initial values
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
              if not k.startswith(_VIDEO_ONLY)}
-    recipe = dict(seed=seed, steps=steps, batch=batch, lr=lr, warmup=warmup, data_seed=data_seed)
+    recipe = dict(seed=seed, steps=steps, batch=batch, masks_per_image=masks_per_image, lr=lr, warmup=warmup,
+                  data_seed=data_seed)
     save_file(state, str(out), metadata={"recipe": json.dumps(recipe)})
     seg = load_toy_sam2(out)  # the figures of the shipped (bf16-stored) weights
     giou, ciou = sam2_gt_prompt_giou(seg, heldout_samples(heldout))
@@ -373,10 +484,10 @@ def train_sam2(out: str | os.PathLike = TOY_SAM2_PATH, *, seed: int = 0, steps: 
     return result
 
 
-def _forward_mixed(model, x, boxes, pts):
-    """sam2_forward for a batch whose samples have different prompt types (box / points / both):
-    the backbone runs once on the batch, the decoder once per prompt type."""
-    b = x.shape[0]
+def _forward_mixed(model, x, boxes, pts, owner):
+    """sam2_forward for prompts of different types (box / points / both) on images ``x``: prompt k
+    is on image ``owner[k]``; the backbone runs once per image, the decoder once per prompt type."""
+    b = len(owner)
     out_low = [None] * b
     out_iou = [None] * b
     groups: dict[tuple[bool, bool], list[int]] = {}
@@ -386,7 +497,7 @@ def _forward_mixed(model, x, boxes, pts):
     for (has_box, has_pts), idx in groups.items():
         bx = torch.tensor(np.stack([boxes[k] for k in idx]), dtype=torch.float32) if has_box else None
         pt = torch.tensor(np.stack([pts[k] for k in idx]), dtype=torch.float32) if has_pts else None
-        low, iou = _decode(model, [f[idx] for f in feats], bx, pt)
+        low, iou = _decode(model, [f[[owner[k] for k in idx]] for f in feats], bx, pt)
         for j, k in enumerate(idx):
             out_low[k], out_iou[k] = low[j], iou[j]
     return torch.stack(out_low), torch.stack(out_iou)

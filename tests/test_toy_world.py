@@ -126,3 +126,31 @@ def test_policy_builder_few_steps(tmp_path):
     model, processor = load_policy(str(tmp_path / "policy"))
     assert model.config.text_config.hidden_size == 128
     assert json.loads((tmp_path / "policy" / "build.json").read_text())["recipe"]["steps"] == 2
+
+
+# ------------------------------------------------------------------------- shipped checkpoints
+
+def test_shipped_toy_sam2_gives_its_build_figures():
+    from safetensors import safe_open
+
+    from models.toy import TOY_SAM2_PATH, heldout_samples, load_toy_sam2, sam2_gt_prompt_giou
+
+    with safe_open(str(TOY_SAM2_PATH), "pt") as f:
+        built = json.loads(f.metadata()["result"])
+    giou, ciou = sam2_gt_prompt_giou(load_toy_sam2(), heldout_samples())
+    assert abs(giou - built["giou_gt_prompts"]) < 0.05 and abs(ciou - built["ciou_gt_prompts"]) < 0.05
+    assert giou >= 90.0  # the bar: ground-truth box + points -> masks of the held-out scenes
+    assert TOY_SAM2_PATH.stat().st_size < 8 * 2 ** 20
+
+
+def test_shipped_toy_policy_gives_its_build_figures():
+    from models.policy import SegZeroPolicy
+    from models.toy import TOY_POLICY_DIR, box_iou_report, heldout_samples
+
+    built = json.loads((TOY_POLICY_DIR / "build.json").read_text())["result"]
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    n = 16  # the first 16 of the 64 held-out scenes (the build prints all 64)
+    rep = box_iou_report(policy, heldout_samples()[:n])
+    expected = built["per_scene_box_iou"][:n]
+    assert np.allclose(rep["ious"], expected, atol=2e-3), (rep["ious"], expected)
+    assert sum((TOY_POLICY_DIR / f).stat().st_size for f in ("model.safetensors",)) < 8 * 2 ** 20
