@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     tracker = Tracker(out, is_main=info.is_main, total_steps=cfg.train.max_steps, start_step=start_step,
                       progress=cfg.train.progress, tensorboard=cfg.train.tensorboard, desc=cfg.train.algo)
     val = build_validation(cfg, info)  # (segmenter, validation source) or None
-    best = BestPointer(out)
+    best = BestPointer(out, resume=start_step > 0)  # a fresh run starts a fresh pointer
     rep = report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})", val, info, start_step)
-    if rep is not None and start_step == 0 and info.is_main:
-        best.update(0, rep, model_path)  # the starting checkpoint until a validation beats it
+    if rep is not None and start_step == 0:
+        best.update(0, rep, model_path, write=info.is_main)  # the starting checkpoint until a validation beats it
     update_cfg = build_update_config(cfg)
     for step in range(start_step, cfg.train.max_steps):
         timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
@@ -128,13 +128,12 @@ def main(argv: list[str] | None = None) -> Path | None:
                     ckpt = save_checkpoint(out / "checkpoints", step + 1, policy.logprobs, optimizer,
                                            {"scheduler": scheduler.state_dict(),
                                             "data_position": (step + 1) * cfg.train.prompts_per_step})
-                if info.is_main:
-                    best.update(step + 1, rep, ckpt)
+                best.update(step + 1, rep, ckpt, write=info.is_main)
     rep = report(cfg, policy, heldout, tracker, f"{cfg.train.algo} end (step {cfg.train.max_steps})", val, info,
                  cfg.train.max_steps)
-    if rep is not None and info.is_main:
+    if rep is not None:
         last_ckpt = out / "checkpoints" / step_dir_name(cfg.train.max_steps)
-        best.update(cfg.train.max_steps, rep, last_ckpt if last_ckpt.is_dir() else None)
+        best.update(cfg.train.max_steps, rep, last_ckpt if last_ckpt.is_dir() else None, write=info.is_main)
     tracker.close()
     if info.is_main:
         from grpo.plot import plot_run

@@ -52,7 +52,7 @@ BACKGROUNDS = ((228, 228, 224), (222, 224, 228), (230, 226, 216), (216, 221, 216
 AREA_MARGIN = 1.3       # "largest"/"smallest": winner vs runner-up visible area ratio
 POSITION_MARGIN = 0.05  # "leftmost" etc.: centroid gap, fraction of the image side
 MIN_VISIBLE = 0.5       # fraction of a shape's pixels that must stay visible
-RAMP = 24.0             # amplitude of the background's 2-D colour ramp (see SyntheticDataset._paint)
+RAMP = 48.0             # amplitude of the background's 2-D colour ramp (see SyntheticDataset._paint)
 
 
 @dataclass

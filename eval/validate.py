@@ -85,13 +85,16 @@ class BestPointer:
     """``best.json`` in a run directory: the best validation gIoU so far, its step and checkpoint.
 
     ``update(step, rep, checkpoint)`` returns True (and rewrites the file atomically) when
-    ``rep['val/giou']`` beats the recorded best (ties keep the earlier step). A resumed run reads
-    the file back, so the pointer survives restarts.
+    ``rep['val/giou']`` beats the recorded best (ties keep the earlier step). Every rank keeps the
+    same in-memory state (call ``update`` on all ranks with the all-gathered figures, ``write``
+    True on one), so the decision to save a best checkpoint, a collective, is the same on all
+    ranks. A resumed run reads the file back, so the pointer survives restarts.
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, resume: bool = True):
         self.path = Path(run_dir) / "best.json"
-        self.best: dict[str, Any] | None = json.loads(self.path.read_text()) if self.path.exists() else None
+        self.best: dict[str, Any] | None = (json.loads(self.path.read_text())
+                                            if resume and self.path.exists() else None)
 
     @property
     def giou(self) -> float:
@@ -100,13 +103,15 @@ class BestPointer:
     def is_better(self, rep: dict[str, Any]) -> bool:
         return float(rep["val/giou"]) > self.giou
 
-    def update(self, step: int, rep: dict[str, Any], checkpoint: str | os.PathLike | None) -> bool:
+    def update(self, step: int, rep: dict[str, Any], checkpoint: str | os.PathLike | None,
+               write: bool = True) -> bool:
         if not self.is_better(rep):
             return False
         self.best = {"step": int(step), "val/giou": float(rep["val/giou"]), "val/ciou": float(rep["val/ciou"]),
                      "val/iou_proxy": float(rep.get("val/iou_proxy", float("nan"))),
                      "checkpoint": None if checkpoint is None else str(checkpoint)}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.best, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        if write:
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.best, indent=1) + "\n")
+            os.replace(tmp, self.path)
         return True

@@ -10,8 +10,18 @@ shipped in the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and re
     python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
 
 Each command is deterministic from its seed on one process (torch.set_num_threads(1)) and prints
-its held-out figures at the end; the figures measured when the shipped files were built are in
-the docstrings of :func:`pretrain_policy` and :func:`train_sam2`.
+its held-out figures at the end; the shipped files carry them (``assets/toy/policy/build.json``,
+the ``result`` metadata of ``assets/toy/sam2.safetensors``).
+
+Measured 2026-11-30 on 2 shared CPU cores (1 torch thread), held-out = SyntheticDataset(64,
+seed=10000), greedy:
+
+- toy policy (POLICY_RECIPE, 12 min; 1.15 M parameters, model.safetensors 4.6 MB): box IoU 0.014,
+  no box with IoU > 0.5, parse failures 0 (0.068 at SFT step 450). It writes the format but does
+  not localise: the SFT loss of the coordinate digits stays near chance (token NLL 0.69-0.75).
+  Calibration, naive SFT of the same shape without the vision phase (600 steps x 8): 0.003.
+- toy SAM2 (SAM2_RECIPE, 7 min; 2.0 M stored parameters in bf16, 3.9 MB): gIoU 28.7, cIoU 28.2 with
+  the ground-truth box + points (the bar is 90; the loss was still falling at the last step).
 """
 from __future__ import annotations
 
@@ -36,7 +46,7 @@ TOY_SAM2_IMAGE_SIZE = 256
 HELDOUT_SEED = 10_000
 HELDOUT_SIZE = 64
 
-POLICY_RECIPE = dict(seed=0, vision_steps=200, steps=1400, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
+POLICY_RECIPE = dict(seed=0, vision_steps=300, steps=900, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
                      aux_weight=1.0, single_shape_fraction=0.2, data_seed=20_000, max_len=96)
 
 
