@@ -400,7 +400,7 @@ def preset_tiny() -> dict:
         1.67 (parse_fail 0.30 -> 0.22), bbox_iou 0.002 -> 0.005, point_l1 0.000 -> 0.002; kl -> 0.04.
     So GRPO here only sharpens the format: the shipped toy policy does not localise (box IoU 0.014,
     models.toy), no sample crosses the hard thresholds often enough to give an accuracy signal, and
-    the toy SAM2 reaches gIoU 28.7 even with ground-truth prompts. The issue's targets (box IoU
+    the toy SAM2 ignores its prompt (gIoU 28.7 with ground-truth prompts). The targets (box IoU
     >= 0.6, +0.05 box IoU and +5 gIoU from GRPO, end-to-end gIoU / cIoU >= 50) are not met.
     """
     return {

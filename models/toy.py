@@ -21,7 +21,8 @@ seed=10000), greedy:
   not localise: the SFT loss of the coordinate digits stays near chance (token NLL 0.69-0.75).
   Calibration, naive SFT of the same shape without the vision phase (600 steps x 8): 0.003.
 - toy SAM2 (SAM2_RECIPE, 7 min; 2.0 M stored parameters in bf16, 3.9 MB): gIoU 28.7, cIoU 28.2 with
-  the ground-truth box + points (the bar is 90; the loss was still falling at the last step).
+  the ground-truth box + points (the bar is 90). It segments the union of the scene's shapes and
+  ignores the prompt (the same mask for every box and points of an image).
 """
 from __future__ import annotations
 

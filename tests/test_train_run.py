@@ -109,7 +109,7 @@ def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
                 "tokens_per_s", "time/rollout", "time/reward", "time/reference", "time/update",
                 "peak_memory_bytes", "lr", "epoch", "rollout_logp_diff_mean", "rollout_logp_diff_max"):
         assert key in rows[-1], key
-    assert rows[-1]["epoch"] == pytest.approx(4 * 2 / 512)  # 4 steps x 2 prompts / 512 samples (tiny preset)
+    assert rows[-1]["epoch"] == pytest.approx(4 * 2 / 4096)  # 4 steps x 2 prompts / 4096 samples (tiny preset)
     ckpts = out / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_000004"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000002", "step_000004"]
