@@ -120,7 +120,7 @@ def test_policy_builder_few_steps(tmp_path):
     from models.policy import load_policy
     from models.toy import pretrain_policy
 
-    res = pretrain_policy(tmp_path / "policy", steps=2, batch=2, warmup=1, heldout=2, eval_every=0,
+    res = pretrain_policy(tmp_path / "policy", vision_steps=2, steps=2, batch=2, warmup=1, heldout=2, eval_every=0,
                           max_len=8, log=lambda *_: None)
     assert 0.0 <= res["box_iou"] <= 1.0
     model, processor = load_policy(str(tmp_path / "policy"))
