@@ -8,9 +8,11 @@ greedy decoding, SAM2 on the ORIGINAL image.
 
 Launch commands
 ---------------
-Tiny random models on the synthetic set (any CPU machine, no download; checks the plumbing)::
+The default training run's policy with the shipped toy SAM2 on held-out synthetic scenes (any CPU
+machine, no download; ``--preset tiny`` without ``--model`` uses the random tiny policy)::
 
-    python evaluate.py --preset tiny --output-dir runs/eval-tiny
+    python evaluate.py --preset tiny --model runs/tiny/hf_export --data synthetic:64 \
+        --synthetic-seed 10000 --output-dir runs/eval-tiny
 
 The authors' ReasonSeg parquet (val: 200 rows, test: 779), the released Seg-Zero-7B, 8 GPUs::
 
@@ -93,7 +95,7 @@ PREDICTION_KEYS = ("task", "data", "split", "refer_dataset", "split_by", "synthe
                    "example", "think", "max_new_tokens", "single_quotes")
 
 #: What ``--preset tiny`` sets (unless given on the command line).
-TINY_DEFAULTS = {"data": "synthetic:8", "max_new_tokens": 48, "batch_size": 4}
+TINY_DEFAULTS = {"data": "synthetic:8", "max_new_tokens": 96, "batch_size": 4}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, or a yaml file that only "
                                          "instantiates sam2 classes (with --sam2-checkpoint)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (with --sam2-config)")
-    p.add_argument("--preset", choices=["tiny"], help="tiny: random tiny models + synthetic:8, CPU")
+    p.add_argument("--preset", choices=["tiny"], help="tiny: the toy SAM2 + synthetic:8, CPU; the random "
+                                                      "tiny policy unless --model (e.g. runs/tiny/hf_export)")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples of the dataset")
     p.add_argument("--batch-size", type=int, help="samples per generation batch, per rank (default 1)")
     p.add_argument("--output-dir", required=False, help="where predictions, metrics and panels go")
@@ -253,7 +256,9 @@ def build_pipeline(args: argparse.Namespace, device: str):
         model, processor = build_tiny_qwen(seed=0)
         model = model.to(device)
     if args.preset == "tiny" and not sam2_given(args):
-        segmenter = Segmenter.tiny(seed=0, device=device)
+        from models.toy import load_toy_sam2
+
+        segmenter = load_toy_sam2(device=device)  # trained on the synthetic scenes
     else:
         if args.sam2_config:
             segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)

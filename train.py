@@ -17,9 +17,12 @@ One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B 
   6. update    clipped surrogate + KL - entropy over micro-batches, global normalisation,
                grad clip, optimizer step (grpo.update)
   7. log + checkpoint (grpo.tracking, grpo.checkpoint)
-Departures from the paper: the tiny preset warm-starts the random tiny policy with a short SFT
-pass (``warmstart_sft_steps``) so that it emits the format at all, and samples at temperature 0.7
-with the soft accuracy rewards (grpo.recipe.preset_tiny says why); the real presets do neither.
+Validation (``--eval-every K`` with ``--sam2``): the evaluation loop of evaluate.py (policy ->
+answer -> SAM2 -> mask -> gIoU / cIoU, sharded over ranks) on ``--val-path`` at the start, every K
+steps and at the end; logged as phase 'val' in metrics.jsonl and heldout.jsonl; a new best val gIoU
+saves a checkpoint and rewrites best.json. At the end, curves.png (grpo.plot).
+Departures from the paper: the tiny preset starts from a toy pretrained checkpoint (models.toy)
+instead of Qwen2.5-VL-Instruct and is sized for 2 CPU cores (grpo.recipe.preset_tiny says how).
 Rollouts are seeded per (seed, step, prompt position), so the samples do not depend on the number
 of ranks and a resumed run draws exactly what an uninterrupted run would.
 
@@ -41,7 +44,9 @@ import torch
 
 from data.paths import check_output_dir
 from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
-from grpo.checkpoint import TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
+from eval.validate import BestPointer
+from grpo.checkpoint import (TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint,
+                             step_dir_name)
 from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
 from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
@@ -86,7 +91,11 @@ def main(argv: list[str] | None = None) -> Path | None:
         start_step = extra["step"]
     tracker = Tracker(out, is_main=info.is_main, total_steps=cfg.train.max_steps, start_step=start_step,
                       progress=cfg.train.progress, tensorboard=cfg.train.tensorboard, desc=cfg.train.algo)
-    report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})")
+    val = build_validation(cfg, info)  # (segmenter, validation source) or None
+    best = BestPointer(out, resume=start_step > 0)  # a fresh run starts a fresh pointer
+    rep = report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})", val, info, start_step)
+    if rep is not None and start_step == 0:
+        best.update(0, rep, model_path, write=info.is_main)  # the starting checkpoint until a validation beats it
     update_cfg = build_update_config(cfg)
     num_applied = 0.0  # optimizer steps applied by this run (a non-finite loss or gradient skips one)
     for step in range(start_step, cfg.train.max_steps):
@@ -123,17 +132,34 @@ def main(argv: list[str] | None = None) -> Path | None:
         if "num_tokens" in metrics:
             metrics["tokens_per_s"] = metrics["num_tokens"] / max(metrics["time/step"], 1e-9)
         tracker.log(step + 1, metrics)  # 7. log + checkpoint
-        every = cfg.train.checkpoint_every
-        if (every and (step + 1) % every == 0) or (cfg.train.save_last and step + 1 == cfg.train.max_steps):
-            save_checkpoint(out / "checkpoints", step + 1, policy.logprobs, optimizer,
-                            {"scheduler": scheduler.state_dict(),
-                             "data_position": (step + 1) * cfg.train.prompts_per_step})
+        every, last = cfg.train.checkpoint_every, step + 1 == cfg.train.max_steps
+        ckpt = None
+        if (every and (step + 1) % every == 0) or (cfg.train.save_last and last):
+            ckpt = save_checkpoint(out / "checkpoints", step + 1, policy.logprobs, optimizer,
+                                   {"scheduler": scheduler.state_dict(),
+                                    "data_position": (step + 1) * cfg.train.prompts_per_step})
+        if val is not None and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not last:
+            rep = report(cfg, policy, heldout, tracker, f"validation (step {step + 1})", val, info, step + 1)
+            if best.is_better(rep):  # the same decision on every rank (all-gathered figures)
+                if ckpt is None:
+                    ckpt = save_checkpoint(out / "checkpoints", step + 1, policy.logprobs, optimizer,
+                                           {"scheduler": scheduler.state_dict(),
+                                            "data_position": (step + 1) * cfg.train.prompts_per_step})
+                best.update(step + 1, rep, ckpt, write=info.is_main)
     if start_step < cfg.train.max_steps and num_applied == 0:
         raise TrainingDiverged(f"every step of this run ({start_step + 1}..{cfg.train.max_steps}) was skipped: "
                                "the loss or the gradients were not finite, nothing was learned and nothing "
                                "is exported; lower the learning rate or check the other numbers of the config")
-    report(cfg, policy, heldout, tracker, f"{cfg.train.algo} end (step {cfg.train.max_steps})")
+    rep = report(cfg, policy, heldout, tracker, f"{cfg.train.algo} end (step {cfg.train.max_steps})", val, info,
+                 cfg.train.max_steps)
+    if rep is not None:
+        last_ckpt = out / "checkpoints" / step_dir_name(cfg.train.max_steps)
+        best.update(cfg.train.max_steps, rep, last_ckpt if last_ckpt.is_dir() else None, write=info.is_main)
     tracker.close()
+    if info.is_main:
+        from grpo.plot import plot_run
+
+        tracker.print(f"curves: {plot_run(out)}")
     if cfg.train.export_hf:
         export_hf(out / "hf_export", policy.model, policy.processor)
     shutdown()
@@ -213,6 +239,10 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
     from models.weights import build_on_meta, load_weights, materialize
     from transformers import AutoConfig
 
+    if model_path == "toy":
+        from models.toy import TOY_POLICY_DIR
+
+        model_path = str(TOY_POLICY_DIR)
     model_path = local_checkpoint_dir(model_path)
     processor = load_processor(model_path, min_pixels=cfg.model.min_pixels or None,
                                max_pixels=cfg.model.max_pixels or None)
@@ -345,10 +375,62 @@ def global_reward_terms(rb, device) -> dict[str, float]:
     return out
 
 
-def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title: str) -> None:
-    """Held-out reward terms and box-IoU proxy, printed on rank 0 and logged (phase 'heldout')."""
+def build_validation(cfg: Config, info):
+    """(segmenter, validation source) for the reports and --eval-every, or None without model.sam2.
+
+    The source is the held-out synthetic set (val_path 'heldout', the same scenes as the reward
+    report) or any dataset data.open_dataset reads (a real split such as ReasonSeg val)."""
+    if not cfg.model.sam2 or (cfg.data.val_path == "heldout" and cfg.data.heldout_size == 0):
+        return None
+    from data import SyntheticDataset, open_dataset
+    from models.segmenter import Segmenter
+
+    if cfg.model.sam2 == "toy":
+        from models.toy import load_toy_sam2
+
+        segmenter = load_toy_sam2(device=info.device)
+    elif "::" in cfg.model.sam2:
+        config, checkpoint = cfg.model.sam2.split("::", 1)
+        segmenter = Segmenter.from_config(config, checkpoint, device=info.device)
+    else:
+        segmenter = Segmenter.from_hub(cfg.model.sam2, device=info.device)
+    if cfg.data.val_path == "heldout":
+        source = SyntheticDataset(cfg.data.heldout_size, seed=cfg.data.data_seed + 10_000)
+    else:
+        source = open_dataset(cfg.data.val_path, seed=cfg.data.data_seed)
+    return segmenter, source
+
+
+def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title: str, val=None, info=None,
+           step: int = 0) -> dict | None:
+    """Held-out report, printed on rank 0 and appended to heldout.jsonl: with a segmenter (``val``),
+    the validation of eval.validate (gIoU, cIoU, box-IoU proxy, parse failures, reward terms of the
+    greedy answers; logged as phase 'val' in metrics.jsonl, predictions in val/step_XXXXXX);
+    without, the reward terms and box-IoU proxy of the held-out scenes. Returns the validation
+    figures (None without a segmenter)."""
+    if val is not None:
+        from eval.validate import format_validation, validate
+
+        segmenter, source = val
+        policy.model.eval()
+        with unsharded_for_generation(policy.logprobs), torch.no_grad():
+            rep = validate(policy, segmenter, source, Path(cfg.train.output_dir) / "val" / step_dir_name(step),
+                           rank=info.rank, world_size=info.world_size, batch_size=16,
+                           max_new_tokens=cfg.rollout.max_new_tokens, strict=cfg.reward.strict_format,
+                           soft=cfg.reward.soft_accuracy, think=cfg.rollout.think,
+                           limit=cfg.data.val_limit or None)
+        policy.model.train()
+        tracker.print(format_validation(title, rep))
+        tracker.log(step, {k: v for k, v in rep.items() if k != "example"}, phase="val")
+        if tracker.is_main:
+            row = {"title": title, "step": step, "n": rep["val/n"], "iou_proxy": rep["val/iou_proxy"],
+                   "giou": rep["val/giou"], "ciou": rep["val/ciou"], "parse_fail": rep["val/parse_fail"],
+                   **{k[4:]: v for k, v in rep.items() if k.startswith("val/reward/")}, "example": rep["example"]}
+            with (Path(cfg.train.output_dir) / "heldout.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        return rep
     if cfg.data.heldout_size == 0:
-        return
+        return None
     policy.model.eval()
     with unsharded_for_generation(policy.logprobs), torch.no_grad():
         rep = heldout_report(policy, heldout, max_new_tokens=cfg.rollout.max_new_tokens,
@@ -359,6 +441,7 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
     if tracker.is_main:
         with (Path(cfg.train.output_dir) / "heldout.jsonl").open("a") as f:
             f.write(json.dumps({"title": title, **rep}) + "\n")
+    return None
 
 
 WARMSTART_RECORD = "warmstart.json"

@@ -9,7 +9,8 @@ A scene (default 224 x 224, optional size jitter) holds 2-5 shapes, each a kind 
 rectangle, triangle, pentagon, hexagon, star), a colour (red, green, blue, yellow, purple,
 orange) and a size class (small: radius 6-9 % of the short side, large: 14-20 %), at a random
 position and rotation, drawn in order (later shapes on top) without anti-aliasing, so the label
-map is exact. Constraints checked after every placement (a shape that cannot be placed in 30
+map is exact, on a light background whose 2-D colour ramp encodes the position (``_paint``).
+Constraints checked after every placement (a shape that cannot be placed in 30
 tries is dropped): each shape keeps at least half of its pixels visible (no total occlusion) and
 its visible region has no hole (LISA polygons cannot express holes).
 
@@ -46,11 +47,12 @@ KINDS = tuple(CORNERS)
 COLORS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 215),
           "yellow": (235, 200, 20), "purple": (135, 60, 175), "orange": (245, 130, 20)}
 SIZES = {"small": (0.06, 0.09), "large": (0.14, 0.20)}  # radius / short side
-BACKGROUNDS = ((245, 245, 240), (230, 232, 235), (250, 245, 230), (220, 225, 220))
+BACKGROUNDS = ((228, 228, 224), (222, 224, 228), (230, 226, 216), (216, 221, 216))
 
 AREA_MARGIN = 1.3       # "largest"/"smallest": winner vs runner-up visible area ratio
 POSITION_MARGIN = 0.05  # "leftmost" etc.: centroid gap, fraction of the image side
 MIN_VISIBLE = 0.5       # fraction of a shape's pixels that must stay visible
+RAMP = 48.0             # amplitude of the background's 2-D colour ramp (see SyntheticDataset._paint)
 
 
 @dataclass
@@ -166,6 +168,8 @@ def scene_queries(shapes: list[Shape], masks: list[np.ndarray]) -> list[tuple[st
     boxes = [(xs.min(), ys.min(), xs.max(), ys.max()) for ys, xs in ys_xs]
     for axis, side, word, largest in ((0, w, "leftmost", False), (0, w, "rightmost", True),
                                       (1, h, "topmost", False), (1, h, "bottom-most", True)):
+        if n < 2:
+            break
         vals = sorted(((c[axis], k) for k, c in enumerate(centroids)), reverse=largest)
         if abs(vals[0][0] - vals[1][0]) >= POSITION_MARGIN * side:
             out.append(("reasoning", f"the {word} shape", vals[0][1]))
@@ -199,7 +203,8 @@ class SyntheticDataset:
         seed: dataset seed; sample i depends on (seed, i) only.
         image_size: (H, W) of every image.
         size_jitter: each side is scaled by a factor drawn in [1 - j, 1 + j] (0 = fixed size).
-        min_shapes, max_shapes: number of shapes drawn per scene (2-5 by default).
+        min_shapes, max_shapes: number of shapes drawn per scene (2-5 by default; 1 gives the
+            single-shape scenes of the toy policy's curriculum).
         reasoning_fraction: probability that a sample asks a reasoning-style query.
     """
 
@@ -212,8 +217,8 @@ class SyntheticDataset:
             raise ValueError(f"image_size must be (H, W) with both sides >= 64, got {image_size}")
         if not 0.0 <= size_jitter < 1.0:
             raise ValueError(f"size_jitter must be in [0, 1), got {size_jitter}")
-        if not 2 <= min_shapes <= max_shapes:
-            raise ValueError(f"need 2 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}")
+        if not 1 <= min_shapes <= max_shapes:
+            raise ValueError(f"need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}")
         if not 0.0 <= reasoning_fraction <= 1.0:
             raise ValueError(f"reasoning_fraction must be in [0, 1], got {reasoning_fraction}")
         self.num_samples = int(num_samples)
@@ -260,6 +265,11 @@ class SyntheticDataset:
         return shapes, label
 
     def __getitem__(self, index: int) -> Sample:
+        return self.scene(index)[0]
+
+    def scene(self, index: int) -> tuple[Sample, np.ndarray]:
+        """(sample ``index``, the scene's label map [H, W] uint8): 0 = background, k = the visible
+        pixels of ``sample.meta["shapes"][k - 1]`` (every shape's mask, e.g. to train a segmenter)."""
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         index %= self.num_samples
@@ -282,18 +292,27 @@ class SyntheticDataset:
             return Sample(id=self.ids[index], image=image, query=text, mask=mask,
                           solution=solution_from_mask(mask), is_sentence=family == "reasoning",
                           meta={"target": target, "shapes": [s.as_dict() for s in shapes],
-                                "family": family})
+                                "family": family}), label
         raise RuntimeError(f"could not draw an unambiguous scene for sample {index} "
                            f"(seed {self.seed}) in 100 attempts")
 
     @staticmethod
     def _paint(rng: np.random.Generator, shapes: list[Shape], label: np.ndarray) -> np.ndarray:
-        """RGB image [H, W, 3] from the label map: a light background with a gentle vertical
-        gradient, each shape's colour jittered by up to +-12 per channel."""
+        """RGB image [H, W, 3] from the label map: a light background with a gentle 2-D colour
+        ramp (left to right: red up and blue down by up to +-RAMP; top to bottom: green and
+        brightness up by up to +-RAMP / 2, on top of a base drawn from BACKGROUNDS), each shape's
+        colour jittered by up to +-12 per channel.
+
+        The ramp is the scene's absolute-position cue: Qwen2.5-VL's vision tower has no absolute
+        position embedding (rotary only) and a toy-sized tower cannot learn one from the data it
+        sees in minutes, so the background pixels around a shape tell the patch where it is."""
         h, w = label.shape
         bg = np.array(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], dtype=np.float32)
-        ramp = np.linspace(-8.0, 8.0, h, dtype=np.float32)[:, None, None]  # [H, 1, 1]
-        image = np.broadcast_to(bg + ramp, (h, w, 3)).copy()  # [H, W, 3]
+        dx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :, None]  # [1, W, 1]
+        dy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None, None]  # [H, 1, 1]
+        image = (bg + RAMP * dx * np.array([1.0, 0.0, -1.0], dtype=np.float32)
+                 + 0.5 * RAMP * dy * np.array([0.5, 1.0, 0.5], dtype=np.float32))  # [H, W, 3]
+        image = np.broadcast_to(image, (h, w, 3)).copy()
         for k, s in enumerate(shapes):
             color = np.array(COLORS[s.color], dtype=np.float32) + rng.uniform(-12, 12, size=3)
             image[label == k + 1] = color

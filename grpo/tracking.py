@@ -92,10 +92,11 @@ class Tracker:
                 self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
 
     def _drop_rows_after(self, start_step: int) -> None:
-        """Drop this tracker's rows (its ``phase``) of steps > start_step: a resumed run re-logs the
-        steps that its crashed predecessor logged after its last checkpoint, and a fresh run
-        (start_step 0), such as a warm start redone after a crash, starts its curve anew. Rows of
-        other phases stay; a torn last line (crash mid-write) is dropped. Rewritten atomically."""
+        """Drop this tracker's rows (its ``phase``, and the "val" rows of the training tracker) of
+        steps > start_step: a resumed run re-logs the steps that its crashed predecessor logged after
+        its last checkpoint, and a fresh run (start_step 0), such as a warm start redone after a crash,
+        starts its curve anew. Rows of other phases stay; a torn last line (crash mid-write) is
+        dropped. Rewritten atomically."""
         if not self.path.exists():
             return
         kept = []
@@ -104,7 +105,8 @@ class Tracker:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and not (row.get("phase") == self.phase and row.get("step", 0) > start_step):
+            phases = (self.phase, "val") if self.phase == "train" else (self.phase,)
+            if isinstance(row, dict) and not (row.get("phase") in phases and row.get("step", 0) > start_step):
                 kept.append(line + "\n")
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
@@ -121,7 +123,7 @@ class Tracker:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                     self._tb.add_scalar(f"{phase}/{k}", v, step)
-        if self._bar is not None:
+        if self._bar is not None and phase != "val":  # validation rows are not steps
             self._bar.update(1)
             shown = {k: metrics[k] for k in ("reward/total", "loss", "kl", "iou_proxy")
                      if isinstance(metrics.get(k), (int, float))}

@@ -14,11 +14,11 @@ in the original frame), and writes in ``--out``:
 - ``overlay.png``: the image with the mask, box and points drawn (``models.draw.overlay``);
 - ``prediction.json``: query, completion, reasoning, status, coordinates, image size, mask area.
 
-``--tiny`` fills in every model the command line does not name with a random tiny one: the tiny
-Qwen2.5-VL (``models.tiny``) unless ``--model`` is given, the tiny SAM2 (``models.segmenter``)
-unless a SAM2 option is given. ``--tiny`` alone runs the whole path on a CPU machine without any
-download (the text is garbage); ``--model runs/tiny/hf_export --tiny`` runs the policy exported by
-the default training run with the tiny SAM2. Without ``--tiny``, ``--model`` is required; SAM2
+``--tiny`` fills in every model the command line does not name with a small one: the random tiny
+Qwen2.5-VL (``models.tiny``) unless ``--model`` is given, the shipped toy SAM2 trained on the
+synthetic scenes (``models.toy``) unless a SAM2 option is given. ``--tiny`` alone runs the whole
+path on a CPU machine without any download (the text is garbage); ``--model runs/tiny/hf_export
+--tiny`` runs the policy exported by the default training run with the toy SAM2. Without ``--tiny``, ``--model`` is required; SAM2
 comes from ``--sam2-config`` + ``--sam2-checkpoint``, or ``--sam2 HUB_ID`` (default
 ``facebook/sam2-hiera-large``, the authors').
 
@@ -143,7 +143,9 @@ def load_models(args: argparse.Namespace, device: str):
 
     try:
         if args.tiny and not sam2_given(args):
-            segmenter = Segmenter.tiny(seed=args.seed, device=device)
+            from models.toy import load_toy_sam2
+
+            segmenter = load_toy_sam2(device=device)
         elif args.sam2_config:
             segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
         else:

@@ -155,8 +155,10 @@ def build_tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qw
     )
 
 
-def tiny_qwen_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> Qwen2_5_VLConfig:
-    """The tiny configuration; ``text_overrides`` replace entries of the text config."""
+def tiny_qwen_config(tokenizer: PreTrainedTokenizerFast, vision_overrides: dict | None = None,
+                     initializer_range: float = 0.2, **text_overrides) -> Qwen2_5_VLConfig:
+    """The tiny configuration; ``text_overrides`` / ``vision_overrides`` replace entries of the
+    text / vision config."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text_config = dict(
         vocab_size=len(tokenizer),
@@ -175,7 +177,7 @@ def tiny_qwen_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> Qw
         pad_token_id=ids["<|endoftext|>"],
         # wider than the real 0.02 so that a random tiny model writes varied tokens (greedy
         # decoding from a near-uniform distribution repeats one token forever)
-        initializer_range=0.2,
+        initializer_range=initializer_range,
     )
     text_config.update(text_overrides)
     vision_config = dict(
@@ -190,8 +192,10 @@ def tiny_qwen_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> Qw
         fullatt_block_indexes=[1],
         out_hidden_size=text_config["hidden_size"],
         in_channels=3,
-        initializer_range=0.2,
+        initializer_range=initializer_range,
     )
+    vision_config.update(vision_overrides or {})
+    vision_config["out_hidden_size"] = text_config["hidden_size"]
     return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -203,7 +207,7 @@ def tiny_qwen_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> Qw
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=True,
-        initializer_range=0.2,
+        initializer_range=initializer_range,
     )
 
 
@@ -241,3 +245,48 @@ def real_shape_processor() -> Qwen2_5_VLProcessor:
     tokenizer = build_tiny_tokenizer()
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
                                video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+
+
+# --------------------------------------------------------------------------------------------------
+# The toy shape: sized to learn localisation on 2 CPU cores (models.toy pretrains it)
+
+TOY_PIXELS = 224 * 224  # an 840 x 840 policy image -> 224 x 224 -> 16 x 16 patches -> 8 x 8 = 64 tokens
+
+
+def build_toy_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5_VLProcessor:
+    """The tiny tokenizer with a 224 x 224 image budget (64 image tokens)."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    kw = dict(min_pixels=TOY_PIXELS, max_pixels=TOY_PIXELS)
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(**kw), chat_template=CHAT_TEMPLATE)
+
+
+def toy_qwen_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
+    """The toy shape (same classes as the real model):
+
+    - text: hidden 128, 4 layers, 4 heads of 32 (mrope_section [4, 6, 6] sums to 32 / 2), 2 KV
+      heads, MLP 384, tied embeddings;
+    - vision: depth 2, hidden 64, 2 heads of 32, MLP 128, full attention in both blocks (one
+      window covers the 224 x 224 view); 64 image tokens (:data:`TOY_PIXELS`);
+    - initializer_range 0.02 (the real model's; the pretraining starts from it).
+    """
+    return tiny_qwen_config(
+        tokenizer, initializer_range=0.02,
+        vision_overrides=dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128,
+                              window_size=224, fullatt_block_indexes=[0, 1]),
+        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+
+
+def build_toy_qwen(seed: int = 0, *, attn_implementation: str = "sdpa"):
+    """(model, processor): the randomly initialised toy Qwen2.5-VL (:func:`toy_qwen_config`),
+    fp32, CPU, eval mode; the same seed gives the same weights."""
+    processor = build_toy_processor()
+    config = toy_qwen_config(processor.tokenizer)
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    return model.float().eval(), processor

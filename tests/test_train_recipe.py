@@ -49,9 +49,13 @@ def test_real_presets_require_model_and_data_paths(preset):
     assert micro_batch_note(cfg, 8) is None
 
 
-def test_tiny_preset_keeps_token_mean_and_fp32():
+def test_tiny_preset_is_the_hard_reward_recipe_from_the_toy_checkpoint():
     cfg = build_config()
-    assert (cfg.train.preset, cfg.grpo.aggregation, cfg.parallel.mixed_precision) == ("tiny", "token-mean", False)
+    assert (cfg.train.preset, cfg.grpo.aggregation, cfg.parallel.mixed_precision) == (
+        "tiny", "seq-mean-token-mean", False)
+    assert (cfg.model.model_path, cfg.model.sam2, cfg.train.warmstart_sft_steps) == ("toy", "toy", 0)
+    assert (cfg.reward.soft_accuracy, cfg.reward.strict_format, cfg.rollout.temperature) == (False, True, 1.0)
+    assert cfg.train.eval_every > 0 and cfg.data.val_path == "heldout" and cfg.data.heldout_size >= 64
 
 
 def test_prompt_passes_and_the_micro_batch_note():

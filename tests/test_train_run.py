@@ -18,7 +18,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OF
 # first step is lr * sign(g) and would hide a wrong gradient scale). Random tiny policy: rewards are
 # 0, so the gradient comes from the entropy bonus (and KL, 0 at the first step), normalised by the
 # GLOBAL token count.
-SMALL = ["--warmstart-sft-steps", "0", "--heldout-size", "0", "--max-new-tokens", "6",
+SMALL = ["--model-path", "tiny", "--sam2", "", "--warmstart-sft-steps", "0", "--heldout-size", "0",
+         "--max-new-tokens", "6",
          "--group-size", "2", "--prompts-per-step", "2", "--micro-batch-size", "2",
          "--entropy-coef", "0.1", "--progress", "false"]
 
@@ -108,7 +109,7 @@ def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
                 "tokens_per_s", "time/rollout", "time/reward", "time/reference", "time/update",
                 "peak_memory_bytes", "lr", "epoch", "rollout_logp_diff_mean", "rollout_logp_diff_max"):
         assert key in rows[-1], key
-    assert rows[-1]["epoch"] == pytest.approx(4 * 2 / 512)  # 4 steps x 2 prompts / 512 samples (tiny preset)
+    assert rows[-1]["epoch"] == pytest.approx(4 * 2 / 4096)  # 4 steps x 2 prompts / 4096 samples (tiny preset)
     ckpts = out / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_000004"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000002", "step_000004"]
@@ -146,7 +147,7 @@ def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
 def test_sft_baseline_runs_and_lowers_its_loss(tmp_path):
     # SFT on the ground-truth answer text: 3 steps on the SAME batch (1 sample repeated via a
     # 2-sample dataset and 2 prompts per step = every step sees both samples) must lower the NLL.
-    run(["--algo", "sft", "--max-steps", "3", "--num-synthetic", "2", "--prompts-per-step", "2",
+    run(["--model-path", "tiny", "--algo", "sft", "--max-steps", "3", "--num-synthetic", "2", "--prompts-per-step", "2",
          "--lr", "3e-3", "--heldout-size", "0", "--progress", "false", "--export-hf", "false",
          "--max-new-tokens", "96", "--output-dir", tmp_path])
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

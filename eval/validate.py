@@ -1,0 +1,117 @@
+"""Validation during training with the real metric, and the best-checkpoint pointer.
+
+:func:`validate` runs the evaluation loop of ``evaluate.py`` (:func:`eval.loop.evaluate_shard`:
+policy -> greedy answer -> SAM2 -> mask -> I, U per sample, each rank its strided shard) on a
+validation set with the policy being trained, and reduces over ranks:
+
+    val/giou, val/ciou        SPEC section 7, percent (unparseable answer = empty mask)
+    val/parse_fail            fraction of answers that did not parse
+    val/iou_proxy             mean box IoU of the parsed box against the ground-truth box (0 when
+                              unparseable), SPEC 4 convention: the training-side localisation figure
+    val/reward/<term>         the five reward terms of the greedy answers (SPEC 4), and their total
+
+The predictions of each call are kept in ``output_dir`` (``predictions.jsonl`` merged by rank 0),
+so every figure can be recomputed with ``python evaluate.py --recompute DIR``.
+
+:class:`BestPointer` keeps ``best.json`` in the run directory: the step, val/giou and val/ciou of
+the best validation so far and the checkpoint saved at that step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
+             batch_size: int = 16, max_new_tokens: int = 1024, strict: bool = True, soft: bool = False,
+             think: bool = True, limit: int | None = None) -> dict[str, float]:
+    """Evaluate ``policy`` + ``segmenter`` on ``source`` (module docstring); collective when
+    distributed (every rank must call it). ``policy`` needs ``complete(images, queries, *,
+    max_new_tokens, greedy)`` (models.policy.SegZeroPolicy; under FSDP2 call this inside
+    ``grpo.parallel.unsharded_for_generation``). ``output_dir`` is emptied first."""
+    from eval.loop import evaluate_shard
+    from eval.results import merge_predictions, rank_file, read_records, table_from_records
+    from grpo.parallel import all_gather_objects, barrier
+    from models.pipeline import SegZeroPipeline
+    from rewards import box_iou, score_completions
+
+    output_dir = str(output_dir)
+    if rank == 0 and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    barrier()
+    os.makedirs(output_dir, exist_ok=True)
+    pipeline = SegZeroPipeline(policy, segmenter, max_new_tokens=max_new_tokens)
+    evaluate_shard(pipeline, source, output_dir, rank=rank, world_size=world_size, batch_size=batch_size,
+                   limit=limit, done=set(), log=None)
+    mine = [r for r in read_records(rank_file(output_dir, rank)) if not r.is_bad]
+    solutions = [source[r.index].solution for r in mine]
+    rb = score_completions([r.completion or "" for r in mine], solutions, strict=strict, soft=soft, think=think)
+    ious = [box_iou(r.bbox_840, sol["bbox"]) if r.status == "ok" and r.bbox_840 is not None else 0.0
+            for r, sol in zip(mine, solutions)]
+    local = {"records": mine, "iou": float(sum(ious)), "n": len(mine),
+             "terms": {k: float(np.sum(v)) for k, v in rb.terms.items()}}
+    parts = all_gather_objects(local)
+    records = [r for p in parts for r in p["records"]]
+    table = table_from_records(records)["all"]
+    n = max(sum(p["n"] for p in parts), 1)
+    out = {"val/giou": float(table["gIoU"]), "val/ciou": float(table["cIoU"]),
+           "val/parse_fail": float(table["parse_failure_rate"]) / 100, "val/iou_proxy": sum(p["iou"] for p in parts) / n,
+           "val/n": float(n)}
+    for k in sorted(local["terms"]):
+        out[f"val/reward/{k}"] = sum(p["terms"][k] for p in parts) / n
+    out["val/reward/total"] = sum(v for k, v in out.items() if k.startswith("val/reward/"))
+    barrier()
+    if rank == 0:
+        merge_predictions(output_dir)
+    example = next((r.completion for r in sorted(records, key=lambda r: r.index)), "")
+    out["example"] = example or ""  # type: ignore[assignment]
+    return out
+
+
+def format_validation(title: str, rep: dict[str, Any]) -> str:
+    """One line: gIoU, cIoU, box IoU, parse failures, reward terms."""
+    terms = "  ".join(f"{k[11:]}={v:.3f}" for k, v in rep.items() if k.startswith("val/reward/"))
+    return (f"[{title}] validation n={int(rep['val/n'])}: gIoU={rep['val/giou']:.1f}  cIoU={rep['val/ciou']:.1f}  "
+            f"box_iou={rep['val/iou_proxy']:.3f}  parse_fail={rep['val/parse_fail']:.2f}  {terms}\n"
+            f"    example: {str(rep.get('example', ''))[:160]!r}")
+
+
+class BestPointer:
+    """``best.json`` in a run directory: the best validation gIoU so far, its step and checkpoint.
+
+    ``update(step, rep, checkpoint)`` returns True (and rewrites the file atomically) when
+    ``rep['val/giou']`` beats the recorded best (ties keep the earlier step). Every rank keeps the
+    same in-memory state (call ``update`` on all ranks with the all-gathered figures, ``write``
+    True on one), so the decision to save a best checkpoint, a collective, is the same on all
+    ranks. A resumed run reads the file back, so the pointer survives restarts.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, resume: bool = True):
+        self.path = Path(run_dir) / "best.json"
+        self.best: dict[str, Any] | None = (json.loads(self.path.read_text())
+                                            if resume and self.path.exists() else None)
+
+    @property
+    def giou(self) -> float:
+        return float("-inf") if self.best is None else float(self.best["val/giou"])
+
+    def is_better(self, rep: dict[str, Any]) -> bool:
+        return float(rep["val/giou"]) > self.giou
+
+    def update(self, step: int, rep: dict[str, Any], checkpoint: str | os.PathLike | None,
+               write: bool = True) -> bool:
+        if not self.is_better(rep):
+            return False
+        self.best = {"step": int(step), "val/giou": float(rep["val/giou"]), "val/ciou": float(rep["val/ciou"]),
+                     "val/iou_proxy": float(rep.get("val/iou_proxy", float("nan"))),
+                     "checkpoint": None if checkpoint is None else str(checkpoint)}
+        if write:
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.best, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        return True

@@ -1,0 +1,547 @@
+"""The toy world's pretrained models: the toy Qwen2.5-VL policy and the toy SAM2, built here.
+
+The default training run (grpo.recipe.preset_tiny) starts, like the paper's recipe, from a policy
+that already localises: the paper starts from Qwen2.5-VL-Instruct, the toy run from the toy
+Qwen2.5-VL shape (models.tiny.toy_qwen_config) pretrained by :func:`pretrain_policy` on synthetic
+scenes. Its masks come from a tiny SAM2 trained by :func:`train_sam2` on the same scenes. Both are
+shipped in the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
+
+    python -m models.toy policy        # the toy policy checkpoint (see POLICY_RECIPE)
+    python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
+
+Each command is deterministic from its seed on one process (torch.set_num_threads(1)) and prints
+its held-out figures at the end; the shipped files carry them (``assets/toy/policy/build.json``,
+the ``result`` metadata of ``assets/toy/sam2.safetensors``).
+
+Measured 2026-11-30 on 2 shared CPU cores (1 torch thread), held-out = SyntheticDataset(64,
+seed=10000), greedy:
+
+- toy policy (POLICY_RECIPE, 12 min; 1.15 M parameters, model.safetensors 4.6 MB): box IoU 0.014,
+  no box with IoU > 0.5, parse failures 0 (0.068 at SFT step 450). It writes the format but does
+  not localise: the SFT loss of the coordinate digits stays near chance (token NLL 0.69-0.75).
+  Calibration, naive SFT of the same shape without the vision phase (600 steps x 8): 0.003.
+- toy SAM2 (SAM2_RECIPE, 7 min; 2.0 M stored parameters in bf16, 3.9 MB): gIoU 28.7, cIoU 28.2 with
+  the ground-truth box + points (the bar is 90). It segments the union of the scene's shapes and
+  ignores the prompt (the same mask for every box and points of an image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_DIR = REPO / "assets" / "toy"
+TOY_POLICY_DIR = TOY_DIR / "policy"
+TOY_SAM2_PATH = TOY_DIR / "sam2.safetensors"
+TOY_SAM2_IMAGE_SIZE = 256
+
+#: Held-out scenes of every toy figure: SyntheticDataset(HELDOUT_SIZE, seed=HELDOUT_SEED), the
+#: default run's held-out set (train.py build_data: data_seed 0 + 10,000).
+HELDOUT_SEED = 10_000
+HELDOUT_SIZE = 64
+
+POLICY_RECIPE = dict(seed=0, vision_steps=300, steps=900, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
+                     aux_weight=1.0, single_shape_fraction=0.2, data_seed=20_000, max_len=96)
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy
+
+
+def heldout_samples(n: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED):
+    from data import SyntheticDataset
+
+    ds = SyntheticDataset(n, seed=seed)
+    return [ds[i] for i in range(n)]
+
+
+def box_iou_report(policy, samples, *, max_new_tokens: int = 96, batch_size: int = 16) -> dict:
+    """Greedy answers on ``samples`` -> mean box IoU (0 for an unparseable answer), parse-failure
+    rate, hard bbox-IoU reward rate (IoU > 0.5), and the answers."""
+    from rewards import box_iou, parse_answer
+
+    texts = []
+    policy.model.eval()
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            texts += policy.complete([s.image for s in chunk], [s.query for s in chunk],
+                                     max_new_tokens=max_new_tokens, greedy=True)
+    ious, fails = [], 0  # per scene
+    for text, s in zip(texts, samples):
+        parsed = parse_answer(text)
+        if parsed.bbox is None:
+            fails += 1
+            ious.append(0.0)
+        else:
+            ious.append(box_iou(parsed.bbox, s.solution["bbox"]))
+    n = max(len(samples), 1)
+    return {"box_iou": float(np.mean(ious)) if ious else 0.0, "parse_fail": fails / n,
+            "iou_gt_0.5": float(np.mean([i > 0.5 for i in ious])) if ious else 0.0, "texts": texts,
+            "ious": [round(float(i), 4) for i in ious]}
+
+
+#: per image-token targets of the vision pretraining: is-shape 1, colour 6, kind 7, size 2, the
+#: shape's box 4, the token's centre 2
+_AUX_OUT = 1 + 6 + 7 + 2 + 4 + 2
+GRID = 8  # the toy view is 8 x 8 merged image tokens (models.tiny.TOY_PIXELS)
+
+
+def token_targets(sample, label: np.ndarray) -> dict[str, torch.Tensor]:
+    """Dense targets of the 8 x 8 image tokens of a synthetic scene (raster order, [64, ...]).
+
+    A token (a 1/8 x 1/8 cell of the image) belongs to the shape with the most pixels in its cell
+    when that shape covers >= 10 % of it. Targets: is_shape [64], colour / kind / size class ids
+    [64] (-100 on background tokens), the owning shape's visible box [64, 4] and the cell centre
+    [64, 2], both in [0, 1] image coordinates."""
+    from data.synthetic import COLORS, KINDS, SIZES
+
+    h, w = label.shape
+    shapes = sample.meta["shapes"]
+    boxes = []
+    for k in range(len(shapes)):
+        ys, xs = np.nonzero(label == k + 1)
+        boxes.append([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
+    owner = np.full(GRID * GRID, -1)
+    centre = np.zeros((GRID * GRID, 2), dtype=np.float32)
+    for r in range(GRID):
+        for c in range(GRID):
+            cell = label[r * h // GRID:(r + 1) * h // GRID, c * w // GRID:(c + 1) * w // GRID]
+            counts = np.bincount(cell.ravel(), minlength=len(shapes) + 1)[1:]
+            if counts.size and counts.max() >= 0.1 * cell.size:
+                owner[r * GRID + c] = int(counts.argmax())
+            centre[r * GRID + c] = [(c + 0.5) / GRID, (r + 0.5) / GRID]
+    colors, kinds, sizes = list(COLORS), list(KINDS), list(SIZES)
+    ids = lambda table, key: torch.tensor([table.index(shapes[o][key]) if o >= 0 else -100 for o in owner])
+    return {"is_shape": torch.tensor(owner >= 0, dtype=torch.float32), "color": ids(colors, "color"),
+            "kind": ids(kinds, "kind"), "size": ids(sizes, "size"),
+            "box": torch.tensor([boxes[o] if o >= 0 else [0.0] * 4 for o in owner], dtype=torch.float32),
+            "centre": torch.from_numpy(centre)}
+
+
+def aux_loss(policy, head: torch.nn.Module, samples, labels, batch=None) -> torch.Tensor:
+    """Vision-tower auxiliary loss: a linear ``head`` on each image token predicts the targets of
+    :func:`token_targets` (BCE for is-shape, cross-entropy for the classes, smooth L1 x 10 for the
+    box and the centre)."""
+    import torch.nn.functional as F
+
+    from models.policy import image_embeddings
+
+    if batch is None:
+        batch = policy.prepare([s.image for s in samples], [s.query for s in samples])
+    feats = torch.cat(image_embeddings(policy.model, batch))  # [B * 64, hidden]
+    assert feats.shape[0] == GRID * GRID * len(samples), feats.shape
+    out = head(feats)  # [B * 64, _AUX_OUT]
+    t = [token_targets(s, lab) for s, lab in zip(samples, labels)]
+    cat = {k: torch.cat([x[k] for x in t]) for k in t[0]}
+    shape_rows = cat["is_shape"] > 0
+    loss = F.binary_cross_entropy_with_logits(out[:, 0], cat["is_shape"])
+    loss = loss + F.cross_entropy(out[:, 1:7], cat["color"], ignore_index=-100)
+    loss = loss + F.cross_entropy(out[:, 7:14], cat["kind"], ignore_index=-100)
+    loss = loss + F.cross_entropy(out[:, 14:16], cat["size"], ignore_index=-100)
+    if shape_rows.any():
+        loss = loss + 10 * F.smooth_l1_loss(out[shape_rows, 16:20], cat["box"][shape_rows], beta=0.05)
+    loss = loss + 10 * F.smooth_l1_loss(out[:, 20:22], cat["centre"], beta=0.05)
+    return loss
+
+
+def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, vision_steps: int = 300,
+                    steps: int = 3000, batch: int = 8, lr: float = 1e-3, vision_lr: float = 2e-3,
+                    warmup: int = 100, aux_weight: float = 1.0, single_shape_fraction: float = 0.2,
+                    data_seed: int = 20_000, max_len: int = 96, eval_every: int = 500,
+                    heldout: int = HELDOUT_SIZE, log=print) -> dict:
+    """Pretrain the toy Qwen2.5-VL to localise (the toy stand-in for Qwen2.5-VL-Instruct).
+
+    1. Vision tower first (``vision_steps`` steps of 16 scenes, AdamW ``vision_lr``): a temporary
+       linear head on each of the 64 image tokens predicts whether the token's cell shows a shape,
+       that shape's colour, kind, size class and visible box, and the cell's own centre
+       (:func:`token_targets`, :func:`aux_loss`). This gives every image token what a pretrained
+       vision encoder gives the real model: what is there and where it is.
+    2. Then the whole model: SFT on the ground-truth answer text (grpo.sft.sft_target:
+       "<think> {query} is the target. </think> <answer>{box, points}</answer>", token-mean NLL)
+       plus ``aux_weight`` x the vision loss on the same scenes, ``batch`` scenes per step, AdamW
+       ``lr`` (weight decay 0) with linear warmup then cosine decay, grad-norm clip 1.0; a
+       curriculum: the first ``single_shape_fraction`` of the steps draw single-shape scenes, the
+       rest the default 2-5 shape scenes with distractors and both query families.
+
+    Scenes: SyntheticDataset(seed=data_seed) (single-shape: data_seed + 1; vision phase:
+    data_seed + 2), disjoint from the held-out seed. Writes a Hugging Face checkpoint
+    (safetensors) + processor to ``out`` and ``build.json`` (recipe, measured figures, per-scene
+    held-out box IoU). Returns the final held-out report.
+    """
+    from data import SyntheticDataset
+    from grpo.sft import sft_target, tokenize_targets
+    from models.policy import SegZeroPolicy
+    from models.tiny import build_toy_qwen
+
+    torch.manual_seed(seed)
+    model, processor = build_toy_qwen(seed)
+    policy = SegZeroPolicy(model.train(), processor)
+    hidden = model.config.text_config.hidden_size
+    head = torch.nn.Linear(hidden, _AUX_OUT)
+    held = heldout_samples(heldout)
+    t0 = time.time()
+    history = []
+
+    # 1. vision tower + head
+    vis_params = list(model.model.visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(vis_params, lr=vision_lr, weight_decay=0.0)
+    vis_data = SyntheticDataset(max(vision_steps * 16, 1), seed=data_seed + 2)
+    for step in range(vision_steps):
+        scenes = [vis_data.scene(step * 16 + k) for k in range(16)]
+        loss = aux_loss(policy, head, [x[0] for x in scenes], [x[1] for x in scenes])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vis_params, 1.0)
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log(f"vision step {step + 1}/{vision_steps} aux loss {loss.item():.4f} {time.time() - t0:.0f}s")
+
+    # 2. everything: SFT + aux
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    single = SyntheticDataset(max(steps * batch, 1), seed=data_seed + 1, min_shapes=1, max_shapes=1)
+    multi = SyntheticDataset(max(steps * batch, 1), seed=data_seed)
+    n_single = int(single_shape_fraction * steps)
+    tok = processor.tokenizer
+    for step in range(steps):
+        source = single if step < n_single else multi
+        scenes = [source.scene(step * batch + k) for k in range(batch)]
+        samples = [x[0] for x in scenes]
+        model.train()
+        ids, mask = tokenize_targets(tok, [sft_target(x) for x in samples], policy.eos_token_id,
+                                     policy.pad_token_id, max_len=max_len)
+        b = policy.prepare([x.image for x in samples], [x.query for x in samples])
+        logp = policy.response_logprobs(b, ids, mask, group_size=1)  # [B, L]
+        nll = -(logp * mask).sum() / mask.sum()
+        loss = nll + aux_weight * aux_loss(policy, head, samples, [x[1] for x in scenes], batch=b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % 50 == 0:
+            log(f"step {step + 1}/{steps} nll {nll.item():.4f} loss {loss.item():.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
+        if eval_every and ((step + 1) % eval_every == 0 and step + 1 < steps):
+            rep = box_iou_report(policy, held, max_new_tokens=max_len)
+            history.append({"step": step + 1, "box_iou": rep["box_iou"], "parse_fail": rep["parse_fail"],
+                            "iou_gt_0.5": rep["iou_gt_0.5"], "seconds": round(time.time() - t0)})
+            log(f"held-out {history[-1]}  e.g. {rep['texts'][0]!r}")
+    model.eval()
+    final = box_iou_report(policy, held, max_new_tokens=max_len)
+    result = {"box_iou": final["box_iou"], "parse_fail": final["parse_fail"], "iou_gt_0.5": final["iou_gt_0.5"],
+              "heldout": f"SyntheticDataset({heldout}, seed={HELDOUT_SEED})", "seconds": round(time.time() - t0),
+              "per_scene_box_iou": final["ious"], "answers": final["texts"][:4]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    recipe = dict(seed=seed, vision_steps=vision_steps, steps=steps, batch=batch, lr=lr, vision_lr=vision_lr,
+                  warmup=warmup, aux_weight=aux_weight, single_shape_fraction=single_shape_fraction,
+                  data_seed=data_seed, max_len=max_len, threads=torch.get_num_threads())
+    (out / "build.json").write_text(json.dumps({"recipe": recipe, "result": result, "history": history},
+                                               indent=1) + "\n")
+    log(f"toy policy -> {out}: held-out box IoU {result['box_iou']:.3f}, IoU>0.5 {result['iou_gt_0.5']:.2f}, "
+        f"parse failures {result['parse_fail']:.2f} ({result['seconds']} s)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="build the toy world's pretrained checkpoints")
+    p.add_argument("what", choices=["policy", "sam2"])
+    p.add_argument("--out", default=None, help="output path (default: the shipped location)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the shipped files: 1)")
+    p.add_argument("--eval-every", type=int, default=500)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.what == "policy":
+        kw = dict(POLICY_RECIPE)
+        if args.steps:
+            kw["steps"] = args.steps
+        pretrain_policy(args.out or TOY_POLICY_DIR, eval_every=args.eval_every, **kw)
+    else:
+        kw = dict(SAM2_RECIPE)
+        if args.steps:
+            kw["steps"] = args.steps
+        train_sam2(args.out or TOY_SAM2_PATH, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# SAM2
+
+#: hydra overrides of sam2.1_hiera_t.yaml that make the toy SAM2: a Hiera trunk of 32 channels and
+#: 5 blocks, a 64-channel neck / prompt encoder / mask decoder, a one-layer memory attention (unused
+#: on single images, kept small), image size 256.
+TOY_SAM2_OVERRIDES = [
+    f"++model.image_size={TOY_SAM2_IMAGE_SIZE}",
+    "++model.image_encoder.trunk.embed_dim=32",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.neck.d_model=64",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=64",
+    "++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]",
+    "++model.memory_attention.d_model=64",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.d_model=64",
+    "++model.memory_attention.layer.dim_feedforward=128",
+    "++model.memory_attention.layer.self_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.kv_in_dim=32",
+    "++model.memory_encoder.out_dim=32",
+    "++model.memory_encoder.position_encoding.num_pos_feats=32",
+    "++model.memory_encoder.mask_downsampler.embed_dim=64",
+    "++model.memory_encoder.fuser.layer.dim=64",
+]
+
+
+#: SAM2Base parameters used only on video (memory); not trained, not stored.
+_VIDEO_ONLY = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "obj_ptr_proj.",
+               "obj_ptr_tpos_proj.", "no_obj_embed_spatial", "mask_downsample.")
+
+
+def build_toy_sam2_model(seed: int = 0):
+    """The toy SAM2 (SAM2Base, same classes as the real one; :data:`TOY_SAM2_OVERRIDES`), random
+    weights from ``seed``, CPU, eval mode."""
+    from sam2.build_sam import build_sam2
+
+    from models.segmenter import TINY_SAM2_CONFIG
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_sam2(TINY_SAM2_CONFIG, ckpt_path=None, device="cpu", mode="eval",
+                           hydra_overrides_extra=list(TOY_SAM2_OVERRIDES))
+    return model
+
+
+def load_toy_sam2(path: str | os.PathLike = TOY_SAM2_PATH, device: str | torch.device = "cpu"):
+    """The shipped toy SAM2 as a models.segmenter.Segmenter (FileNotFoundError when missing)."""
+    from safetensors.torch import load_file
+
+    from models.segmenter import Segmenter
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no toy SAM2 checkpoint at {path}: build it with `python -m models.toy sam2`")
+    model = build_toy_sam2_model()
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith(_VIDEO_ONLY)]:
+        raise ValueError(f"toy SAM2 checkpoint {path} does not match: missing {missing}, unexpected {unexpected}")
+    return Segmenter(model.to(device).eval())
+
+
+def sam2_forward(model, images: torch.Tensor, boxes: torch.Tensor | None, points: torch.Tensor | None):
+    """Differentiable SAM2 image prediction, as SAM2ImagePredictor does it (box corners with labels
+    2, 3 then foreground points with label 1; multimask output).
+
+    images [B, 3, S, S] normalised; boxes [B, 4] and points [B, K, 2] in the S x S frame (or None).
+    Returns (low-res mask logits [B, 3, S/4, S/4], predicted IoU [B, 3])."""
+    return _decode(model, _backbone(model, images), boxes, points)
+
+
+def _random_prompts(rng: np.random.Generator, mask: np.ndarray, solution_points, scale: float):
+    """SAM's training prompts from a ground-truth mask [H, W]: the box with noise (each side moved
+    by up to 10 % of the box side, at most 20 px) and two points: the ground-truth points half of
+    the time, else two random mask pixels. Returned in the S frame (multiplied by ``scale``)."""
+    ys, xs = np.nonzero(mask)
+    x1, y1, x2, y2 = xs.min(), ys.min(), xs.max(), ys.max()
+    w, h = x2 - x1 + 1, y2 - y1 + 1
+    noise = rng.normal(0, 1, 4) * np.minimum(0.1 * np.array([w, h, w, h]), 20)
+    box = np.array([x1, y1, x2, y2], dtype=np.float64) + noise
+    if rng.random() < 0.5 and solution_points is not None:
+        pts = np.array(solution_points, dtype=np.float64)
+    else:
+        k = rng.integers(len(xs), size=2)
+        pts = np.stack([xs[k], ys[k]], 1).astype(np.float64)
+    return box * scale, pts * scale
+
+
+def _loss(low_res: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor):
+    """SAM's loss on each of the 3 masks: 20 x focal + 1 x dice (per mask), the best mask's loss is
+    kept (min over the 3, as in SAM for ambiguous prompts), plus the MSE of the predicted IoU against
+    each mask's actual IoU. low_res [B, 3, h, w] logits; target [B, h, w] in {0, 1}."""
+    import torch.nn.functional as F
+
+    t = target[:, None].expand_as(low_res)  # [B, 3, h, w]
+    p = low_res.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(low_res, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = 0.25 * t + 0.75 * (1 - t)
+    focal = (alpha_t * ce * (1 - p_t) ** 2).mean(dim=(2, 3))  # [B, 3]
+    inter = (p * t).sum(dim=(2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(2, 3)) + t.sum(dim=(2, 3)) + 1)  # [B, 3]
+    per_mask = 20 * focal + dice
+    best = per_mask.min(dim=1).values  # [B]
+    with torch.no_grad():
+        hard = (low_res > 0).float()
+        i = (hard * t).sum(dim=(2, 3))
+        u = ((hard + t) > 0).float().sum(dim=(2, 3)).clamp(min=1)
+        actual = i / u  # [B, 3]
+    iou_loss = F.mse_loss(iou_pred, actual)
+    return best.mean() + iou_loss, best.mean().item(), iou_loss.item()
+
+
+def sam2_gt_prompt_giou(segmenter, samples) -> tuple[float, float]:
+    """(gIoU, cIoU) in percent of ``segmenter`` prompted with each sample's ground-truth box and
+    points (mode box+points, the pipeline's), against the ground-truth masks."""
+    inter, union, ious = 0, 0, []
+    for s in samples:
+        h, w = s.mask.shape
+        sol = s.solution
+        bbox = [v * w / 840 if k % 2 == 0 else v * h / 840 for k, v in enumerate(sol["bbox"])]
+        pts = [[x * w / 840, y * h / 840] for x, y in sol["points"]]
+        pred = segmenter.segment(s.image, bbox, pts)
+        gt = s.mask.astype(bool)
+        i, u = int((pred & gt).sum()), int((pred | gt).sum())
+        inter, union = inter + i, union + u
+        ious.append(i / u if u else 1.0)
+    return 100 * float(np.mean(ious)), 100 * inter / max(union, 1)
+
+
+SAM2_RECIPE = dict(seed=0, steps=600, batch=8, masks_per_image=3, lr=1e-3, warmup=50, data_seed=30_000)
+
+
+def train_sam2(out: str | os.PathLike = TOY_SAM2_PATH, *, seed: int = 0, steps: int = 1500, batch: int = 8,
+               masks_per_image: int = 3, lr: float = 1e-3, warmup: int = 50, data_seed: int = 30_000,
+               heldout: int = HELDOUT_SIZE, log=print) -> dict:
+    """Train the toy SAM2 on synthetic scenes with SAM's recipe: random box + point prompts from the
+    ground-truth mask (:func:`_random_prompts`), focal + dice loss on the masks and an IoU-prediction
+    loss (:func:`_loss`), AdamW (weight decay 0.01), linear warmup then cosine decay, grad clip 1.0.
+    Each scene (SyntheticDataset(seed=data_seed)) gives up to ``masks_per_image`` of its shapes as
+    targets (every visible shape is an object), each with its own prompt, on one backbone pass. Writes the weights (safetensors, float32) to ``out`` and prints
+    the held-out gIoU / cIoU with ground-truth prompts (:func:`sam2_gt_prompt_giou`)."""
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from data import SyntheticDataset, solution_from_mask
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_toy_sam2_model(seed)
+    model.train()
+    params = [p for n, p in model.named_parameters() if not n.startswith(_VIDEO_ONLY)]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: (k + 1) / warmup if k < warmup
+        else 0.5 * (1 + math.cos(math.pi * min(1.0, (k - warmup) / max(1, steps - warmup)))))
+    ds = SyntheticDataset(steps * batch, seed=data_seed)
+    s = int(model.image_size)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    t0 = time.time()
+    for step in range(steps):
+        imgs, boxes, pts, targets, owner = [], [], [], [], []
+        for k in range(batch):
+            sample, label = ds.scene(step * batch + k)
+            h, w = label.shape
+            img = torch.from_numpy(sample.image).permute(2, 0, 1)[None].float() / 255  # [1, 3, H, W]
+            imgs.append(F.interpolate(img, size=(s, s), mode="bilinear", align_corners=False))
+            # up to masks_per_image of the scene's shapes, each its own prompt (one backbone pass)
+            ids = rng.permutation(int(label.max()))[:masks_per_image] + 1
+            for v in ids:
+                mask = label == v
+                sol = solution_from_mask(mask.astype(np.uint8))
+                sol_pts = [[x * w / 840, y * h / 840] for x, y in sol["points"]]
+                box, p2 = _random_prompts(rng, mask, sol_pts, s / w)
+                mode = rng.random()  # box+points 70 %, box 15 %, points 15 %
+                boxes.append(box if mode < 0.85 else None)
+                pts.append(p2 if mode < 0.7 or mode >= 0.85 else None)
+                m = torch.from_numpy(mask.astype(np.float32))[None, None]
+                targets.append(F.interpolate(m, size=(s // 4, s // 4), mode="area")[0, 0])
+                owner.append(k)
+        x = (torch.cat(imgs) - mean) / std
+        low, iou = _forward_mixed(model, x, boxes, pts, owner)
+        tgt = (torch.stack(targets) > 0.5).float()
+        loss, focal_dice, iou_l = _loss(low, iou, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % 50 == 0:
+            log(f"sam2 step {step + 1}/{steps} loss {focal_dice:.4f} iou-loss {iou_l:.4f} {time.time() - t0:.0f}s")
+    model.eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the image path only: the video memory modules stay at their seed's initial values
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(_VIDEO_ONLY)}
+    recipe = dict(seed=seed, steps=steps, batch=batch, masks_per_image=masks_per_image, lr=lr, warmup=warmup,
+                  data_seed=data_seed)
+    save_file(state, str(out), metadata={"recipe": json.dumps(recipe)})
+    seg = load_toy_sam2(out)  # the figures of the shipped (bf16-stored) weights
+    giou, ciou = sam2_gt_prompt_giou(seg, heldout_samples(heldout))
+    result = {"giou_gt_prompts": round(giou, 2), "ciou_gt_prompts": round(ciou, 2),
+              "heldout": f"SyntheticDataset({heldout}, seed={HELDOUT_SEED})", "seconds": round(time.time() - t0)}
+    save_file(state, str(out), metadata={"recipe": json.dumps(recipe), "result": json.dumps(result)})
+    log(f"toy SAM2 -> {out}: held-out gIoU {giou:.1f} cIoU {ciou:.1f} with ground-truth prompts "
+        f"({result['seconds']} s)")
+    return result
+
+
+def _forward_mixed(model, x, boxes, pts, owner):
+    """sam2_forward for prompts of different types (box / points / both) on images ``x``: prompt k
+    is on image ``owner[k]``; the backbone runs once per image, the decoder once per prompt type."""
+    b = len(owner)
+    out_low = [None] * b
+    out_iou = [None] * b
+    groups: dict[tuple[bool, bool], list[int]] = {}
+    for k in range(b):
+        groups.setdefault((boxes[k] is not None, pts[k] is not None), []).append(k)
+    feats = _backbone(model, x)
+    for (has_box, has_pts), idx in groups.items():
+        bx = torch.tensor(np.stack([boxes[k] for k in idx]), dtype=torch.float32) if has_box else None
+        pt = torch.tensor(np.stack([pts[k] for k in idx]), dtype=torch.float32) if has_pts else None
+        low, iou = _decode(model, [f[[owner[k] for k in idx]] for f in feats], bx, pt)
+        for j, k in enumerate(idx):
+            out_low[k], out_iou[k] = low[j], iou[j]
+    return torch.stack(out_low), torch.stack(out_iou)
+
+
+def _backbone(model, images):
+    b = images.shape[0]
+    s = int(model.image_size)
+    backbone_out = model.forward_image(images)
+    _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
+    if model.directly_add_no_mem_embed:
+        vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+    sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    return [f.permute(1, 2, 0).reshape(b, -1, *hw) for f, hw in zip(vision_feats, sizes)]  # [B, C, h, w]
+
+
+def _decode(model, feats, boxes, points):
+    b = feats[0].shape[0]
+    coords, labels = [], []
+    if boxes is not None:
+        coords.append(boxes.reshape(b, 2, 2))
+        labels.append(torch.tensor([[2, 3]], dtype=torch.int).repeat(b, 1))
+    if points is not None:
+        coords.append(points)
+        labels.append(torch.ones(points.shape[:2], dtype=torch.int))
+    sparse, dense = model.sam_prompt_encoder(points=(torch.cat(coords, 1), torch.cat(labels, 1)),
+                                             boxes=None, masks=None)
+    low_res, iou_pred, _, _ = model.sam_mask_decoder(
+        image_embeddings=feats[-1], image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+        repeat_image=False, high_res_features=feats[:-1])
+    return low_res, iou_pred
+
+
+if __name__ == "__main__":
+    main()
