@@ -379,8 +379,15 @@ def build_validation(cfg: Config, info):
     """(segmenter, validation source) for the reports and --eval-every, or None without model.sam2.
 
     The source is the held-out synthetic set (val_path 'heldout', the same scenes as the reward
-    report) or any dataset data.open_dataset reads (a real split such as ReasonSeg val)."""
+    report) or any dataset data.open_dataset reads (a real split such as ReasonSeg val). The
+    validation through SAM2 scores single-object answers; with ``task`` multi the reports are the
+    multi-object reward terms (grpo.tracking) and --eval-every validates nothing (said once)."""
     if not cfg.model.sam2 or (cfg.data.val_path == "heldout" and cfg.data.heldout_size == 0):
+        return None
+    if cfg.train.task == "multi":
+        if info.is_main and cfg.train.eval_every:
+            print("note: --eval-every validates single-object answers through SAM2; with --task multi the "
+                  "held-out reports give the multi-object reward terms instead", flush=True)
         return None
     from data import SyntheticDataset, open_dataset
     from models.segmenter import Segmenter

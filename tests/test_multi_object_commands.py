@@ -205,7 +205,9 @@ def test_train_multi_two_ranks_one_step(tmp_path):
     res = subprocess.run(cmd + args, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-4000:]
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    last = metrics[-1]
+    steps = [row for row in metrics if row.get("phase") == "train" and "loss" in row]  # not report / val rows
+    assert [row["step"] for row in steps] == [1], metrics
+    last = steps[-1]
     for name in ("multi_object_format", "multi_object_accuracy", "non_repeat"):
         assert f"reward/{name}" in last
     assert last["reward/total"] == pytest.approx(

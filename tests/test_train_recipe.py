@@ -371,7 +371,7 @@ def test_warm_start_export_is_reused_only_with_the_same_settings(tmp_path):
     train.check_warmstart_export(export, train.warmstart_settings(cfg))  # same settings: reused
     for changed, key, then_now in [({"warmstart_sft_steps": 4}, "train.warmstart_sft_steps", "(3, 4)"),
                                    ({"seed": 2}, "train.seed", "(1, 2)"),
-                                   ({"model_path": "/other"}, "model.model_path", "('tiny', '/other')")]:
+                                   ({"model_path": "/other"}, "model.model_path", f"({cfg.model.model_path!r}, '/other')")]:
         other = build_config({"warmstart_sft_steps": 3, "seed": 1, **changed})
         with pytest.raises(ValueError, match=re.escape(f"{{'{key}': {then_now}}}")):
             train.check_warmstart_export(export, train.warmstart_settings(other))
