@@ -217,17 +217,24 @@ def build_tiny_qwen(seed: int = 0, *, attn_implementation: str = "sdpa"):
     The same seed gives the same weights; the global torch RNG is left as it was.
     """
     processor = build_tiny_processor()
-    config = tiny_qwen_config(processor.tokenizer)
+    model = _random_qwen(tiny_qwen_config(processor.tokenizer), seed, attn_implementation,
+                         windowed_vision=attn_implementation == "sdpa")
+    return model, processor
+
+
+def _random_qwen(config, seed: int, attn_implementation: str, windowed_vision: bool):
+    """A randomly initialised Qwen2.5-VL of ``config`` in fp32, CPU, eval mode, from ``seed`` (the
+    global torch RNG is left as it was), stopping at the config's EOS and padding with its pad id."""
     config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
-    # the text config holds the ids in every transformers 5 release (5.17 drops the top-level ones)
-    if attn_implementation == "sdpa":
+    if windowed_vision:
         use_windowed_vision_attention(model)
+    # the text config holds the ids in every transformers 5 release (5.17 drops the top-level ones)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model.float().eval(), processor
+    return model.float().eval()
 
 
 def save_tiny_qwen(path: str | os.PathLike, seed: int = 0) -> str:
@@ -282,11 +289,5 @@ def build_toy_qwen(seed: int = 0, *, attn_implementation: str = "sdpa"):
     """(model, processor): the randomly initialised toy Qwen2.5-VL (:func:`toy_qwen_config`),
     fp32, CPU, eval mode; the same seed gives the same weights."""
     processor = build_toy_processor()
-    config = toy_qwen_config(processor.tokenizer)
-    config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model.float().eval(), processor
+    return _random_qwen(toy_qwen_config(processor.tokenizer), seed, attn_implementation,
+                        windowed_vision=False), processor
