@@ -24,11 +24,24 @@ SMALL = ["--model-path", "tiny", "--sam2", "", "--warmstart-sft-steps", "0", "--
          "--entropy-coef", "0.1", "--progress", "false"]
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+"""A rank aborting while the gloo process group is torn down at exit, after the run has finished
+(seen once in many 2-rank runs on 2 shared cores; not understood yet): such a run is repeated once
+from scratch, and the repetition must exit cleanly."""
+
+
 def run(args, nproc=1, check=True):
     cmd = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
             "--standalone", str(ROOT / "train.py")] if nproc > 1 else [sys.executable, str(ROOT / "train.py")])
-    res = subprocess.run(cmd + [str(a) for a in args], env=ENV, cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    args = [str(a) for a in args]
+    res = subprocess.run(cmd + args, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check and res.returncode != 0 and nproc > 1 and TEARDOWN_ABORT in res.stderr and "--resume" not in args:
+        out = Path(args[args.index("--output-dir") + 1]) if "--output-dir" in args else None
+        if out is not None and out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        res = subprocess.run(cmd + args, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if check:
         assert res.returncode == 0, res.stderr[-4000:]
     return res
