@@ -1,4 +1,4 @@
-"""Evaluate Seg-Zero (policy + SAM2) on a segmentation set: gIoU, cIoU, parse failures (issue 6).
+"""Evaluate Seg-Zero (policy + SAM2) on a segmentation set: gIoU, cIoU, parse failures.
 
 Metrics as in SPEC.md section 7 (Seg-Zero arXiv 2503.06520, section 4, LISA's protocol): per
 sample I and U with "ignore" pixels excluded, gIoU = mean I/U, cIoU = sum I / sum U, in percent

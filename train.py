@@ -43,17 +43,18 @@ from pathlib import Path
 import torch
 
 from data.paths import check_output_dir
-from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
+from eval.heldout import format_report, heldout_report
 from eval.validate import BestPointer
+from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
 from grpo.checkpoint import (TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint,
                              step_dir_name)
 from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
 from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
-from grpo.sft import sft_step
-from grpo.tracking import PhaseTimer, Tracker, format_report, heldout_report
+from grpo.tracking import PhaseTimer, Tracker
 from grpo.update import UpdateConfig
 from models.policy import SegZeroPolicy
+from models.sft import sft_step
 from rewards import score_completions, score_multi_object
 
 

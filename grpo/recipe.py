@@ -1,4 +1,4 @@
-"""Training configuration: typed dataclasses, named presets, command-line overrides (issue 5).
+"""Training configuration: typed dataclasses, named presets, command-line overrides.
 
 Source of the numbers: SPEC.md section 8 (paper section 4.1 + the authors' released configs).
 Every ablation of the paper is a field, so an ablation is one command-line override:

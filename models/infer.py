@@ -1,4 +1,4 @@
-"""One-image Seg-Zero inference from the command line (issue 4 section 5; SPEC.md section 1).
+"""One-image Seg-Zero inference from the command line (SPEC.md section 1).
 
     python -m models.infer --image cat.jpg --query "the animal that could catch the mouse" --out out/ \\
         --model /path/to/Seg-Zero-7B --sam2 facebook/sam2-hiera-large

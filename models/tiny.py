@@ -1,4 +1,4 @@
-"""Tiny Qwen2.5-VL for tests and the default CPU run (issue 4 section 2), deterministic from a seed.
+"""Tiny Qwen2.5-VL for tests and the default CPU run, deterministic from a seed.
 
 Same classes as the real model (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``),
 only smaller, so every code path (vision tower with window attention, 3-D rotary positions, chat

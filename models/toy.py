@@ -164,7 +164,7 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, v
        that shape's colour, kind, size class and visible box, and the cell's own centre
        (:func:`token_targets`, :func:`aux_loss`). This gives every image token what a pretrained
        vision encoder gives the real model: what is there and where it is.
-    2. Then the whole model: SFT on the ground-truth answer text (grpo.sft.sft_target:
+    2. Then the whole model: SFT on the ground-truth answer text (models.sft.sft_target:
        "<think> {query} is the target. </think> <answer>{box, points}</answer>", token-mean NLL)
        plus ``aux_weight`` x the vision loss on the same scenes, ``batch`` scenes per step, AdamW
        ``lr`` (weight decay 0) with linear warmup then cosine decay, grad-norm clip 1.0; a
@@ -177,7 +177,7 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, v
     held-out box IoU). Returns the final held-out report.
     """
     from data import SyntheticDataset
-    from grpo.sft import sft_target, tokenize_targets
+    from models.sft import sft_target, tokenize_targets
     from models.policy import SegZeroPolicy
     from models.tiny import build_toy_qwen
 

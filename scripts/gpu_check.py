@@ -7,10 +7,10 @@ Steps, each in its own process (a failure is recorded and the next step runs; th
 after every step, so a run stopped by its time limit still leaves what it measured):
 
 1. ``env``      torch / transformers / GPU; flash-attention 2 where ``flash_attn`` imports, else sdpa.
-2. ``bench``    ``python -m grpo.bench`` at the real 3B shape, random init, bf16: 16 prompts x 8
+2. ``bench``    ``python -m models.bench`` at the real 3B shape, random init, bf16: 16 prompts x 8
                 samples x ``--new-tokens`` (300) tokens; our rollout vs transformers' ``generate``
                 on the same prompts, the decode-bound fraction, training tokens/s and MFU, the step
-                split by phase, peak memory (grpo/bench.py defines each figure).
+                split by phase, peak memory (models/bench.py defines each figure).
 3. ``checkpoint`` a random-init 3B checkpoint written in Hugging Face format (models.weights).
 4. ``train``    ``train.py --preset seg_zero_3b`` on that checkpoint, synthetic data, 1 GPU, the
                 preset's GPU settings (fp32 master weights, bf16 mixed precision, activation
@@ -279,7 +279,7 @@ def main(argv=None) -> dict:
         elif name == "bench":
             shape = ["--tiny"] if args.tiny else ["--model", "3b"]
             tokens = ["--new-tokens", str(args.new_tokens)] if not args.tiny else []
-            entry = run_command(name, [py, "-m", "grpo.bench", *shape, "--device", device, "--attn", attn,
+            entry = run_command(name, [py, "-m", "models.bench", *shape, "--device", device, "--attn", attn,
                                        *tokens, "--compare-plain", "--profile", str(work / "profile.txt"),
                                        "--out", str(work / "bench.json")], work, left)
             if (work / "bench.json").exists():

@@ -1,5 +1,5 @@
-"""Rollout engine with finished rows leaving the batch (models/rollout.py, compact=True) against the
-first version (compact=False), the inverse-CDF sampler, and a plain forward's log-probs."""
+"""Rollout engine with finished rows leaving the batch (models/rollout.py, compact=True) against
+finished rows kept in the batch (compact=False), the inverse-CDF sampler, and a plain forward's log-probs."""
 import pytest
 import torch
 

@@ -1,11 +1,11 @@
-"""grpo.memory (the plan's arithmetic on a hand-checked shape, the real parameter counts) and
-grpo.bench (the --tiny run on CPU: JSON keys, positive figures, the GPU tables)."""
+"""models.memory (the plan's arithmetic on a hand-checked shape, the real parameter counts) and
+models.bench (the --tiny run on CPU: JSON keys, positive figures, the GPU tables)."""
 import json
 
 import pytest
 
-from grpo import bench, memory
-from grpo.memory import Arch, PlanConfig, plan
+from models import bench, memory
+from models.memory import Arch, PlanConfig, plan
 
 # A made-up shape small enough to check by hand: root = 1000 - 2 * 100 - 2 * 50 = 700 parameters
 ARCH = Arch(params=1000, text_block=100, vision_block=50, layers=2, hidden=4, kv_dim=2, intermediate=8,

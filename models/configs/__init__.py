@@ -1,7 +1,7 @@
 """Architecture-only ``config.json`` files of Qwen2.5-VL-3B/7B-Instruct shipped with the package.
 
-No weights: they build randomly initialised models of the real shape (``python -m grpo.bench
---model 3b``, ``python -m grpo.memory``) and exercise the real loading path up to reading weights.
+No weights: they build randomly initialised models of the real shape (``python -m models.bench
+--model 3b``, ``python -m models.memory``) and exercise the real loading path up to reading weights.
 """
 import os
 

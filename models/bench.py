@@ -1,7 +1,7 @@
 """Benchmark of one GRPO step: rollout vs transformers' generate, training MFU, phases.
 
-    python -m grpo.bench --tiny                                   # CPU, seconds (what CI runs)
-    python -m grpo.bench --model 3b --device cuda --out bench_3b.json   # the real shape, random init
+    python -m models.bench --tiny                                   # CPU, seconds (what CI runs)
+    python -m models.bench --model 3b --device cuda --out bench_3b.json   # the real shape, random init
 
 What one run measures, on a randomly initialised Qwen2.5-VL (the tiny test shape, or the real
 3B / 7B shape from ``models/configs/*.json`` in bf16 on CUDA) with B random 840 x 840
@@ -273,7 +273,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="GRPO step benchmark (see grpo/bench.py docstring)")
+    parser = argparse.ArgumentParser(description="GRPO step benchmark (see models/bench.py docstring)")
     shape = parser.add_mutually_exclusive_group(required=True)
     shape.add_argument("--tiny", action="store_true", help="the tiny test model (CPU, seconds)")
     shape.add_argument("--model", choices=["3b", "7b", "3b-proxy", "7b-proxy"],

@@ -1,6 +1,6 @@
 """Per-GPU memory plan of a GRPO step: what must fit, phase by phase.
 
-    python -m grpo.memory --model 3b --gpus 1 --prompts 16 --group 8 --response-len 1024 \
+    python -m models.memory --model 3b --gpus 1 --prompts 16 --group 8 --response-len 1024 \
         --offload-ref --activation-checkpointing
 
 An ESTIMATE from arithmetic, not a measurement: it counts the big tensors of the training setup of
@@ -8,7 +8,7 @@ grpo.parallel (FSDP2, mixed precision bf16 compute / fp32 parameters and gradien
 AdamW) and of our rollout engine (models.rollout) and training forward
 (models.policy.shared_prefix_logprobs). Parameters are counted exactly: the model is built from
 the reference architecture JSON on the meta device (no memory, no weights). Measure on the GPU
-with ``python -m grpo.bench`` before trusting a tight plan; allocator fragmentation, CUDA context
+with ``python -m models.bench`` before trusting a tight plan; allocator fragmentation, CUDA context
 (~0.5-1 GiB) and NCCL buffers are not counted.
 
 Notation: Phi parameters, n GPUs (FSDP2 shards over all of them), B prompts and G samples per

@@ -1,0 +1,34 @@
+"""The package dependency rule: grpo/ (the algorithm) imports none of models/, rewards/, data/, eval/.
+
+Every import statement of every module under grpo/ is parsed (top level and inside functions), so a
+local import cannot hide a dependency. models/ may use grpo's primitives; train.py and evaluate.py
+are where the packages meet.
+"""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"models", "rewards", "data", "eval"}
+
+
+def imported_packages(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_grpo_imports_no_other_package_of_the_project():
+    modules = sorted((ROOT / "grpo").rglob("*.py"))
+    assert len(modules) >= 10
+    bad = {str(p.relative_to(ROOT)): sorted(imported_packages(p) & FORBIDDEN) for p in modules}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_check_sees_local_imports(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\n\ndef f():\n    from models.policy import x\n    import rewards.parse\n")
+    assert imported_packages(probe) & FORBIDDEN == {"models", "rewards"}
