@@ -48,8 +48,8 @@ from scipy.ndimage import distance_transform_edt
 
 from data.ground_truth import scale_to_frame
 from data.image import encode_image, load_image, resize_to_frame
-from data.parquet import (TRAIN_COLUMNS, TRAIN_SCHEMA, _AtomicParquetWriter, _decode, _get, _iter_samples,
-                          _ParquetRows, parquet_files)
+from data.parquet import (TRAIN_COLUMNS, TRAIN_SCHEMA, AuthorsTrainParquet, _AtomicParquetWriter, _iter_samples,
+                          parquet_files)
 from data.refer import _default_image_dir, annotation_to_mask
 from data.synthetic import BACKGROUNDS, COLORS, KINDS, MIN_VISIBLE, SIZES, Shape
 from data.types import FRAME, BadSampleError, Sample, SampleSource
@@ -114,31 +114,19 @@ def is_multi_object_parquet(path: str | os.PathLike, split: str | None = None) -
     return len(first) > 0 and str(first[0].as_py() or "").lstrip().startswith("[")
 
 
-class MultiObjectParquet:
-    """The authors' multi-object training parquet (one file or a folder) as a SampleSource."""
+class MultiObjectParquet(AuthorsTrainParquet):
+    """The authors' multi-object training parquet (one file or a folder) as a SampleSource: the
+    columns and checks of the single-object training parquet, with ``solution`` a JSON list of
+    objects (SPEC 9) and ``meta["num_objects"]``."""
 
-    def __init__(self, path: str | os.PathLike, split: str | None = None):
-        self.path = os.fspath(path)
-        self._rows = _ParquetRows(parquet_files(path, split), TRAIN_COLUMNS)
-        self.ids = [str(i) for i in self._rows.column("id")]
-
-    def __len__(self) -> int:
-        return len(self._rows)
+    @staticmethod
+    def _solution(value, where: str, sample_id: str) -> list[dict]:
+        return _solution_list(value, where, sample_id)
 
     def __getitem__(self, index: int) -> Sample:
-        where, _ = self._rows.where(index)
-        row = self._rows.row(index)
-        sample_id = str(row.get("id", index))
-        image = _decode(_get(row, "image", where, sample_id), where, sample_id)
-        if image.shape[:2] != (FRAME, FRAME):
-            raise BadSampleError(sample_id, where, f"mismatched sizes: training image is "
-                                                   f"{image.shape[1]}x{image.shape[0]}, expected {FRAME}x{FRAME}")
-        solution = _solution_list(_get(row, "solution", where, sample_id), where, sample_id)
-        w, h = int(_get(row, "img_width", where, sample_id)), int(_get(row, "img_height", where, sample_id))
-        return Sample(id=sample_id, image=image, query=str(_get(row, "problem", where, sample_id)),
-                      solution=solution,
-                      meta={"file": where, "frame": FRAME, "original_size": (w, h),
-                            "num_objects": len(solution)})
+        sample = super().__getitem__(index)
+        sample.meta["num_objects"] = len(sample.solution)
+        return sample
 
 
 def write_multi_object_parquet(source: SampleSource | Iterable[Sample], path: str | os.PathLike,

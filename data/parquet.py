@@ -183,6 +183,14 @@ class AuthorsTrainParquet:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @staticmethod
+    def _solution(value, where: str, sample_id: str) -> dict:
+        """The ``solution`` column -> the ground truth; BadSampleError when malformed."""
+        try:
+            return parse_solution(value)
+        except ValueError as e:
+            raise BadSampleError(sample_id, where, f"bad solution: {e}") from e
+
     def __getitem__(self, index: int) -> Sample:
         where, _ = self._rows.where(index)
         sample_id = self.ids[index]
@@ -193,10 +201,7 @@ class AuthorsTrainParquet:
                 raise BadSampleError(sample_id, where, f"mismatched sizes: training image is "
                                                        f"{image.shape[1]}x{image.shape[0]}, "
                                                        f"expected {FRAME}x{FRAME}")
-            try:
-                solution = parse_solution(_get(row, "solution", where, sample_id))
-            except ValueError as e:
-                raise BadSampleError(sample_id, where, f"bad solution: {e}") from e
+            solution = self._solution(_get(row, "solution", where, sample_id), where, sample_id)
             w = _size(row, "img_width", where, sample_id)
             h = _size(row, "img_height", where, sample_id)
             sample = Sample(id=sample_id, image=image, query=_query(row, "problem", where, sample_id),

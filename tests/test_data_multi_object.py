@@ -173,3 +173,25 @@ def test_synthetic_multi_object_samples():
     assert ds[5].query == MultiObjectSynthetic(24, seed=1)[5].query  # deterministic
     assert np.array_equal(ds[5].image, MultiObjectSynthetic(6, seed=1)[5].image)
     assert isinstance(open_multi_object_dataset("synthetic:3"), MultiObjectSynthetic)
+
+
+def test_multi_object_parquet_rows_get_the_training_parquet_checks(tmp_path):
+    # the checks of the single-object training parquet apply: a size that is not a number is a
+    # counted bad sample naming the column, not a ValueError from int()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    objs = [{"bbox_2d": [10, 100, 200, 210], "point_2d": [30, 110]}]
+    path = tmp_path / "multi.parquet"
+    write_multi_object_parquet([sample(0, objs), sample(1, objs)], path)
+    table = pq.read_table(path).to_pylist()
+    for row in table:  # the column as text, as some exports write it
+        row["img_height"] = str(row["img_height"])
+    table[1]["img_height"] = "forty"
+    schema = pq.read_schema(path)
+    fields = [pa.field(f.name, pa.string()) if f.name == "img_height" else f for f in schema]
+    pq.write_table(pa.Table.from_pylist(table, schema=pa.schema(fields)), path)
+    ds = MultiObjectParquet(path)
+    assert ds[0].solution == objs and ds[0].meta["num_objects"] == 1
+    with pytest.raises(BadSampleError, match="img_height"):
+        ds[1]
