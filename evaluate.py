@@ -245,7 +245,8 @@ def build_source(args: argparse.Namespace):
 def build_pipeline(args: argparse.Namespace, device: str):
     """Policy + SAM2 -> ``models.pipeline.SegZeroPipeline`` with the ablation switches."""
     from models.pipeline import SegZeroPipeline
-    from models.policy import SegZeroPolicy, load_policy
+    from models.loading import load_policy
+    from models.policy import SegZeroPolicy
     from models.segmenter import Segmenter
 
     if args.model:

@@ -218,7 +218,7 @@ def read_sample(source, sampler: StepSampler, position: int):
 def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPolicy:
     """The policy (or, ``frozen``, the reference) with its training forward sharded by FSDP2.
 
-    ``policy.logprobs`` (models.policy.ResponseLogProbs: the module whose forward returns the
+    ``policy.logprobs`` (models.forward.ResponseLogProbs: the module whose forward returns the
     response log-probs) is the FSDP2 root; each vision and decoder block is its own unit
     (grpo.parallel.shard_model). A checkpoint directory is built on the meta device, sharded,
     then filled shard file by shard file (models.weights), so no rank ever holds the whole model.
@@ -236,7 +236,7 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
                                with_example=cfg.rollout.with_example, think=cfg.rollout.think, task=cfg.train.task)
         shard_model(policy.logprobs, info, **shard)
         return policy
-    from models.policy import load_processor, local_checkpoint_dir
+    from models.loading import load_processor, local_checkpoint_dir
     from models.weights import build_on_meta, load_weights, materialize
     from transformers import AutoConfig
 

@@ -52,7 +52,7 @@ from data.parquet import (TRAIN_COLUMNS, TRAIN_SCHEMA, AuthorsTrainParquet, _Ato
                           parquet_files)
 from data.refer import _default_image_dir, annotation_to_mask
 from data.synthetic import BACKGROUNDS, COLORS, KINDS, MIN_VISIBLE, SIZES, Shape
-from data.types import FRAME, BadSampleError, Sample, SampleSource
+from data.types import FRAME, BadSampleError, Sample, SampleSource, check_objects_solution
 
 #: Number words of the "the two circles" queries.
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
@@ -95,8 +95,6 @@ def union_mask(masks: Sequence, shape: tuple[int, int]) -> np.ndarray:
 
 def _solution_list(text, where: str, sample_id: str) -> list[dict]:
     """The parquet's JSON solution string -> validated list of objects; BadSampleError if malformed."""
-    from rewards.multi_object import check_objects_solution
-
     try:
         check_objects_solution(text)
     except ValueError as e:

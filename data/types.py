@@ -26,13 +26,17 @@ Coordinate conventions (SPEC.md sections 1, 5):
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
+
+#: Keys of one object of a multi-object solution (SPEC.md section 9).
+BOX_KEY, POINT_KEY = "bbox_2d", "point_2d"
 
 #: Side of the square frame the policy sees (SPEC.md section 1: 840 = 30 x 28).
 FRAME = 840
@@ -160,6 +164,49 @@ def check_solution(solution: Any) -> dict:
     return solution
 
 
+def check_objects(solution: Any, what: str) -> list[dict]:
+    """The validated list of objects (floats kept as given); ValueError naming ``what``."""
+    if isinstance(solution, str):
+        try:
+            solution = json.loads(solution)
+        except ValueError as exc:
+            raise ValueError(f"{what} is not valid JSON: {solution!r:.200}") from exc
+    if not isinstance(solution, (list, tuple)):
+        raise ValueError(f"{what} must be a list of {{'bbox_2d': [x1, y1, x2, y2], 'point_2d': [x, y]}}, "
+                         f"got {solution!r:.200}")
+    out = []
+    for k, item in enumerate(solution):
+        if not isinstance(item, Mapping) or BOX_KEY not in item or POINT_KEY not in item:
+            raise ValueError(f"{what}[{k}] must have keys 'bbox_2d' and 'point_2d', got {item!r:.200}")
+        box = _object_numbers(item[BOX_KEY], 4, f"{what}[{k}].bbox_2d")
+        point = _object_numbers(item[POINT_KEY], 2, f"{what}[{k}].point_2d")
+        if box[0] > box[2] or box[1] > box[3]:
+            raise ValueError(f"{what}[{k}].bbox_2d must have x1 <= x2 and y1 <= y2, got {item[BOX_KEY]!r}")
+        out.append({BOX_KEY: box, POINT_KEY: point})
+    return out
+
+
+def _object_numbers(value: Any, length: int, what: str) -> list:
+    ok = isinstance(value, (list, tuple, np.ndarray)) and len(value) == length
+    ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+                    for v in value)
+    if not ok:
+        raise ValueError(f"{what} must be {length} finite numbers, got {value!r}")
+    return list(value)
+
+
+def check_objects_solution(solution: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth -> (boxes float64 [N, 4], points float64 [N, 2]); N = 0 for an empty target.
+
+    ``solution`` is a list of ``{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y]}`` or that list as a
+    JSON string (the ``solution`` column of the authors' parquet). ValueError when malformed.
+    """
+    objects = check_objects(solution, "solution")
+    boxes = np.asarray([o[BOX_KEY] for o in objects], dtype=np.float64).reshape(-1, 4)  # [N, 4]
+    points = np.asarray([o[POINT_KEY] for o in objects], dtype=np.float64).reshape(-1, 2)  # [N, 2]
+    return boxes, points
+
+
 def check_sample(sample: Sample, source: str) -> Sample:
     """Validate a sample where it is read (see the module docstring); BadSampleError naming the
     sample, ``source`` (the file) and the problem. Returns the sample."""
@@ -184,8 +231,6 @@ def check_sample(sample: Sample, source: str) -> Sample:
     if sample.solution is not None:
         try:
             if isinstance(sample.solution, list):  # multi-object ground truth (SPEC 9): a list of objects
-                from rewards.multi_object import check_objects_solution
-
                 check_objects_solution(sample.solution)
             else:
                 check_solution(sample.solution)

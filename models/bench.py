@@ -18,7 +18,7 @@ images and the SPEC prompt (models.prompt), G samples each and exactly T new tok
   ``--bandwidth-gbs``; n/a on CPU).
 - a whole GRPO step split by phase: rollout (our engine), reward (rewards.score_completions on
   the decoded texts against a fixed ground truth), reference log-probs (a no-grad
-  models.policy.response_logprobs; the frozen reference has the policy's shape, so the policy's
+  models.forward.response_logprobs; the frozen reference has the policy's shape, so the policy's
   own weights stand in for it: same compute, no second copy in memory), update (grpo.update
   .grpo_update, one optimizer step, AdamW, micro-batches of whole groups).
 - training tokens/s = tokens computed in the update / update seconds, where tokens = B * P + N * T
@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import resource
 import sys
 import time
@@ -50,7 +48,8 @@ from grpo.advantages import group_advantages
 from grpo.buffer import RolloutBuffer
 from grpo.update import UpdateConfig, grpo_update
 from models.configs import REAL_CONFIG_DIR
-from models.policy import SegZeroPolicy, response_logprobs
+from models.forward import response_logprobs
+from models.policy import SegZeroPolicy
 from models.rollout import generate
 from rewards.seg_zero import score_completions
 

@@ -114,7 +114,8 @@ def check_args(args: argparse.Namespace) -> str:
 
 def load_models(args: argparse.Namespace, device: str):
     """(policy, segmenter) for the options. Raises UsageError for weights that are not there."""
-    from models.policy import SegZeroPolicy, load_policy
+    from models.loading import load_policy
+    from models.policy import SegZeroPolicy
     from models.segmenter import Segmenter, check_sam2_config
 
     if args.sam2_checkpoint and not os.path.isfile(args.sam2_checkpoint):  # cheap checks before any loading

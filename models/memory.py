@@ -6,7 +6,7 @@
 An ESTIMATE from arithmetic, not a measurement: it counts the big tensors of the training setup of
 grpo.parallel (FSDP2, mixed precision bf16 compute / fp32 parameters and gradient reduction,
 AdamW) and of our rollout engine (models.rollout) and training forward
-(models.policy.shared_prefix_logprobs). Parameters are counted exactly: the model is built from
+(models.forward.shared_prefix_logprobs). Parameters are counted exactly: the model is built from
 the reference architecture JSON on the meta device (no memory, no weights). Measure on the GPU
 with ``python -m models.bench`` before trusting a tight plan; allocator fragmentation, CUDA context
 (~0.5-1 GiB) and NCCL buffers are not counted.

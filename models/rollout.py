@@ -9,7 +9,7 @@ Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance
    are adjacent rows. Decoding writes in place from then on: no per-step concatenation.
 3. Decode: each step feeds the N last tokens with their 3-D rotary positions. Text positions after
    a prompt are the same on the three axes and continue from the prompt's largest position + 1
-   (``next_pos`` of :func:`models.policy.prompt_positions`, equal to transformers' ``rope_deltas``
+   (``next_pos`` of :func:`models.forward.prompt_positions`, equal to transformers' ``rope_deltas``
    + number of real tokens), so decode token t is at ``next_pos + t``.
 4. Sampling in float32: s = logits / T; greedy takes argmax(s); otherwise top-p (nucleus)
    filtering of softmax(s), then inverse-CDF sampling: one uniform u per row and step, drawn with
@@ -25,7 +25,7 @@ Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance
 
 Returned log-probs: log softmax(logits / T)[token] under the FULL temperature-scaled distribution,
 computed by ``grpo.token_logprobs`` -- the same function and scaling as the training forward
-(:func:`models.policy.response_logprobs`), so old-policy log-probs need no second forward. With
+(:func:`models.forward.response_logprobs`), so old-policy log-probs need no second forward. With
 top_p < 1 this is not the probability of the truncated sampling distribution: the sampler
 renormalises over the nucleus, while the PPO ratio and KL use the full distribution (as veRL and
 the authors' released code do by recomputing log-probs with a plain forward). With greedy
@@ -65,7 +65,8 @@ from transformers import DynamicCache, StaticCache
 
 from grpo import token_logprobs
 from models.compat import CACHE_KWARG
-from models.policy import PolicyBatch, left_align, prompt_positions
+from models.batch import PolicyBatch, left_align
+from models.forward import prompt_positions
 
 
 @dataclass

@@ -208,7 +208,7 @@ def _tied_names(model: nn.Module) -> set[str]:
 def random_checkpoint(out_dir: str | os.PathLike, shape: str, *, device: str = "cpu",
                       dtype: torch.dtype = torch.bfloat16, seed: int = 0, max_shard_size: str = "5GB") -> dict:
     """Write a randomly initialised Qwen2.5-VL checkpoint directory of ``shape`` ("3b", "7b" or
-    "tiny") that :func:`models.policy.load_policy` and the sharded loader read like a released one.
+    "tiny") that :func:`models.loading.load_policy` and the sharded loader read like a released one.
 
     The processor is the tiny byte-level tokenizer + Qwen2.5-VL image processor (the real
     tokenizer files cannot be downloaded here), with the config's special-token ids set to that
@@ -243,7 +243,7 @@ def real_shape_config(shape: str):
     vocabulary and 840 x 840 image with 2 decoder and 2 vision blocks (runs on a CPU in minutes).
     """
     from models.configs import real_config_path
-    from models.policy import config_from_file
+    from models.loading import config_from_file
     from models.tiny import real_shape_processor, tiny_qwen_config
 
     processor = real_shape_processor()

@@ -65,12 +65,11 @@ Departures from the released code (``vision_reasoner_*_reward``), all at the edg
 - a list item that is not a JSON object adds 0 to the format sum (the released code stops summing
   at the first such item).
 
-A malformed ground truth (dataset input) is a ValueError naming it (:func:`check_objects_solution`).
+A malformed ground truth (dataset input) is a ValueError naming it (:func:`data.types.check_objects_solution`).
 """
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import re
 from dataclasses import dataclass, field
@@ -79,6 +78,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from data.types import BOX_KEY, POINT_KEY, check_objects, check_objects_solution
 from rewards.parse import coordinate_list
 from rewards.seg_zero import RewardBatch
 
@@ -96,8 +96,6 @@ MULTI_TERM_NAMES = ("multi_object_format", "multi_object_accuracy", "non_repeat"
 IOU_THRESHOLD = 0.5  # IoU > 0.5
 BBOX_L1_THRESHOLD = 10.0  # mean |coordinate difference| < 10 px
 POINT_DISTANCE_THRESHOLD = 30.0  # Euclidean distance < 30 px (and the point inside its own box)
-
-BOX_KEY, POINT_KEY = "bbox_2d", "point_2d"
 
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -195,10 +193,10 @@ def format_objects_answer(objects: Sequence[Mapping[str, Sequence[Any]]], reason
     ground truth, ``multi_object_reward(format_objects_answer(gt), gt) == 7.0`` (3 + 3 + 1).
 
     Raises:
-        ValueError: a malformed object (see :func:`check_objects_solution`) or a tag in reasoning.
+        ValueError: a malformed object (see :func:`data.types.check_objects_solution`) or a tag in reasoning.
     """
     clean = [{BOX_KEY: [_json_number(v) for v in o[BOX_KEY]], POINT_KEY: [_json_number(v) for v in o[POINT_KEY]]}
-             for o in _check_objects(objects, "objects")]
+             for o in check_objects(objects, "objects")]
     reasoning = (reasoning or "").strip()
     for tag in ("<think>", "</think>", "<answer>", "</answer>"):
         if tag in reasoning:
@@ -213,49 +211,6 @@ def _json_number(value: Any) -> int | float:
 
 # ----------------------------------------------------------------------------------------------
 # ground truth
-
-
-def _check_objects(solution: Any, what: str) -> list[dict]:
-    """The validated list of objects (floats kept as given); ValueError naming ``what``."""
-    if isinstance(solution, str):
-        try:
-            solution = json.loads(solution)
-        except ValueError as exc:
-            raise ValueError(f"{what} is not valid JSON: {solution!r:.200}") from exc
-    if not isinstance(solution, (list, tuple)):
-        raise ValueError(f"{what} must be a list of {{'bbox_2d': [x1, y1, x2, y2], 'point_2d': [x, y]}}, "
-                         f"got {solution!r:.200}")
-    out = []
-    for k, item in enumerate(solution):
-        if not isinstance(item, Mapping) or BOX_KEY not in item or POINT_KEY not in item:
-            raise ValueError(f"{what}[{k}] must have keys 'bbox_2d' and 'point_2d', got {item!r:.200}")
-        box = _numbers(item[BOX_KEY], 4, f"{what}[{k}].bbox_2d")
-        point = _numbers(item[POINT_KEY], 2, f"{what}[{k}].point_2d")
-        if box[0] > box[2] or box[1] > box[3]:
-            raise ValueError(f"{what}[{k}].bbox_2d must have x1 <= x2 and y1 <= y2, got {item[BOX_KEY]!r}")
-        out.append({BOX_KEY: box, POINT_KEY: point})
-    return out
-
-
-def _numbers(value: Any, length: int, what: str) -> list:
-    ok = isinstance(value, (list, tuple, np.ndarray)) and len(value) == length
-    ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
-                    for v in value)
-    if not ok:
-        raise ValueError(f"{what} must be {length} finite numbers, got {value!r}")
-    return list(value)
-
-
-def check_objects_solution(solution: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth -> (boxes float64 [N, 4], points float64 [N, 2]); N = 0 for an empty target.
-
-    ``solution`` is a list of ``{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y]}`` or that list as a
-    JSON string (the ``solution`` column of the authors' parquet). ValueError when malformed.
-    """
-    objects = _check_objects(solution, "solution")
-    boxes = np.asarray([o[BOX_KEY] for o in objects], dtype=np.float64).reshape(-1, 4)  # [N, 4]
-    points = np.asarray([o[POINT_KEY] for o in objects], dtype=np.float64).reshape(-1, 2)  # [N, 2]
-    return boxes, points
 
 
 # ----------------------------------------------------------------------------------------------

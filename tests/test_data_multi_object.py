@@ -12,7 +12,7 @@ from data.multi_object import (GRefDataset, MultiObjectParquet, MultiObjectSynth
                                object_from_mask, objects_from_masks, open_multi_object_dataset,
                                scene_multi_queries, write_multi_object_parquet)
 from data.synthetic import Shape
-from rewards import check_objects_solution
+from data.types import check_objects_solution
 
 
 def png_bytes(h, w, color=(10, 20, 30)):

@@ -13,7 +13,8 @@ import torch
 import models.tiny
 from models import draw, infer
 from models.draw import mask_to_png, overlay, panel, save_rgb_png, text_block
-from models.policy import SegZeroPolicy, real_config_path
+from models.configs import real_config_path
+from models.policy import SegZeroPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,13 +201,13 @@ def test_missing_sam2_checkpoint_and_option_mistakes(tmp_path, image_path, capsy
 
 
 def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, image_path, capsys, monkeypatch):
-    import models.policy
+    import models.loading
 
     def heavy(*args, **kwargs):
         raise AssertionError("loaded a model before checking the command line")
 
     monkeypatch.setattr(models.tiny, "build_tiny_qwen", heavy)
-    monkeypatch.setattr(models.policy, "load_policy", heavy)
+    monkeypatch.setattr(models.loading, "load_policy", heavy)
     base = ["--image", image_path, "--tiny", "--device", "cpu"]
     out = ["--out", str(tmp_path / "o")]
     _expect_error(base + out + ["--query", "..."], capsys, "--query: query is empty after normalisation: '...'")

@@ -1,4 +1,4 @@
-"""Policy (models/prompt.py, models/policy.py): the SPEC prompt, loading errors, the real 3B/7B
+"""Policy (models/prompt.py, models/loading.py, models/batch.py, models/forward.py): the SPEC prompt, loading errors, the real 3B/7B
 shapes on the meta device, prompt batches, and the parity of response log-probs."""
 import json
 import os
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from models.configs import REAL_CONFIG_DIR
-from models.policy import (
-    SegZeroPolicy, config_from_file, left_align, load_policy, prepare_inputs, response_logprobs,
-)
+from models.batch import left_align, prepare_inputs
+from models.forward import response_logprobs
+from models.loading import config_from_file, load_policy
+from models.policy import SegZeroPolicy
 from models.prompt import EXAMPLE_ANSWER, build_messages, build_prompt, normalize_query
 from models.tiny import build_tiny_qwen
 

@@ -3,7 +3,8 @@ with a separate forward, greedy parity with transformers' generate, and the EOS 
 import pytest
 import torch
 
-from models.policy import SegZeroPolicy, response_logprobs
+from models.forward import response_logprobs
+from models.policy import SegZeroPolicy
 from models.rollout import generate, top_p_filter
 from models.tiny import build_tiny_qwen
 from tiny_inputs import QUERIES, boosted_logit, random_images

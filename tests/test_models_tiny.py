@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.policy import load_policy, prepare_inputs
+from models.batch import prepare_inputs
+from models.loading import load_policy
 from models.prompt import build_messages
 from models.tiny import (
     DEFAULT_SYSTEM_PROMPT, SPECIAL_TOKENS, build_tiny_qwen, build_tiny_tokenizer, save_tiny_qwen,

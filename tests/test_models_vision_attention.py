@@ -53,7 +53,7 @@ def test_a_key_outside_its_window_has_no_influence():
 
 
 def test_tiny_vision_tower_features_and_gradients_unchanged():
-    from models.policy import prepare_inputs
+    from models.batch import prepare_inputs
     from models.tiny import build_tiny_qwen
 
     windowed, processor = build_tiny_qwen(seed=0)  # sdpa: the windowed vision attention is on

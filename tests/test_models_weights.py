@@ -37,7 +37,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_meta_build_and_file_by_file_load_equal_from_pretrained(tiny_ckpt):
-    from models.policy import config_from_file, load_policy
+    from models.loading import config_from_file, load_policy
 
     expected, _ = load_policy(str(tiny_ckpt), device="cpu")
     model = build_on_meta(config_from_file(tiny_ckpt / "config.json"))
@@ -53,7 +53,7 @@ def test_meta_build_and_file_by_file_load_equal_from_pretrained(tiny_ckpt):
 
 
 def test_sharded_files_and_index_are_read_in_order(tmp_path, tiny_ckpt):
-    from models.policy import config_from_file
+    from models.loading import config_from_file
 
     path = tmp_path / "sharded"
     info = random_checkpoint(path, "tiny", max_shard_size="200KB")
@@ -68,7 +68,7 @@ def test_sharded_files_and_index_are_read_in_order(tmp_path, tiny_ckpt):
 def test_a_checkpoint_that_does_not_match_is_refused_with_the_names(tmp_path, tiny_ckpt):
     from safetensors.torch import load_file, save_file
 
-    from models.policy import config_from_file
+    from models.loading import config_from_file
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -96,7 +96,8 @@ def test_two_ranks_build_on_meta_and_load_shards_like_one_full_model(tiny_ckpt, 
 import numpy as np, torch, train
 from grpo.parallel import init_distributed, shutdown
 from grpo.recipe import build_config
-from models.policy import SegZeroPolicy, load_policy
+from models.loading import load_policy
+from models.policy import SegZeroPolicy
 info = init_distributed("cpu")
 cfg = build_config({{"model_path": "{tiny_ckpt}", "data_path": "synthetic", "device": "cpu", "activation_checkpointing": True,
                      "mixed_precision": False}}, preset="seg_zero_3b")

@@ -1,4 +1,4 @@
-"""Padding-free training forward (models/policy.py shared_prefix_logprobs) against the plain path.
+"""Padding-free training forward (models/forward.py shared_prefix_logprobs) against the plain path.
 
 The plain path computes N = B * G rows of [prompt | response]; the shared-prefix path computes each
 prompt once and lets its G responses attend to that copy. They are the same function of the
@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-from models.policy import plain_logprobs, prepare_inputs, response_logprobs, shared_prefix_logprobs
+from models.batch import prepare_inputs
+from models.forward import plain_logprobs, response_logprobs, shared_prefix_logprobs
 from models.tiny import build_tiny_qwen
 
 QUERIES = ["the red circle", "the largest blue square left of the green triangle and the star"]

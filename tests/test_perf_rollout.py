@@ -3,7 +3,8 @@ finished rows kept in the batch (compact=False), the inverse-CDF sampler, and a 
 import pytest
 import torch
 
-from models.policy import SegZeroPolicy, plain_logprobs
+from models.forward import plain_logprobs
+from models.policy import SegZeroPolicy
 from models.rollout import generate, sample_inverse_cdf
 from models.tiny import build_tiny_qwen
 from tiny_inputs import QUERIES, boosted_logit, random_images

@@ -30,7 +30,7 @@ UPDATE = UpdateConfig(micro_batch_size=G, kl_coef=0.0, entropy_coef=0.1, loss_mo
 
 def _model_and_buffer():
     """Tiny policy and a 2-prompt x G=2 rollout: prompt 0's responses are 1 token, prompt 1's 4 and 2."""
-    from models.policy import prepare_inputs
+    from models.batch import prepare_inputs
     from models.tiny import build_tiny_qwen
 
     model, processor = build_tiny_qwen(seed=0)
@@ -74,7 +74,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
     try:
         results = {}
         for precision in ("fp32", "bf16"):
-            from models.policy import ResponseLogProbs
+            from models.forward import ResponseLogProbs
 
             model, buf = _model_and_buffer()
             forward = shard_model(ResponseLogProbs(model), info, mixed_precision=precision == "bf16")
@@ -93,7 +93,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
 
 @pytest.mark.dist
 def test_one_token_responses_on_one_rank_keep_the_collectives_in_step(tmp_path):
-    from models.policy import ResponseLogProbs
+    from models.forward import ResponseLogProbs
 
     model, buf = _model_and_buffer()
     single = _step(ResponseLogProbs(model), buf)

@@ -200,7 +200,7 @@ def test_scheduler_warmup_then_cosine():
 
 
 class _ToyTrainModel(torch.nn.Module):
-    """Stands in for the policy's training forward (models.policy.ResponseLogProbs, the module
+    """Stands in for the policy's training forward (models.forward.ResponseLogProbs, the module
     train.make_logprob_fn calls), on per-prompt features [L, 3] held in buffer.prompts."""
 
     def __init__(self):

@@ -129,7 +129,8 @@ def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
     assert len((out / "heldout.jsonl").read_text().splitlines()) == 2  # start and end reports
 
     from data import SyntheticDataset
-    from models.policy import SegZeroPolicy, load_policy
+    from models.loading import load_policy
+    from models.policy import SegZeroPolicy
 
     model, processor = load_policy(out / "hf_export")
     exported = weights(out)
