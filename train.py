@@ -1,4 +1,4 @@
-"""Seg-Zero training: GRPO (or the SFT baseline) of Qwen2.5-VL with FSDP2 (issue 5; SPEC.md section 8).
+"""Seg-Zero training: GRPO (or the SFT baseline) of Qwen2.5-VL with FSDP2 (SPEC.md section 8).
 
     torchrun --nproc_per_node=2 train.py                      # default preset "tiny": CPU, minutes
     python train.py --max-steps 5                             # the same in one process
@@ -97,38 +97,16 @@ def main(argv: list[str] | None = None) -> Path | None:
     rep = report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})", val, info, start_step)
     if rep is not None and start_step == 0:
         best.update(0, rep, model_path, write=info.is_main)  # the starting checkpoint until a validation beats it
-    update_cfg = build_update_config(cfg)
+    steps = range(start_step, cfg.train.max_steps)
+    if cfg.train.algo == "sft":
+        loop = sft_steps(cfg, info, policy, optimizer, train_set, sampler, steps)
+    else:
+        loop = grpo_steps(cfg, info, policy, ref, optimizer, train_set, sampler, steps)
     num_applied = 0.0  # optimizer steps applied by this run (a non-finite loss or gradient skips one)
-    for step in range(start_step, cfg.train.max_steps):
-        timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
-        samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]  # 1. rows
-        if cfg.train.algo == "sft":
-            with timer("update"):
-                metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
-                                   micro_batch_size=cfg.grpo.micro_batch_size,
-                                   max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
-        else:
-            with timer("rollout"):  # 2. prompts -> G samples per prompt
-                ro = rollout(cfg, policy, samples, step, sampler.positions(step))
-            with timer("reward"):  # 3. text-only rewards, [N]
-                solutions = [s.solution for s in samples for _ in range(cfg.rollout.group_size)]
-                if cfg.train.task == "multi":
-                    rb = score_multi_object(ro.texts, solutions)
-                else:
-                    rb = score_completions(ro.texts, solutions,
-                                           strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
-                                           think=cfg.rollout.think)
-            buffer = make_buffer(ro, rb, cfg, info.device)  # 4. advantages inside
-            with timer("reference"):  # 5. frozen-reference log-probs
-                if ref is not None:
-                    with torch.no_grad():
-                        buffer.ref_logp = make_logprob_fn(ref, cfg, entropy=False)(buffer)[0]
-            with timer("update"):  # 6. clipped surrogate + KL - entropy, ppo_epochs x mini-batches steps
-                metrics = update(policy.logprobs, optimizer, buffer, cfg, update_cfg)
-            metrics.update(global_reward_terms(rb, info.device))
+    for step, metrics in loop:
         num_applied += metrics.get("optimizer_steps", 1.0 - metrics.get("skipped_steps", 0.0))
         scheduler.step()
-        metrics.update(timer.metrics(), lr=scheduler.get_last_lr()[0], epoch=sampler.epoch(step + 1),
+        metrics.update(lr=scheduler.get_last_lr()[0], epoch=sampler.epoch(step + 1),
                        peak_memory_bytes=peak_memory_bytes(info.device))
         if "num_tokens" in metrics:
             metrics["tokens_per_s"] = metrics["num_tokens"] / max(metrics["time/step"], 1e-9)
@@ -165,6 +143,54 @@ def main(argv: list[str] | None = None) -> Path | None:
         export_hf(out / "hf_export", policy.model, policy.processor)
     shutdown()
     return out
+
+
+def grpo_steps(cfg: Config, info, policy: SegZeroPolicy, ref, optimizer, train_set, sampler: StepSampler,
+               steps: range):
+    """The GRPO loop, steps 1-6 of the module docstring; yields (step, metrics) for step 7."""
+    G = cfg.rollout.group_size
+    update_cfg = build_update_config(cfg)
+    for step in steps:
+        timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
+        samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]  # 1. B rows
+        with timer("rollout"):  # 2. prompts -> G samples per prompt, N = B * G rows
+            rollout = generate_rollout(cfg, policy, samples, step, sampler.positions(step))
+        with timer("reward"):  # 3. text-only rewards
+            scores = score(cfg, rollout.texts, [s.solution for s in samples for _ in range(G)])
+        rewards = torch.as_tensor(scores.total, dtype=torch.float32, device=info.device)  # [N]
+        adv = group_advantages(rewards, G, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std,
+                               estimator=cfg.grpo.adv_estimator)  # 4. [N], from rewards.view(B, G)
+        buffer = RolloutBuffer(
+            response_ids=rollout.response_ids,  # [N, L] (pad ids after EOS are masked)
+            response_mask=rollout.response_mask,  # [N, L]
+            rollout_logp=rollout.logp.float(),  # [N, L] the sampler's log-probs (never pi_old)
+            rewards=rewards, advantages=adv,
+            group_ids=torch.arange(len(samples), device=info.device).repeat_interleave(G),  # [N]
+            reward_terms={k: torch.as_tensor(v, dtype=torch.float32, device=info.device)
+                          for k, v in scores.terms.items()},
+            prompts=[rollout.batch.select([b]) for b in range(len(samples))],  # each prompt's own inputs
+        )
+        with timer("reference"):  # 5. frozen-reference log-probs [N, L]
+            if ref is not None:
+                with torch.no_grad():
+                    buffer.ref_logp = make_logprob_fn(ref, cfg, entropy=False)(buffer)[0]
+        with timer("update"):  # 6. clipped surrogate + KL - entropy, ppo_epochs x mini-batches steps
+            metrics = update(policy.logprobs, optimizer, buffer, cfg, update_cfg)
+        metrics["parse_fail"] = parse_failure_rate(scores, info.device)
+        yield step, {**metrics, **timer.metrics()}
+
+
+def sft_steps(cfg: Config, info, policy: SegZeroPolicy, optimizer, train_set, sampler: StepSampler, steps: range):
+    """The SFT loop of ``--algo sft`` and of the warm start: this rank's rows -> one step of
+    token-mean NLL on the answer text (models.sft); yields (step, metrics)."""
+    for step in steps:
+        timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
+        samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]
+        with timer("update"):
+            metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
+                               micro_batch_size=cfg.grpo.micro_batch_size,
+                               max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
+        yield step, {**metrics, **timer.metrics()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +321,7 @@ def build_update_config(cfg: Config) -> UpdateConfig:
                         tis_cap=g.tis_cap or None)
 
 
-def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):
+def generate_rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):
     """G samples for each of this rank's B prompts, in ONE batched rollout (one prefill of the B
     prompts, N = B * G rows decoded together). Prompt b draws from its own generator seeded by
     (seed, step, stream position), so its samples do not depend on how the global batch is split
@@ -311,25 +337,13 @@ def rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: l
     return out
 
 
-def make_buffer(ro, rb, cfg: Config, device) -> RolloutBuffer:
-    """The rollout + its rewards -> one RolloutBuffer; advantages [N] from rewards.view(B, G).
-
-    old_logp is left None (``update`` fills it when there is more than one optimizer step); the
-    sampler's log-probs go to rollout_logp, for the mismatch diagnostic and optional TIS only."""
-    G = cfg.rollout.group_size
-    num_prompts = ro.response_ids.shape[0] // G
-    rewards = torch.as_tensor(rb.total, dtype=torch.float32, device=device)  # [N]
-    return RolloutBuffer(
-        response_ids=ro.response_ids,  # [N, L] (pad ids after EOS are masked)
-        response_mask=ro.response_mask,  # [N, L]
-        rollout_logp=ro.logp.float(),  # [N, L] the sampler's log-probs (never pi_old)
-        rewards=rewards,
-        advantages=group_advantages(rewards, G, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std,
-                                    estimator=cfg.grpo.adv_estimator),
-        group_ids=torch.arange(num_prompts, device=device).repeat_interleave(G),  # [N]
-        reward_terms={k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in rb.terms.items()},
-        prompts=[ro.batch.select([b]) for b in range(num_prompts)],  # each prompt's own inputs, unpadded
-    )
+def score(cfg: Config, texts: list[str], solutions: list):
+    """The rewards of N completions (rewards.RewardBatch: total [N], terms, parse statuses): the five
+    Seg-Zero terms, or with ``task`` multi the three multi-object terms."""
+    if cfg.train.task == "multi":
+        return score_multi_object(texts, solutions)
+    return score_completions(texts, solutions, strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
+                             think=cfg.rollout.think)
 
 
 def make_logprob_fn(model, cfg: Config, entropy: bool):
@@ -362,18 +376,12 @@ def update(model, optimizer, buffer: RolloutBuffer, cfg: Config, update_cfg: Upd
     return grpo_update(make_logprob_fn(model, cfg, entropy=True), optimizer, buffer, update_cfg)
 
 
-def global_reward_terms(rb, device) -> dict[str, float]:
-    """Mean of each reward term and the parse-failure rate over ALL ranks' responses."""
-    names = sorted(rb.terms)
-    sums = torch.tensor([float(rb.terms[k].sum()) for k in names]
-                        + [float(sum(s != "ok" for s in rb.statuses)), float(len(rb))],
-                       dtype=torch.float64, device=device)
-    all_reduce_sum(sums)
-    n = max(float(sums[-1]), 1.0)
-    out = {f"reward/{k}": float(sums[i]) / n for i, k in enumerate(names)}
-    out["reward/total"] = sum(out.values())
-    out["parse_fail"] = float(sums[-2]) / n
-    return out
+def parse_failure_rate(scores, device) -> float:
+    """Fraction of ALL ranks' completions whose answer could not be parsed."""
+    counts = torch.tensor([float(sum(s != "ok" for s in scores.statuses)), float(len(scores))],
+                          dtype=torch.float64, device=device)
+    all_reduce_sum(counts)
+    return float(counts[0]) / max(float(counts[1]), 1.0)
 
 
 def build_validation(cfg: Config, info):
@@ -504,11 +512,8 @@ def warm_start(cfg: Config, info, train_set, heldout, export_dir: Path) -> str:
         tracker = Tracker(export_dir.parent, is_main=info.is_main, total_steps=cfg.train.warmstart_sft_steps,
                           progress=cfg.train.progress, desc="warm-start sft", phase="warmstart_sft")
         report(cfg, policy, heldout, tracker, "initial policy")
-        for step in range(cfg.train.warmstart_sft_steps):
-            samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]
-            metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
-                               micro_batch_size=cfg.grpo.micro_batch_size,
-                               max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
+        for step, metrics in sft_steps(cfg, info, policy, optimizer, train_set, sampler,
+                                       range(cfg.train.warmstart_sft_steps)):
             tracker.log(step + 1, metrics)
         tracker.close()
         export_hf(export_dir, policy.model, policy.processor,

@@ -1,8 +1,8 @@
 """Diagnostics of one rollout and one update, reduced across ranks to python floats.
 
 Rollout metrics (``rollout_metrics``), from a RolloutBuffer: reward mean/std and the mean of each
-reward term, advantage mean/std, the fraction of groups whose rewards all tie (those groups get
-zero advantage and teach nothing: the "zero-variance" or "solve_none/solve_all" groups of DAPO,
+reward term (reward/total: their sum), advantage mean/std, the fraction of groups whose rewards all
+tie (those groups get zero advantage and teach nothing: the "zero-variance" or "solve_none/solve_all" groups of DAPO,
 arXiv 2503.14476, section 3.2), response length mean/min/max, and the token / sequence counts.
 Update metrics (loss terms, clipfrac, KL, entropy, grad norm, skipped steps) are gathered by
 ``grpo.update.grpo_update``, which merges both into one flat dict.
@@ -109,4 +109,6 @@ def rollout_metrics(buffer, process_group=None) -> dict[str, float]:
     }
     for name, total in zip(term_names, term_sums):
         out[f"reward/{name}"] = total / n if n else math.nan
+    if term_names:
+        out["reward/total"] = reward_mean
     return out
