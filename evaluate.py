@@ -70,7 +70,6 @@ predictions (so 1 rank and N ranks give the same table by construction).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -78,7 +77,6 @@ import sys
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from data.lisa import IGNORE_REGION_PROTOCOLS
 from data.paths import check_output_dir
@@ -86,6 +84,7 @@ from eval.loop import evaluate_shard
 from eval.multi_object import format_multi_object_table, multi_object_table
 from eval.results import (done_ids, format_table, merge_predictions, read_predictions, table_from_predictions,
                           table_from_records, write_atomic, write_metrics)
+from grpo.parallel import barrier, init_distributed, shutdown
 
 RUN_CONFIG = "run_config.json"
 
@@ -204,34 +203,6 @@ def check_device(device: str | None) -> None:
 
 # ------------------------------------------------------------------------------------------ build
 
-def init_distributed(device_arg: str | None) -> tuple[int, int, str]:
-    """(rank, world_size, device). Initialises torch.distributed when launched by torchrun.
-
-    gloo on CPU, nccl on CUDA; the timeout is long because ranks only meet at the final barrier,
-    and may finish their shards minutes apart.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    elif device_arg == "cuda":
-        device = f"cuda:{local_rank}"
-    else:
-        device = device_arg
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
-                                timeout=datetime.timedelta(hours=6))
-    return rank, world, device
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def build_source(args: argparse.Namespace):
     """The dataset named by ``--data`` (any format ``data.open_dataset`` reads)."""
     from data import open_dataset, open_multi_object_dataset
@@ -301,7 +272,8 @@ def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> d
 
     ``pipeline`` / ``source`` override what the arguments would build (tests inject fakes).
     """
-    rank, world, device = init_distributed(args.device)
+    info = init_distributed(args.device or "auto", timeout_s=6 * 3600)  # ranks meet at the end only
+    rank, world, device = info.rank, info.world_size, str(info.device)
     config = run_config(args)
     os.makedirs(args.output_dir, exist_ok=True)
     check_run_config(args.output_dir, config)  # every rank, before anything is written
@@ -362,8 +334,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     try:
         return run(args)
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(barrier=False)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ step wires them together:
     losses.py      clipped_surrogate, aggregate, grpo_loss, truncated_is_weight   PPO-clip objective,
                                          token averaging, sampler-mismatch weight
     logprobs.py    token_logprobs, token_entropy             chunked float32 log-probs / entropy
-    buffer.py      RolloutBuffer         one rollout, with micro-batching and sharding by groups
+    buffer.py      RolloutBuffer         one rollout, with micro-batching
     update.py      UpdateConfig, grpo_update, compute_old_logprobs
     metrics.py     rollout_metrics       per-step diagnostics reduced across ranks
 """
@@ -17,7 +17,7 @@ from grpo.buffer import RolloutBuffer
 from grpo.kl import kl_estimate
 from grpo.logprobs import token_entropy, token_logprobs, token_logprobs_and_entropy
 from grpo.losses import aggregate, clipped_surrogate, grpo_loss, truncated_is_weight
-from grpo.metrics import rollout_metrics, zero_variance_group_fraction
+from grpo.metrics import rollout_metrics
 from grpo.update import UpdateConfig, compute_old_logprobs, grpo_update
 
 __all__ = [
@@ -35,5 +35,4 @@ __all__ = [
     "token_logprobs",
     "token_logprobs_and_entropy",
     "truncated_is_weight",
-    "zero_variance_group_fraction",
 ]

@@ -24,7 +24,7 @@ Rewards r [N] hold G = ``group_size`` samples per prompt, the samples of one pro
   rescaled by a statistic of the group).
 
 A group whose rewards all tie gets A = 0 for every sample (no learning signal from it); see
-``grpo.metrics.zero_variance_group_fraction``.
+``zero_var_group_frac`` of ``grpo.metrics.rollout_metrics``.
 
 Precision: the group statistics (mean, std, leave-one-out sums) are computed in float64 and the
 result is cast back to the rewards' dtype. In float32 a group of G equal non-dyadic rewards

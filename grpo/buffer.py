@@ -19,12 +19,9 @@ Fields:
     group_ids      [N] long      prompt index of each row, in [0, B); rows of one group adjacent
     ref_logp       [N, L] float32 or None   reference-policy log-probs (None: no KL term)
     reward_terms   dict name -> [N] float    per-term breakdown of ``rewards`` (for logging)
-    prompt_ids     [N, P] long or None       prompt tokens per row (None when the prompts are
-                   held per prompt in ``prompts``, e.g. with a shared prefix)
-    prompt_mask    [N, P] or None            1 on real prompt tokens
     prompts        list (length B) of opaque per-prompt model inputs (e.g. pixel values, image
                    grid, prompt ids of that prompt); the update never looks inside, it only keeps
-                   them aligned with their rows through select/shard/micro_batches
+                   them aligned with their rows through select/micro_batches
 
 Every field is keyword-only. Padding is carried by the masks; no value in a padded position is
 ever used in the math.
@@ -33,21 +30,11 @@ sub-buffer's own list (in order of first appearance).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-
-def _move(obj: Any, device: torch.device | str) -> Any:
-    """Tensors (also inside dicts, lists, tuples) to ``device``; anything else unchanged."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):  # dicts, and dict-like processor outputs (returned as a dict)
-        return {k: _move(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device) for v in obj)
-    return obj
 
 
 @dataclass(kw_only=True)
@@ -63,8 +50,6 @@ class RolloutBuffer:
     rollout_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     reward_terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    prompt_ids: torch.Tensor | None = None
-    prompt_mask: torch.Tensor | None = None
     prompts: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,10 +67,6 @@ class RolloutBuffer:
         for name, value in self.reward_terms.items():
             if tuple(value.shape) != (n,):
                 raise ValueError(f"reward_terms[{name!r}] must be [N] = ({n},), got {tuple(value.shape)}")
-        for name in ("prompt_ids", "prompt_mask"):
-            value = getattr(self, name)
-            if value is not None and (value.dim() != 2 or value.shape[0] != n):
-                raise ValueError(f"{name} must be [N, P] with N = {n}, got {tuple(value.shape)}")
         if self.group_ids.is_floating_point():
             raise ValueError(f"group_ids must be integer, got dtype {self.group_ids.dtype}")
         if self.prompts and n and int(self.group_ids.max()) >= len(self.prompts):
@@ -111,11 +92,6 @@ class RolloutBuffer:
     def num_valid_tokens(self) -> int:
         """Number of real (unpadded) response tokens."""
         return int(self.response_mask.sum())
-
-    @property
-    def num_groups(self) -> int:
-        """Number of distinct prompts among the rows."""
-        return int(torch.unique(self.group_ids).numel())
 
     def __len__(self) -> int:
         return self.num_seqs
@@ -154,27 +130,3 @@ class RolloutBuffer:
             raise ValueError(f"micro-batch size must be >= 1, got {size}")
         for start in range(0, self.num_seqs, int(size)):
             yield self.select(slice(start, start + int(size)))
-
-    def shard(self, rank: int, world_size: int) -> "RolloutBuffer":
-        """The ``rank``-th of ``world_size`` contiguous slices of whole groups.
-
-        Raises ValueError when the groups are not contiguous runs of rows or their number is not
-        divisible by ``world_size``.
-        """
-        if world_size < 1 or not (0 <= rank < world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        ids = self.group_ids.tolist()
-        starts = [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]  # first row of each run
-        if len(starts) != len(set(ids)):
-            raise ValueError("shard needs the rows of each group to be adjacent")
-        if len(starts) % world_size != 0:
-            raise ValueError(
-                f"number of groups {len(starts)} is not divisible by world_size={world_size}"
-            )
-        per_rank = len(starts) // world_size
-        bounds = starts + [len(ids)]
-        return self.select(slice(bounds[rank * per_rank], bounds[(rank + 1) * per_rank]))
-
-    def to(self, device: torch.device | str) -> "RolloutBuffer":
-        """Copy with every tensor (also inside ``prompts`` dicts/lists) on ``device``."""
-        return RolloutBuffer(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})

@@ -42,20 +42,6 @@ def zero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> tupl
     return tied, int(groups.numel())
 
 
-def zero_variance_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    """Fraction of the groups (G adjacent rewards each) whose rewards all tie.
-
-    Example: rewards [1, 1, 0, 1], G = 2 -> groups [1, 1] (tied) and [0, 1] -> 1 / 2 = 0.5.
-    """
-    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards of shape {tuple(rewards.shape)} cannot be split into groups of {group_size}"
-        )
-    grouped = rewards.view(-1, group_size)  # [B, G]
-    tied = (grouped == grouped[:, :1]).all(dim=1)  # [B]
-    return float(tied.float().mean())
-
-
 def _mean_std(total: float, total_sq: float, count: float) -> tuple[float, float]:
     """Mean and unbiased std from a sum, a sum of squares and a count (NaN std when count < 2)."""
     if count <= 0:

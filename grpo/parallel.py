@@ -57,12 +57,12 @@ class DistInfo:
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Initialise (or reuse) the default process group; works with and without torchrun.
 
-    ``device``: 'cpu' (gloo), 'cuda' (nccl, one GPU per local rank) or 'auto'.
+    ``device``: 'cpu' (gloo), 'cuda' (nccl, the GPU of the local rank), 'cuda:K' or 'auto'.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config field device='cuda' but no CUDA device is available; use --device cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"config field device={device!r} but no CUDA device is available; use --device cpu")
     if "RANK" not in os.environ:  # plain `python train.py`: a group of one
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
@@ -70,13 +70,13 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+    if device.startswith("cuda"):
+        dev = torch.device("cuda", int(device.partition(":")[2] or local_rank))
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo",
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     world = dist.get_world_size()
     mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
@@ -92,9 +92,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group; ``barrier=False`` on an error path (other ranks may not get here)."""
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

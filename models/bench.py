@@ -48,7 +48,7 @@ from grpo.advantages import group_advantages
 from grpo.buffer import RolloutBuffer
 from grpo.update import UpdateConfig, grpo_update
 from models.configs import REAL_CONFIG_DIR
-from models.forward import response_logprobs
+from models.forward import plain_logprobs, response_logprobs, shared_prefix_logprobs
 from models.policy import SegZeroPolicy
 from models.rollout import generate
 from rewards.seg_zero import score_completions
@@ -193,9 +193,9 @@ def run(args) -> dict:
     cfg = UpdateConfig(micro_batch_size=args.micro_prompts * group, max_response_len=new_tokens)
     first = list(range(args.micro_prompts * group))  # the first micro-batch's rows
 
-    def fwd_bwd(shared_prefix: bool = True):  # one micro-batch forward + backward, gradients dropped
-        logp = response_logprobs(model, batch.select(list(range(args.micro_prompts))), rollout.response_ids[first],
-                                 rollout.response_mask[first], group, shared_prefix=shared_prefix)
+    def fwd_bwd(forward=shared_prefix_logprobs):  # one micro-batch forward + backward, gradients dropped
+        logp = forward(model, batch.select(list(range(args.micro_prompts))), rollout.response_ids[first],
+                       rollout.response_mask[first], group)
         (logp * rollout.response_mask[first]).sum().backward()
         optimizer.zero_grad(set_to_none=True)
 
@@ -205,7 +205,7 @@ def run(args) -> dict:
     extra = {}
     if args.compare_plain:  # the shared-prefix training forward vs N rows of [prompt | response]
         _, extra["shared_prefix_fwd_bwd_s"] = _timed(device, fwd_bwd)
-        _, extra["plain_fwd_bwd_s"] = _timed(device, lambda: fwd_bwd(shared_prefix=False))
+        _, extra["plain_fwd_bwd_s"] = _timed(device, lambda: fwd_bwd(plain_logprobs))
         extra["plain_over_shared_prefix"] = extra["plain_fwd_bwd_s"] / extra["shared_prefix_fwd_bwd_s"]
     if args.profile:
         extra["profile"] = profile(device, args.profile, lambda: ours(8), fwd_bwd)

@@ -77,35 +77,25 @@ def response_logprobs(
     group_size: int,
     temperature: float = 1.0,
     return_entropy: bool = False,
-    *,
-    shared_prefix: bool = True,
 ):
     """Per-token log-probs (and optionally entropies) of given responses; differentiable.
+
+    Each prompt is computed once and its G responses attend to that one copy
+    (:func:`shared_prefix_logprobs`); :func:`plain_logprobs` is the reference it is tested against.
 
     Args:
         batch: B prompts (any padding side).
         response_ids: [N, L] with N = B * group_size; row i answers prompt i // group_size.
         response_mask: [N, L] 1 = real response token (a prefix of each row, ending at EOS).
         temperature: T of softmax(logits / T); use the sampling temperature.
-        shared_prefix: True (default): each prompt is computed once and its G responses attend to
-            that one copy (:func:`shared_prefix_logprobs`); False: the plain path, N rows of
-            [prompt | response] (:func:`plain_logprobs`). Same results (tests/test_perf_parity.py).
-            Under transformers' own gradient checkpointing (``model.gradient_checkpointing_enable``,
-            which drops caches) the plain path is used whatever this flag says.
 
     Returns:
         logp [N, L] float32 (and entropy [N, L] float32 when ``return_entropy``). Positions where
         response_mask is 0 hold the values of whatever token is there; callers mask them.
     """
     _check_responses(batch, response_ids, response_mask, group_size)
-    # transformers' checkpointing (a ``gradient_checkpointing`` flag on its layers) drops caches
-    hf_checkpointing = (model.training and torch.is_grad_enabled()
-                        and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()))
-    if shared_prefix and not hf_checkpointing:
-        return shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size,
-                                      temperature, return_entropy)
-    return plain_logprobs(model, batch, response_ids, response_mask, group_size, temperature,
-                          return_entropy)
+    return shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size, temperature,
+                                  return_entropy)
 
 
 def _prompt_embeddings(model, batch: PolicyBatch, group_size: int) -> torch.Tensor:

@@ -97,7 +97,7 @@ def sft_step(policy: SegZeroPolicy, samples: Sequence[Sample], optimizer: torch.
         chunk = list(samples[start: start + micro_batch_size])
         batch = policy.prepare([s.image for s in chunk], [s.query for s in chunk])
         mb_ids, mb_mask = ids[start: start + len(chunk)], mask[start: start + len(chunk)]
-        logp = policy.response_logprobs(batch, mb_ids, mb_mask, group_size=1)  # [b, L]
+        logp = policy.logprobs(batch, mb_ids, mb_mask, group_size=1)  # [b, L]
         loss = -(logp * mb_mask).sum() / num_tokens
         loss.backward()
         loss_sum += loss.detach().double()

@@ -243,13 +243,6 @@ class RewardBatch:
     def __len__(self) -> int:
         return int(self.total.shape[0])
 
-    def mean_terms(self) -> dict[str, float]:
-        """Mean of each term, of the total and the parse-failure fraction, for logging."""
-        means = {name: float(values.mean()) if len(self) else math.nan for name, values in self.terms.items()}
-        means["total"] = float(self.total.mean()) if len(self) else math.nan
-        means["parse_fail"] = (sum(s != "ok" for s in self.statuses) / len(self)) if len(self) else math.nan
-        return means
-
 
 def score_completions(
     completions: Sequence[str],

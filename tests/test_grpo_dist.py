@@ -42,7 +42,8 @@ def _updates(rank: int, world_size: int):
             for p in policy.parameters():  # SUM each backward's gradient over ranks
                 p.register_hook(_sum_over_ranks)
         before = [p.detach().clone() for p in policy.parameters()]
-        buf = make_buffer(num_groups=4, group_size=3).shard(rank, world_size)
+        n = 12 // world_size  # this rank's rows: whole groups of the 4 x 3
+        buf = make_buffer(num_groups=4, group_size=3).select(slice(rank * n, (rank + 1) * n))
         if name == "own-old-tis":
             buf.old_logp = None
         metrics = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf,

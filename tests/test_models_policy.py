@@ -214,11 +214,11 @@ def test_response_shape_errors(tiny):
     batch = policy.prepare(_images(2), QUERIES)
     ids, mask = _responses(3, 4, 100)
     with pytest.raises(ValueError, match="3 responses for 2 prompts"):
-        policy.response_logprobs(batch, ids, mask, 2)
+        policy.logprobs(batch, ids, mask, 2)
     with pytest.raises(ValueError, match="group_size"):
-        policy.response_logprobs(batch, ids, mask, 0)
+        policy.logprobs(batch, ids, mask, 0)
     with pytest.raises(ValueError, match=r"\[N, L\]"):
-        policy.response_logprobs(batch, ids, mask[:, :2], 1)
+        policy.logprobs(batch, ids, mask[:, :2], 1)
 
 
 def test_response_may_contain_an_image_placeholder_token(tiny):

@@ -31,7 +31,7 @@ def test_rollout_logprobs_equal_a_separate_forward(policy, temperature, top_p):
                          top_p=top_p, generator=gen)
     assert out.response_ids.shape[0] == 6 and out.logp.shape == out.response_ids.shape
     with torch.no_grad():
-        again = policy.response_logprobs(out.batch, out.response_ids, out.response_mask, 3,
+        again = policy.logprobs(out.batch, out.response_ids, out.response_mask, 3,
                                          temperature=temperature)
     on = out.response_mask.bool()
     torch.testing.assert_close(out.logp[on], again[on], atol=1e-5, rtol=0)

@@ -71,7 +71,7 @@ def test_left_and_right_padding_identical_on_shared_path(tiny):
     with torch.no_grad():
         a = response_logprobs(model, left, ids, mask, 2)  # default: shared prefix
         b = response_logprobs(model, right, ids, mask, 2)
-        c = response_logprobs(model, left, ids, mask, 2, shared_prefix=False)
+        c = plain_logprobs(model, left, ids, mask, 2)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
 
@@ -83,7 +83,7 @@ def test_single_token_responses(tiny):
     ids, mask = _responses(2, 1, model.config.text_config.vocab_size, seed=2)
     with torch.no_grad():
         a = response_logprobs(model, batch, ids, mask, 2)
-        b = response_logprobs(model, batch, ids, mask, 2, shared_prefix=False)
+        b = plain_logprobs(model, batch, ids, mask, 2)
     assert a.shape == (2, 1)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -104,20 +104,3 @@ def test_shared_prefix_under_activation_checkpointing(tiny):
     for name, grad in after.items():
         torch.testing.assert_close(grad, before[name.replace("._checkpoint_wrapped_module", "")],
                                    rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_transformers_checkpointing_falls_back_to_the_plain_path(tiny):
-    # transformers' own checkpointing drops the cache inside its layers; response_logprobs must
-    # notice and use the plain path, so the results stay right.
-    model, processor = build_tiny_qwen(seed=0)
-    batch = prepare_inputs(processor, _images(1), QUERIES[:1])
-    ids, mask = _responses(2, 4, model.config.text_config.vocab_size, seed=4)
-    with torch.no_grad():
-        expected = plain_logprobs(model, batch, ids, mask, 2)
-    if hasattr(model, "activation_checkpointing_enable"):  # the transformers >= 5.2x name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    got = response_logprobs(model, batch, ids, mask, 2)
-    torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)

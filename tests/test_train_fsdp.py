@@ -80,7 +80,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
             forward = shard_model(ResponseLogProbs(model), info, mixed_precision=precision == "bf16")
             dtypes = []
             model.lm_head.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
-            local = _trim(buf.shard(rank, world_size))
+            n = len(buf) // world_size  # this rank's rows: whole groups
+            local = _trim(buf.select(slice(rank * n, (rank + 1) * n)))
             assert local.max_len == (1 if rank == 0 else 4)
             metrics = _step(forward, local)
             params = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
