@@ -189,7 +189,7 @@ def sft_steps(cfg: Config, info, policy: SegZeroPolicy, optimizer, train_set, sa
         with timer("update"):
             metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
                                micro_batch_size=cfg.grpo.micro_batch_size,
-                               max_grad_norm=cfg.optim.max_grad_norm, max_len=cfg.rollout.max_new_tokens)
+                               max_grad_norm=cfg.optim.max_grad_norm, max_new_tokens=cfg.rollout.max_new_tokens)
         yield step, {**metrics, **timer.metrics()}
 
 
@@ -311,14 +311,13 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int | None = None):
 
 
 def build_update_config(cfg: Config) -> UpdateConfig:
+    """The knobs of grpo.update, under the names of the config fields they come from."""
     g = cfg.grpo
     return UpdateConfig(micro_batch_size=g.micro_batch_size, ppo_epochs=g.ppo_epochs,
-                        num_mini_batches=g.num_mini_batches, clip_low=g.clip_eps,
-                        clip_high=g.clip_eps_high or g.clip_eps, kl_coef=g.kl_coef, kl_kind=g.kl_estimator,
-                        entropy_coef=g.entropy_coef, loss_mode=g.aggregation,
-                        max_grad_norm=cfg.optim.max_grad_norm or None,
-                        temperature=cfg.rollout.temperature, max_response_len=cfg.rollout.max_new_tokens,
-                        tis_cap=g.tis_cap or None)
+                        num_mini_batches=g.num_mini_batches, clip_eps=g.clip_eps, clip_eps_high=g.clip_eps_high,
+                        kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
+                        aggregation=g.aggregation, tis_cap=g.tis_cap, max_grad_norm=cfg.optim.max_grad_norm,
+                        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
 
 
 def generate_rollout(cfg: Config, policy: SegZeroPolicy, samples, step: int, positions: list[int]):

@@ -84,7 +84,7 @@ class RolloutBuffer:
         return self.response_ids.shape[0]
 
     @property
-    def max_len(self) -> int:
+    def padded_len(self) -> int:
         """L, the padded response width (the Dr. GRPO normaliser when no budget is given)."""
         return self.response_ids.shape[1]
 

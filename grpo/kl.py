@@ -21,21 +21,20 @@ from __future__ import annotations
 
 import torch
 
-KL_KINDS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 K3_CLAMP = 10.0
 LOG_RATIO_CLAMP = 20.0
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    """Per-token KL estimate of ``kind`` in {"k1", "k2", "k3"}; see the module docstring."""
-    if kind not in KL_KINDS:
-        raise ValueError(f"kind must be one of {KL_KINDS}, got {kind!r}")
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token KL estimate of ``estimator`` in {"k1", "k2", "k3"}; see the module docstring."""
+    assert estimator in KL_ESTIMATORS, f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}"
     if logp.shape != ref_logp.shape:
         raise ValueError(f"logp shape {tuple(logp.shape)} != ref_logp shape {tuple(ref_logp.shape)}")
     log_ratio = ref_logp - logp  # log pi_ref(x) / pi(x)
-    if kind == "k1":
+    if estimator == "k1":
         return -log_ratio
-    if kind == "k2":
+    if estimator == "k2":
         return 0.5 * log_ratio.square()
     log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return (torch.exp(log_ratio) - log_ratio - 1.0).clamp(-K3_CLAMP, K3_CLAMP)

@@ -11,20 +11,21 @@ and including EOS) and 0 on padding.
    Shao et al. 2024, arXiv 2402.03300, eq. 3), written as a loss to MINIMISE:
 
        ratio   = exp(clamp(logp - old_logp, -20, 20))
-       l_pg    = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
+       l_pg    = max(-A * ratio, -A * clip(ratio, 1 - clip_eps, 1 + clip_eps_high))
        clipped = the second (clipped) term is the larger one, i.e. the clip is binding
 
-   clip_low != clip_high is the asymmetric "clip-higher" of DAPO (arXiv 2503.14476, eq. 10).
+   clip_eps_high > clip_eps is the asymmetric "clip-higher" of DAPO (arXiv 2503.14476, eq. 10);
+   clip_eps_high = 0 means clip_eps_high = clip_eps (symmetric, the paper).
    Departure: the log-ratio clamp to [-20, 20] only guards exp against overflow; ratios that large
    are clipped anyway whenever the clip is active for that sign of A.
 
-2. KL penalty to the reference, per token: kl_estimate(logp, ref_logp, kl_kind), k3 by default
+2. KL penalty to the reference, per token: kl_estimate(logp, ref_logp, kl_estimator), k3 by default
    (GRPO eq. 4), added to the loss as ``kl_coef * KL`` (GRPO's beta; 5e-3 in the Seg-Zero recipe).
 
 3. Entropy bonus: ``- entropy_coef * H`` (the released Seg-Zero code subtracts 1e-3 x entropy; the
    paper is silent; default here 0).
 
-4. Aggregation over tokens (``aggregate``), the same for every term, three modes:
+4. Aggregation over tokens (``aggregate``), the same for every term, three ways (``aggregation``):
 
        "token-mean"              sum_{i,t} m_it l_it / T            T = number of valid tokens
                                  (DAPO, arXiv 2503.14476, eq. 8: each response weighs by its length)
@@ -34,7 +35,8 @@ and including EOS) and 0 on padding.
                                  micro-batches of ONE response, a masked token mean in each,
                                  divided by the number of micro-batches, averaged over ranks
        "seq-mean-token-sum-norm" sum_{i,t} m_it l_it / (S * L_max)   (Dr. GRPO, arXiv 2503.20783,
-                                 eq. 3: a constant normaliser, L_max = the response-length budget)
+                                 eq. 3: a constant normaliser, L_max = ``max_new_tokens``, the
+                                 response-length budget)
 
    The normalisers T, S and L_max are GLOBAL: the caller passes the counts of the whole
    (mini-)batch over all micro-batches and ranks, so that the micro-batch losses, each divided by
@@ -59,7 +61,7 @@ import torch
 
 from grpo.kl import kl_estimate
 
-AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 LOG_RATIO_CLAMP = 20.0
 
 
@@ -67,14 +69,13 @@ def clipped_surrogate(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     adv: torch.Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
+    clip_eps: float = 0.2,
+    clip_eps_high: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token loss [N, L], clipped bool [N, L]) of the PPO clipped surrogate; see module doc."""
     if logp.shape != old_logp.shape:
         raise ValueError(f"logp shape {tuple(logp.shape)} != old_logp shape {tuple(old_logp.shape)}")
-    if not (0 <= clip_low < 1) or clip_high < 0:
-        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    assert 0 <= clip_eps < 1 and clip_eps_high >= 0, f"clip_eps {clip_eps}, clip_eps_high {clip_eps_high}"
     if adv.shape == logp.shape[:1] and logp.dim() == 2:
         adv = adv.unsqueeze(-1)  # [N] -> [N, 1], broadcast over tokens
     elif adv.shape != logp.shape:
@@ -84,7 +85,7 @@ def clipped_surrogate(
     log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)  # [N, L]
     loss_unclipped = -adv * ratio
-    loss_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss_clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + (clip_eps_high or clip_eps))
     per_token = torch.maximum(loss_unclipped, loss_clipped)  # pessimistic bound
     clipped = loss_clipped > loss_unclipped
     return per_token, clipped
@@ -99,8 +100,7 @@ def truncated_is_weight(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap:
         raise ValueError(
             f"old_logp shape {tuple(old_logp.shape)} != rollout_logp shape {tuple(rollout_logp.shape)}"
         )
-    if not cap > 0:
-        raise ValueError(f"cap must be > 0, got {cap}")
+    assert cap > 0, f"cap must be > 0, got {cap}"
     log_ratio = (old_logp - rollout_logp).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(log_ratio).clamp(max=cap)
 
@@ -108,40 +108,38 @@ def truncated_is_weight(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap:
 def aggregate(
     per_token_loss: torch.Tensor,
     mask: torch.Tensor,
-    mode: str = "token-mean",
+    aggregation: str = "token-mean",
     *,
     num_tokens: float | int | torch.Tensor | None = None,
     num_seqs: float | int | torch.Tensor | None = None,
-    max_len: float | int | torch.Tensor | None = None,
+    max_new_tokens: float | int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scalar from per-token values [N, L] and mask [N, L], with global normalisers; module doc.
 
     Local defaults: num_tokens = mask.sum() (at least 1), num_seqs = N (every row counts, even one
-    with no valid token), max_len = L (the padded width). Passed counts must be > 0.
+    with no valid token), max_new_tokens = L (the padded width). Passed counts must be > 0.
     """
-    if mode not in AGGREGATION_MODES:
-        raise ValueError(f"mode must be one of {AGGREGATION_MODES}, got {mode!r}")
+    assert aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}"
     if per_token_loss.shape != mask.shape or per_token_loss.dim() != 2:
         raise ValueError(
             f"per_token_loss {tuple(per_token_loss.shape)} and mask {tuple(mask.shape)} must both be [N, L]"
         )
-    for name, value in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("max_len", max_len)):
-        if value is not None and not float(value) > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+    for name, value in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("max_new_tokens", max_new_tokens)):
+        assert value is None or float(value) > 0, f"{name} must be > 0, got {value}"
     mask = mask.to(per_token_loss.dtype)
     masked = per_token_loss * mask  # [N, L]; padding contributes exactly 0
-    if mode == "token-mean":
+    if aggregation == "token-mean":
         if num_tokens is None:
             num_tokens = mask.sum().clamp(min=1)
         return masked.sum() / num_tokens
     if num_seqs is None:
         num_seqs = per_token_loss.shape[0]
-    if mode == "seq-mean-token-mean":
+    if aggregation == "seq-mean-token-mean":
         seq_mean = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # [N]
         return seq_mean.sum() / num_seqs
-    if max_len is None:
-        max_len = per_token_loss.shape[1]
-    return masked.sum() / (num_seqs * max_len)
+    if max_new_tokens is None:
+        max_new_tokens = per_token_loss.shape[1]
+    return masked.sum() / (num_seqs * max_new_tokens)
 
 
 def grpo_loss(
@@ -152,21 +150,21 @@ def grpo_loss(
     mask: torch.Tensor,
     *,
     kl_coef: float = 5e-3,
-    kl_kind: str = "k3",
+    kl_estimator: str = "k3",
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    mode: str = "token-mean",
+    clip_eps: float = 0.2,
+    clip_eps_high: float = 0.0,
+    aggregation: str = "token-mean",
     num_tokens: float | int | torch.Tensor | None = None,
     num_seqs: float | int | torch.Tensor | None = None,
-    max_len: float | int | torch.Tensor | None = None,
+    max_new_tokens: float | int | torch.Tensor | None = None,
     is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = policy + kl_coef * kl - entropy_coef * entropy, every term aggregated by ``mode``.
+    """loss = policy + kl_coef * kl - entropy_coef * entropy, every term aggregated by ``aggregation``.
 
-    Returns (loss, terms); terms holds detached 0-dim tensors, each aggregated with the same mode
-    and normalisers as the loss (so they too sum over micro-batches and ranks to the full-batch
+    Returns (loss, terms); terms holds detached 0-dim tensors, each aggregated the same way
+    and with the same normalisers as the loss (so they too sum over micro-batches and ranks to the full-batch
     value): "loss", "policy_loss", "kl" (k-estimate to the reference, when ref_logp is given),
     "entropy" (when given), "clipfrac" (fraction of clipped tokens), "approx_kl_old" (k3 of the
     current policy against old_logp, a diagnostic of how far the update moved) and "tis_weight"
@@ -179,12 +177,12 @@ def grpo_loss(
         raise ValueError(f"kl_coef={kl_coef} needs ref_logp, got None")
     if entropy is None and entropy_coef != 0:
         raise ValueError(f"entropy_coef={entropy_coef} needs entropy, got None")
-    counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
+    counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_new_tokens=max_new_tokens)
 
     def agg(values: torch.Tensor) -> torch.Tensor:
-        return aggregate(values, mask, mode, **counts)
+        return aggregate(values, mask, aggregation, **counts)
 
-    per_token_pg, clipped = clipped_surrogate(logp, old_logp, adv, clip_low, clip_high)
+    per_token_pg, clipped = clipped_surrogate(logp, old_logp, adv, clip_eps, clip_eps_high)
     if is_weight is not None:
         if is_weight.shape != logp.shape:
             raise ValueError(f"is_weight shape {tuple(is_weight.shape)} != logp shape {tuple(logp.shape)}")
@@ -193,7 +191,7 @@ def grpo_loss(
     loss = policy_loss
     terms: dict[str, torch.Tensor] = {"policy_loss": policy_loss.detach()}
     if ref_logp is not None:
-        kl = agg(kl_estimate(logp, ref_logp, kl_kind))
+        kl = agg(kl_estimate(logp, ref_logp, kl_estimator))
         loss = loss + kl_coef * kl
         terms["kl"] = kl.detach()
     if entropy is not None:

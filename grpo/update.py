@@ -62,8 +62,8 @@ from dataclasses import dataclass
 import torch
 
 from grpo.buffer import RolloutBuffer
-from grpo.kl import KL_KINDS
-from grpo.losses import AGGREGATION_MODES, grpo_loss, truncated_is_weight
+from grpo.kl import KL_ESTIMATORS
+from grpo.losses import AGGREGATIONS, grpo_loss, truncated_is_weight
 from grpo.metrics import all_reduce, rollout_metrics
 
 LogprobFn = Callable[[RolloutBuffer], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -71,7 +71,11 @@ LogprobFn = Callable[[RolloutBuffer], "tuple[torch.Tensor, torch.Tensor | None]"
 
 @dataclass(kw_only=True)
 class UpdateConfig:
-    """Knobs of grpo_update (defaults: the Seg-Zero recipe, SPEC.md section 8, except entropy)."""
+    """Knobs of grpo_update (defaults: the Seg-Zero recipe, SPEC.md section 8, except entropy).
+
+    The names are those of the training config (grpo.recipe: GRPOConfig, and max_grad_norm,
+    temperature, max_new_tokens), which validates user input; here a bad value is a programming
+    error (an assertion)."""
 
     micro_batch_size: int = 4
     """Rows per forward/backward; gradients accumulate over the micro-batches of a mini-batch.
@@ -81,49 +85,36 @@ class UpdateConfig:
     """Passes over the rollout; > 1 needs old_logp recomputed (see compute_old_logprobs)."""
     num_mini_batches: int = 1
     """Optimizer steps per epoch; the local rows must divide evenly."""
-    clip_low: float = 0.2
-    """Ratio clip below: ratio >= 1 - clip_low."""
-    clip_high: float = 0.2
-    """Ratio clip above: ratio <= 1 + clip_high (DAPO's clip-higher when > clip_low)."""
+    clip_eps: float = 0.2
+    """Ratio clip: ratio >= 1 - clip_eps (and <= 1 + clip_eps unless clip_eps_high is set)."""
+    clip_eps_high: float = 0.0
+    """Ratio clip above: ratio <= 1 + clip_eps_high (DAPO's clip-higher); 0 = clip_eps."""
     kl_coef: float = 5e-3
     """beta, the weight of the KL-to-reference loss term (0 disables it; ref_logp may be None)."""
-    kl_kind: str = "k3"
+    kl_estimator: str = "k3"
     """KL estimator: "k1", "k2" or "k3" (grpo.kl)."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus (the released Seg-Zero code uses 1e-3)."""
-    loss_mode: str = "seq-mean-token-mean"
+    aggregation: str = "seq-mean-token-mean"
     """Aggregation: "token-mean", "seq-mean-token-mean" (what the released Seg-Zero configs
     compute) or "seq-mean-token-sum-norm" (grpo.losses)."""
-    max_grad_norm: float | None = 1.0
-    """Clip the global gradient 2-norm to this; None: no clipping (the norm is still reported)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient 2-norm to this; 0: no clipping (the norm is still reported)."""
     temperature: float = 1.0
     """Sampling temperature; logprob_fn must apply it (logits / temperature) as sampling did."""
-    max_response_len: int | None = None
+    max_new_tokens: int | None = None
     """Dr. GRPO normaliser L_max (the generation budget); None: the padded width, max over ranks."""
-    tis_cap: float | None = None
+    tis_cap: float = 0.0
     """Truncated importance sampling cap C (module docstring; needs buffer.rollout_logp);
-    None: off (the recipe)."""
+    0: off (the recipe)."""
 
     def __post_init__(self) -> None:
-        for name in ("micro_batch_size", "ppo_epochs", "num_mini_batches"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
-            raise ValueError(f"need 0 <= clip_low < 1, clip_high >= 0; got {self.clip_low}, {self.clip_high}")
-        if self.kl_kind not in KL_KINDS:
-            raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
-        if self.loss_mode not in AGGREGATION_MODES:
-            raise ValueError(f"loss_mode must be one of {AGGREGATION_MODES}, got {self.loss_mode!r}")
-        if self.kl_coef < 0 or self.entropy_coef < 0:
-            raise ValueError(f"kl_coef and entropy_coef must be >= 0, got {self.kl_coef}, {self.entropy_coef}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.max_response_len is not None and self.max_response_len < 1:
-            raise ValueError(f"max_response_len must be >= 1 or None, got {self.max_response_len}")
-        if self.tis_cap is not None and not self.tis_cap > 0:
-            raise ValueError(f"tis_cap must be > 0 or None, got {self.tis_cap}")
+        assert min(self.micro_batch_size, self.ppo_epochs, self.num_mini_batches) >= 1, self
+        assert 0 <= self.clip_eps < 1 and self.clip_eps_high >= 0, self
+        assert self.kl_estimator in KL_ESTIMATORS and self.aggregation in AGGREGATIONS, self
+        assert self.kl_coef >= 0 and self.entropy_coef >= 0 and self.temperature > 0, self
+        assert self.max_grad_norm >= 0 and self.tis_cap >= 0, self
+        assert self.max_new_tokens is None or self.max_new_tokens >= 1, self
 
     @property
     def one_step_per_rollout(self) -> bool:
@@ -148,9 +139,9 @@ def mini_batch_rows(num_rows: int, num_mini_batches: int, k: int) -> torch.Tenso
     return torch.arange(k, num_rows, num_mini_batches)
 
 
-def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    """Global grad 2-norm (clipping to max_norm when given); FSDP2 DTensor grads handled by torch."""
-    norm = torch.nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)
+def _grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Global grad 2-norm (clipping to max_norm unless 0); FSDP2 DTensor grads handled by torch."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)
     if hasattr(norm, "full_tensor"):  # DTensor (FSDP2): the norm is already global, materialise it
         norm = norm.full_tensor()
     return norm
@@ -185,14 +176,15 @@ def grpo_update(
             f"{cfg.num_mini_batches} optimizer steps need a fixed pi_old: fill it with "
             "compute_old_logprobs before the update"
         )
-    if cfg.tis_cap is not None and buffer.rollout_logp is None:
+    if cfg.tis_cap and buffer.rollout_logp is None:
         raise ValueError(f"tis_cap={cfg.tis_cap} needs buffer.rollout_logp (the sampler's log-probs), got None")
     device = buffer.response_ids.device
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if cfg.max_response_len is not None:
-        max_len = float(cfg.max_response_len)
+    if cfg.max_new_tokens is not None:  # the Dr. GRPO normaliser L_max: the budget, or the widest rollout
+        max_new_tokens = float(cfg.max_new_tokens)
     else:
-        max_len = all_reduce(torch.tensor(float(buffer.max_len), device=device), "max", process_group).item()
+        max_new_tokens = all_reduce(torch.tensor(float(buffer.padded_len), device=device), "max",
+                                    process_group).item()
 
     totals: dict[str, float] = {}
     grad_norms: list[float] = []
@@ -221,14 +213,14 @@ def grpo_update(
                         diff = torch.where(valid, (old_logp.detach() - micro.rollout_logp).abs(), 0.0)
                         diff_sum += torch.stack([diff.double().sum(), valid.double().sum()])
                         diff_max = torch.maximum(diff_max, diff.double().max().view(1))
-                    if cfg.tis_cap is not None:
+                    if cfg.tis_cap:
                         is_weight = truncated_is_weight(old_logp, micro.rollout_logp, cfg.tis_cap)
                 loss, terms = grpo_loss(
                     logp, old_logp, micro.ref_logp, micro.advantages, micro.response_mask,
-                    kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
+                    kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
                     entropy=entropy, entropy_coef=cfg.entropy_coef,
-                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, mode=cfg.loss_mode,
-                    num_tokens=max(num_tokens, 1.0), num_seqs=max(num_seqs, 1.0), max_len=max_len,
+                    clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation,
+                    num_tokens=max(num_tokens, 1.0), num_seqs=max(num_seqs, 1.0), max_new_tokens=max_new_tokens,
                     is_weight=is_weight,
                 )
                 loss.backward()

@@ -190,7 +190,7 @@ def run(args) -> dict:
 
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    cfg = UpdateConfig(micro_batch_size=args.micro_prompts * group, max_response_len=new_tokens)
+    cfg = UpdateConfig(micro_batch_size=args.micro_prompts * group, max_new_tokens=new_tokens)
     first = list(range(args.micro_prompts * group))  # the first micro-batch's rows
 
     def fwd_bwd(forward=shared_prefix_logprobs):  # one micro-batch forward + backward, gradients dropped

@@ -78,7 +78,7 @@ def tokenize_targets(tokenizer, texts: Sequence[str], eos_token_id: int, pad_tok
 
 def sft_step(policy: SegZeroPolicy, samples: Sequence[Sample], optimizer: torch.optim.Optimizer, *,
              think: bool = True, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
-             max_len: int | None = None) -> dict[str, float]:
+             max_new_tokens: int | None = None) -> dict[str, float]:
     """One optimizer step of token-mean NLL on this rank's ``samples`` (collective under dist).
 
     Every rank must pass the same number of samples (same number of forward calls). Returns
@@ -86,7 +86,7 @@ def sft_step(policy: SegZeroPolicy, samples: Sequence[Sample], optimizer: torch.
     """
     tok = policy.processor.tokenizer
     ids, mask = tokenize_targets(tok, [sft_target(s, think) for s in samples], policy.eos_token_id,
-                                 policy.pad_token_id, max_len=max_len, device=policy.device)
+                                 policy.pad_token_id, max_len=max_new_tokens, device=policy.device)
     count = torch.tensor([float(mask.sum())], dtype=torch.float64, device=policy.device)
     if dist.is_initialized():
         dist.all_reduce(count)

@@ -19,10 +19,10 @@ from grpo.parallel import free_port  # noqa: E402
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 BASE = dict(micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0.5)
-CONFIGS = {mode: dict(BASE, loss_mode=mode) for mode in MODES}
+CONFIGS = {mode: dict(BASE, aggregation=mode) for mode in MODES}
 # 2 epochs x 2 mini-batches (4 steps): the mini-batches must be the same global rows on 1 and 2
 # ranks (grpo.update: strided rows; contiguous local slices would differ).
-CONFIGS["2x2-steps"] = dict(BASE, loss_mode="token-mean", ppo_epochs=2, num_mini_batches=2)
+CONFIGS["2x2-steps"] = dict(BASE, aggregation="token-mean", ppo_epochs=2, num_mini_batches=2)
 # pi_old = the update's own forward (buffer.old_logp None), with the truncated IS weight on
 CONFIGS["own-old-tis"] = dict(BASE, tis_cap=1.5)
 

@@ -67,7 +67,7 @@ def test_select_reindexes_prompts_and_micro_batches_split_rows():
     assert half.group_ids.tolist() == [0, 0, 0, 1, 1, 1] and half.prompts == buf.prompts[2:]
     sizes = [len(mb) for mb in buf.micro_batches(5)]
     assert sizes == [5, 5, 2]
-    assert buf.num_seqs == 12 and buf.max_len == L and buf.num_valid_tokens == int(buf.response_mask.sum())
+    assert buf.num_seqs == 12 and buf.padded_len == L and buf.num_valid_tokens == int(buf.response_mask.sum())
 
 
 def test_buffer_validation():
@@ -104,7 +104,7 @@ def _run(mode, micro_batch_size, buf=None, **cfg_kwargs):
     policy = make_policy()
     before = [p.detach().clone() for p in policy.parameters()]
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)  # delta = -grad
-    cfg = UpdateConfig(micro_batch_size=micro_batch_size, loss_mode=mode, max_grad_norm=None,
+    cfg = UpdateConfig(micro_batch_size=micro_batch_size, aggregation=mode, max_grad_norm=0,
                        kl_coef=0.1, entropy_coef=0.01, **cfg_kwargs)
     metrics = grpo_update(logprob_fn_for(policy), opt, buf or make_buffer(), cfg)
     return param_deltas(policy, before), metrics
@@ -117,7 +117,7 @@ def test_micro_batches_give_the_full_batch_gradient(mode):
     policy = make_policy()
     logp, entropy = logprob_fn_for(policy)(buf)
     loss, _ = grpo_loss(logp, buf.old_logp, buf.ref_logp, buf.advantages, buf.response_mask,
-                        kl_coef=0.1, entropy=entropy, entropy_coef=0.01, mode=mode)
+                        kl_coef=0.1, entropy=entropy, entropy_coef=0.01, aggregation=mode)
     loss.backward()
     expected = [-p.grad for p in policy.parameters()]
     whole, m_whole = _run(mode, 12)
@@ -148,7 +148,7 @@ def test_one_step_per_rollout_uses_its_own_forward_as_pi_old():
     policy = make_policy()
     d = _mismatched_rollout(buf, policy)
     before = [p.detach().clone() for p in policy.parameters()]
-    cfg = UpdateConfig(micro_batch_size=4, kl_coef=0.0, loss_mode="token-mean", max_grad_norm=None)
+    cfg = UpdateConfig(micro_batch_size=4, kl_coef=0.0, aggregation="token-mean", max_grad_norm=0)
     m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
     # ratio = exp(logp - logp.detach()) = 1 exactly: nothing clipped, no KL to old, although the
     # sampler's numbers differ by 0.1-0.4 (ratios 0.67-1.49, half of them outside the clip)
@@ -195,7 +195,7 @@ def test_truncated_importance_sampling_weights_the_policy_gradient():
     w[3, 0] = math.exp(-0.4)
     mask = buf.response_mask
     before = [p.detach().clone() for p in policy.parameters()]
-    cfg = UpdateConfig(micro_batch_size=5, kl_coef=0.0, loss_mode="token-mean", max_grad_norm=None,
+    cfg = UpdateConfig(micro_batch_size=5, kl_coef=0.0, aggregation="token-mean", max_grad_norm=0,
                        tis_cap=1.05)
     m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf, cfg)
     num_valid = mask.sum()
@@ -218,13 +218,13 @@ def test_seq_mean_token_mean_is_the_released_micro_batch_of_one_loop():
     #                                    = sum_i grad(tokmean_i) / 4 = grad(seq-mean-token-mean).
     buf = make_buffer(num_groups=2, group_size=2, seed=4)
     assert sorted(buf.response_mask.sum(-1).tolist()) != [L] * 4  # lengths differ: modes differ
-    kwargs = dict(kl_coef=0.1, entropy_coef=0.01, max_grad_norm=None, micro_batch_size=1)
+    kwargs = dict(kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0, micro_batch_size=1)
     deltas = {}
     for mode in ("seq-mean-token-mean", "token-mean"):
         policy = make_policy()
         before = [p.detach().clone() for p in policy.parameters()]
         grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf,
-                    UpdateConfig(loss_mode=mode, **kwargs))
+                    UpdateConfig(aggregation=mode, **kwargs))
         deltas[mode] = param_deltas(policy, before)
     policy = make_policy()
     rank_grads = []
@@ -234,7 +234,7 @@ def test_seq_mean_token_mean_is_the_released_micro_batch_of_one_loop():
             row = buf.select([i])
             logp, entropy = logprob_fn_for(policy)(row)
             loss, _ = grpo_loss(logp, row.old_logp, row.ref_logp, row.advantages, row.response_mask,
-                                kl_coef=0.1, entropy=entropy, entropy_coef=0.01, mode="token-mean")
+                                kl_coef=0.1, entropy=entropy, entropy_coef=0.01, aggregation="token-mean")
             (loss / len(rank_rows)).backward()  # divided by the gradient-accumulation steps
         rank_grads.append([p.grad.clone() for p in policy.parameters()])
     released = [(a + b) / 2 for a, b in zip(*rank_grads)]  # averaged over the 2 ranks
@@ -279,17 +279,14 @@ def test_grad_norm_is_clipped():
     policy = make_policy()
     before = [p.detach().clone() for p in policy.parameters()]
     cfg = UpdateConfig(micro_batch_size=4, max_grad_norm=1e-3, kl_coef=0.1, entropy_coef=0.01,
-                       loss_mode="token-mean")
+                       aggregation="token-mean")
     m = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), make_buffer(), cfg)
     assert m["grad_norm"] == pytest.approx(unclipped["grad_norm"])  # reported before clipping
     step = torch.cat([d.flatten() for d in param_deltas(policy, before)]).norm()
     assert step.item() == pytest.approx(1e-3, rel=1e-4)  # SGD lr 1: step norm = clipped grad norm
 
 
-def test_config_validation():
-    with pytest.raises(ValueError, match="loss_mode"):
-        UpdateConfig(loss_mode="mean")
-    with pytest.raises(ValueError, match="micro_batch_size"):
-        UpdateConfig(micro_batch_size=0)
-    with pytest.raises(ValueError, match="kl_kind"):
-        UpdateConfig(kl_kind="k5")
+def test_config_values_are_asserted():  # the training config validates user input (test_train_recipe)
+    for bad in (dict(aggregation="mean"), dict(micro_batch_size=0), dict(kl_estimator="k5")):
+        with pytest.raises(AssertionError, match=f"{next(iter(bad))}={next(iter(bad.values()))!r}"):
+            UpdateConfig(**bad)

@@ -24,8 +24,8 @@ from grpo import RolloutBuffer, UpdateConfig, grpo_update  # noqa: E402
 from grpo.parallel import free_port  # noqa: E402
 
 G = 2
-UPDATE = UpdateConfig(micro_batch_size=G, kl_coef=0.0, entropy_coef=0.1, loss_mode="token-mean",
-                      max_grad_norm=None)
+UPDATE = UpdateConfig(micro_batch_size=G, kl_coef=0.0, entropy_coef=0.1, aggregation="token-mean",
+                      max_grad_norm=0)
 
 
 def _model_and_buffer():
@@ -82,7 +82,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
             model.lm_head.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
             n = len(buf) // world_size  # this rank's rows: whole groups
             local = _trim(buf.select(slice(rank * n, (rank + 1) * n)))
-            assert local.max_len == (1 if rank == 0 else 4)
+            assert local.padded_len == (1 if rank == 0 else 4)
             metrics = _step(forward, local)
             params = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
             results[precision] = (params, metrics, sorted({str(d) for d in dtypes}))
