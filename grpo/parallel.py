@@ -63,12 +63,6 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"config field device={device!r} but no CUDA device is available; use --device cpu")
-    if "RANK" not in os.environ:  # plain `python train.py`: a group of one
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         dev = torch.device("cuda", int(device.partition(":")[2] or local_rank))
@@ -76,8 +70,10 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
+        alone = {} if "RANK" in os.environ else dict(  # plain `python train.py`: a group of one
+            init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=timeout_s), **alone)
     world = dist.get_world_size()
     mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
     return DistInfo(rank=dist.get_rank(), world_size=world, local_rank=local_rank, device=dev, mesh=mesh)
