@@ -31,15 +31,23 @@ across ranks) are in :func:`check_world_size`.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # --------------------------------------------------------------------------------------------------
 # Sections
+
+
+def knob(default: Any, help: str) -> Any:
+    """A config field and its help line (``train.py --help`` shows it)."""
+    return field(default=default, metadata={"help": " ".join(help.split())})
 
 
 def _require(cond: bool, name: str, value: Any, what: str) -> None:
@@ -65,24 +73,20 @@ def _check_types(section: Any) -> None:
 
 @dataclass
 class ModelConfig:
-    model_path: str = "tiny"
-    """Policy to train: a Hugging Face directory or hub id of Qwen2.5-VL, 'toy' (the shipped toy
-    pretrained Qwen2.5-VL, models.toy: the default CPU run) or 'tiny' (random tiny Qwen2.5-VL built
-    in memory, for tests). Required for the real presets."""
-    dtype: str = "float32"
-    """Dtype of the master weights and optimizer state: float32 (recommended, SPEC 8) or bfloat16."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers: sdpa, eager or flash_attention_2."""
-    min_pixels: int = 0
-    """Processor min_pixels (0 = the processor's default). Images are resized to 840x840 anyway."""
-    max_pixels: int = 0
-    """Processor max_pixels (0 = the processor's default)."""
-    tiny_seed: int = 0
-    """Seed of the random tiny model (model_path='tiny' only)."""
-    sam2: str = ""
-    """Segmenter of the validation gIoU / cIoU: '' (none: the reports give the box-IoU proxy only),
-    'toy' (the shipped toy SAM2, models.toy), a hub id (facebook/sam2-hiera-large), or
-    CONFIG::CHECKPOINT (a sam2 package config and a checkpoint file)."""
+    model_path: str = knob("tiny", """Policy to train: a Hugging Face directory or hub id of Qwen2.5-VL, 'toy'
+        (the shipped toy pretrained Qwen2.5-VL, models.toy: the default CPU run) or 'tiny' (random tiny
+        Qwen2.5-VL built in memory, for tests). Required for the real presets.""")
+    dtype: str = knob("float32", """Dtype of the master weights and optimizer state: float32 (recommended,
+        SPEC 8) or bfloat16.""")
+    attn_implementation: str = knob("sdpa", """Attention kernel passed to transformers: sdpa, eager or
+        flash_attention_2.""")
+    min_pixels: int = knob(0, """Processor min_pixels (0 = the processor's default). Images are resized to
+        840x840 anyway.""")
+    max_pixels: int = knob(0, "Processor max_pixels (0 = the processor's default).")
+    tiny_seed: int = knob(0, "Seed of the random tiny model (model_path='tiny' only).")
+    sam2: str = knob("", """Segmenter of the validation gIoU / cIoU: '' (none: the reports give the box-IoU
+        proxy only), 'toy' (the shipped toy SAM2, models.toy), a hub id (facebook/sam2-hiera-large), or
+        CONFIG::CHECKPOINT (a sam2 package config and a checkpoint file).""")
 
     def __post_init__(self):
         _check_types(self)
@@ -97,21 +101,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data_path: str = "synthetic"
-    """Training data, a spec for data.open_dataset (a parquet file / folder of the authors' data,
-    a LISA ReasonSeg folder...), or 'synthetic'. Required for the real presets."""
-    num_synthetic: int = 256
-    """Number of training samples when data_path='synthetic'."""
-    heldout_size: int = 16
-    """Held-out synthetic samples for the start/end reward report (0 = no report)."""
-    data_seed: int = 0
-    """Seed of the synthetic data and of the per-epoch shuffling of the training set."""
-    val_path: str = "heldout"
-    """Validation set of the reports and --eval-every (with model.sam2 set): 'heldout' (the
-    heldout_size held-out synthetic scenes) or a dataset spec for data.open_dataset (e.g. a
-    ReasonSeg val folder or parquet)."""
-    val_limit: int = 0
-    """Validate on the first N samples of val_path only (0 = all)."""
+    data_path: str = knob("synthetic", """Training data, a spec for data.open_dataset (a parquet file / folder
+        of the authors' data, a LISA ReasonSeg folder...), or 'synthetic'. Required for the real presets.""")
+    num_synthetic: int = knob(256, "Number of training samples when data_path='synthetic'.")
+    heldout_size: int = knob(16, """Held-out synthetic samples for the start/end reward report (0 = no
+        report).""")
+    data_seed: int = knob(0, "Seed of the synthetic data and of the per-epoch shuffling of the training set.")
+    val_path: str = knob("heldout", """Validation set of the reports and --eval-every (with model.sam2 set):
+        'heldout' (the heldout_size held-out synthetic scenes) or a dataset spec for data.open_dataset (e.g. a
+        ReasonSeg val folder or parquet).""")
+    val_limit: int = knob(0, "Validate on the first N samples of val_path only (0 = all).")
 
     def __post_init__(self):
         _check_types(self)
@@ -125,18 +124,15 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 8
-    """G, samples per prompt (SPEC 8: 8; 16 for the final models)."""
-    max_new_tokens: int = 1300
-    """Maximum response length in tokens (released Seg-Zero configs: max_response_length 1300)."""
-    temperature: float = 1.0
-    """Sampling temperature; the same scaling is used in every log-prob (old, reference, current)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1.0 = off)."""
-    think: bool = True
-    """Ask for a reasoning chain and reward its format (False = the paper's non-CoT ablation)."""
-    with_example: bool = True
-    """Put the example answer in the prompt (False = paper Table 5 ablation)."""
+    group_size: int = knob(8, "G, samples per prompt (SPEC 8: 8; 16 for the final models).")
+    max_new_tokens: int = knob(1300, """Maximum response length in tokens (released Seg-Zero configs:
+        max_response_length 1300).""")
+    temperature: float = knob(1.0, """Sampling temperature; the same scaling is used in every log-prob (old,
+        reference, current).""")
+    top_p: float = knob(1.0, "Nucleus sampling threshold (1.0 = off).")
+    think: bool = knob(True, """Ask for a reasoning chain and reward its format (False = the paper's non-CoT
+        ablation).""")
+    with_example: bool = knob(True, "Put the example answer in the prompt (False = paper Table 5 ablation).")
 
     def __post_init__(self):
         _check_types(self)
@@ -150,10 +146,10 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    soft_accuracy: bool = False
-    """Soft accuracy rewards (IoU value, 1 - L1/840) instead of hard thresholds (SPEC 4)."""
-    strict_format: bool = True
-    """Strict segmentation-format reward (exact keys) instead of the soft one (SPEC 4)."""
+    soft_accuracy: bool = knob(False, """Soft accuracy rewards (IoU value, 1 - L1/840) instead of hard
+        thresholds (SPEC 4).""")
+    strict_format: bool = knob(True, """Strict segmentation-format reward (exact keys) instead of the soft one
+        (SPEC 4).""")
 
     def __post_init__(self):
         _check_types(self)
@@ -161,40 +157,33 @@ class RewardConfig:
 
 @dataclass
 class GRPOConfig:
-    kl_coef: float = 5e-3
-    """beta, weight of the KL-to-reference loss term (0 = no reference model is built)."""
-    kl_estimator: str = "k3"
-    """KL estimator: k1 (log ratio), k2 (half squared log ratio), k3 (low-variance, SPEC 8)."""
-    entropy_coef: float = 1e-3
-    """Weight of the entropy bonus (subtracted from the loss; SPEC 8: 1e-3)."""
-    clip_eps: float = 0.2
-    """PPO clip range epsilon (ratio clipped to [1 - eps, 1 + eps])."""
-    clip_eps_high: float = 0.0
-    """Upper clip range (DAPO clip-higher); 0 = the same as clip_eps (symmetric, the paper)."""
-    aggregation: str = "seq-mean-token-mean"
-    """Loss aggregation (grpo.losses): seq-mean-token-mean (mean over responses of each response's
-    token mean: GRPO paper eq. 3, and what the released configs compute with their micro-batches of
-    one response, SPEC 8), token-mean (over all tokens of the batch: DAPO, each response weighs by
-    its length), seq-mean-token-sum-norm (Dr. GRPO, normalised by max_new_tokens)."""
-    adv_estimator: str = "grpo"
-    """Advantage estimator (grpo.advantages): grpo (group z-score, SPEC 8) or rloo."""
-    scale_by_std: bool = True
-    """Divide the advantage by the group std (False = Dr. GRPO's unscaled advantage)."""
-    ppo_epochs: int = 1
-    """Passes over each rollout batch (SPEC 8: 1)."""
-    num_mini_batches: int = 1
-    """Optimizer steps per pass over the rollout batch (SPEC 8: 1)."""
-    micro_batch_size: int = 8
-    """Samples per forward/backward on one rank (memory knob; does not change the result). Keep it a
-    multiple of group_size: the training forward computes each prompt and its image once per
-    micro-batch it appears in, so fewer rows than G recompute every prompt G / micro_batch_size
-    times (train.py prints the cost)."""
-    adv_eps: float = 1e-6
-    """Added to the group std in the advantage (SPEC 8)."""
-    tis_cap: float = 0.0
-    """Truncated importance sampling: weight each token's policy-gradient term by
-    min(pi_trainer / pi_sampler, tis_cap) for the sampler-vs-trainer mismatch (Yao et al. 2025);
-    0 = off (the recipe; the released code has none)."""
+    kl_coef: float = knob(5e-3, """beta, weight of the KL-to-reference loss term (0 = no reference model is
+        built).""")
+    kl_estimator: str = knob("k3", """KL estimator: k1 (log ratio), k2 (half squared log ratio), k3
+        (low-variance, SPEC 8).""")
+    entropy_coef: float = knob(1e-3, "Weight of the entropy bonus (subtracted from the loss; SPEC 8: 1e-3).")
+    clip_eps: float = knob(0.2, "PPO clip range epsilon (ratio clipped to [1 - eps, 1 + eps]).")
+    clip_eps_high: float = knob(0.0, """Upper clip range (DAPO clip-higher); 0 = the same as clip_eps
+        (symmetric, the paper).""")
+    aggregation: str = knob("seq-mean-token-mean", """Loss aggregation (grpo.losses): seq-mean-token-mean
+        (mean over responses of each response's token mean: GRPO paper eq. 3, and what the released configs
+        compute with their micro-batches of one response, SPEC 8), token-mean (over all tokens of the batch:
+        DAPO, each response weighs by its length), seq-mean-token-sum-norm (Dr. GRPO, normalised by
+        max_new_tokens).""")
+    adv_estimator: str = knob("grpo", """Advantage estimator (grpo.advantages): grpo (group z-score, SPEC 8)
+        or rloo.""")
+    scale_by_std: bool = knob(True, """Divide the advantage by the group std (False = Dr. GRPO's unscaled
+        advantage).""")
+    ppo_epochs: int = knob(1, "Passes over each rollout batch (SPEC 8: 1).")
+    num_mini_batches: int = knob(1, "Optimizer steps per pass over the rollout batch (SPEC 8: 1).")
+    micro_batch_size: int = knob(8, """Samples per forward/backward on one rank (memory knob; does not change
+        the result). Keep it a multiple of group_size: the training forward computes each prompt and its image
+        once per micro-batch it appears in, so fewer rows than G recompute every prompt G / micro_batch_size
+        times (train.py prints the cost).""")
+    adv_eps: float = knob(1e-6, "Added to the group std in the advantage (SPEC 8).")
+    tis_cap: float = knob(0.0, """Truncated importance sampling: weight each token's policy-gradient term by
+        min(pi_trainer / pi_sampler, tis_cap) for the sampler-vs-trainer mismatch (Yao et al. 2025); 0 = off
+        (the recipe; the released code has none).""")
 
     def __post_init__(self):
         _check_types(self)
@@ -219,25 +208,17 @@ class GRPOConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adamw"
-    """adamw (SPEC 8) or sgd (plain gradient descent; used by tests, where AdamW's first step,
-    lr * sign(grad), would hide a wrong gradient scale)."""
-    lr: float = 1e-6
-    """AdamW learning rate (SPEC 8: 1e-6)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (SPEC 8: 0.01)."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.999
-    """AdamW beta2."""
-    adam_eps: float = 1e-8
-    """AdamW epsilon."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip (SPEC 8: 1.0; 0 = no clipping)."""
-    warmup_steps: int = 0
-    """Linear learning-rate warmup from 0, in training steps (one scheduler step per rollout)."""
-    lr_schedule: str = "constant"
-    """After warmup: constant or cosine (to 0 at the last step)."""
+    optimizer: str = knob("adamw", """adamw (SPEC 8) or sgd (plain gradient descent; used by tests, where
+        AdamW's first step, lr * sign(grad), would hide a wrong gradient scale).""")
+    lr: float = knob(1e-6, "AdamW learning rate (SPEC 8: 1e-6).")
+    weight_decay: float = knob(0.01, "AdamW weight decay (SPEC 8: 0.01).")
+    beta1: float = knob(0.9, "AdamW beta1.")
+    beta2: float = knob(0.999, "AdamW beta2.")
+    adam_eps: float = knob(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = knob(1.0, "Global gradient-norm clip (SPEC 8: 1.0; 0 = no clipping).")
+    warmup_steps: int = knob(0, """Linear learning-rate warmup from 0, in training steps (one scheduler step
+        per rollout).""")
+    lr_schedule: str = knob("constant", "After warmup: constant or cosine (to 0 at the last step).")
 
     def __post_init__(self):
         _check_types(self)
@@ -255,15 +236,15 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    device: str = "auto"
-    """cpu, cuda, or auto (cuda when available). The process-group backend follows: gloo / nccl."""
-    mixed_precision: bool = True
-    """bf16 parameters and compute, fp32 gradient reduction, fp32 master weights and optimizer state
-    (FSDP2 MixedPrecisionPolicy), on CPU (gloo) and GPU alike; false: fp32 throughout."""
-    activation_checkpointing: bool = False
-    """Recompute each decoder / vision block in the backward pass to save memory."""
-    ref_cpu_offload: bool = False
-    """Keep the frozen reference model's shards in CPU memory (FSDP2 CPU offload)."""
+    device: str = knob("auto", """cpu, cuda, or auto (cuda when available). The process-group backend follows:
+        gloo / nccl.""")
+    mixed_precision: bool = knob(True, """bf16 parameters and compute, fp32 gradient reduction, fp32 master
+        weights and optimizer state (FSDP2 MixedPrecisionPolicy), on CPU (gloo) and GPU alike; false: fp32
+        throughout.""")
+    activation_checkpointing: bool = knob(False, """Recompute each decoder / vision block in the backward pass
+        to save memory.""")
+    ref_cpu_offload: bool = knob(False, """Keep the frozen reference model's shards in CPU memory (FSDP2 CPU
+        offload).""")
 
     def __post_init__(self):
         _check_types(self)
@@ -272,44 +253,32 @@ class ParallelConfig:
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"
-    """Name of the preset the run started from (informational once resolved)."""
-    algo: str = "grpo"
-    """grpo (the paper) or sft (the supervised baseline on ground-truth answer text)."""
-    task: str = "single"
-    """single: Seg-Zero's one box + two points and its five rewards (SPEC 2-4); multi: the
-    authors' current list of objects (one box + one point each), its prompt, data (solution
-    lists; 'synthetic' = multi-object scenes) and three rewards (SPEC 9, rewards.multi_object;
-    soft_accuracy and strict_format do not apply to them)."""
-    seed: int = 0
-    """Seed of everything: sampling, shuffling, the tiny model."""
-    max_steps: int = 30
-    """Optimizer steps (one step = one rollout batch of prompts_per_step prompts)."""
-    prompts_per_step: int = 16
-    """B, GLOBAL prompts per step, split evenly over ranks (SPEC 8: 16)."""
-    output_dir: str = "runs/tiny"
-    """Run directory: config.json, metrics.jsonl, checkpoints/, hf_export/."""
-    resume: bool = False
-    """Continue from the latest complete checkpoint in output_dir/checkpoints."""
-    checkpoint_every: int = 0
-    """Save a checkpoint every K steps (0 = only after the last step, if save_last)."""
-    eval_every: int = 0
-    """Validate every K steps (policy -> answer -> SAM2 -> gIoU / cIoU on data.val_path, logged as
-    val/*; needs model.sam2); a new best val gIoU saves a checkpoint and updates best.json.
-    0 = the start and end reports only."""
-    save_last: bool = True
-    """Save a checkpoint after the last step (besides the checkpoint_every ones)."""
-    export_hf: bool = True
-    """At the end, export the policy in Hugging Face format to output_dir/hf_export."""
-    tensorboard: bool = False
-    """Also log to TensorBoard (output_dir/tb) if the tensorboard package is installed."""
-    warmstart_sft_steps: int = 0
-    """GRPO only: a short SFT pass of this many steps before GRPO (the tiny run's warm start;
-    the paper uses none). The reference model is the warm-started policy."""
-    warmstart_lr: float = 1e-3
-    """Learning rate of the warm-start SFT pass."""
-    progress: bool = True
-    """tqdm progress bar on rank 0."""
+    preset: str = knob("tiny", "Name of the preset the run started from (informational once resolved).")
+    algo: str = knob("grpo", "grpo (the paper) or sft (the supervised baseline on ground-truth answer text).")
+    task: str = knob("single", """single: Seg-Zero's one box + two points and its five rewards (SPEC 2-4);
+        multi: the authors' current list of objects (one box + one point each), its prompt, data (solution
+        lists; 'synthetic' = multi-object scenes) and three rewards (SPEC 9, rewards.multi_object;
+        soft_accuracy and strict_format do not apply to them).""")
+    seed: int = knob(0, "Seed of everything: sampling, shuffling, the tiny model.")
+    max_steps: int = knob(30, "Optimizer steps (one step = one rollout batch of prompts_per_step prompts).")
+    prompts_per_step: int = knob(16, "B, GLOBAL prompts per step, split evenly over ranks (SPEC 8: 16).")
+    output_dir: str = knob("runs/tiny", """Run directory: config.json, metrics.jsonl, checkpoints/,
+        hf_export/.""")
+    resume: bool = knob(False, "Continue from the latest complete checkpoint in output_dir/checkpoints.")
+    checkpoint_every: int = knob(0, """Save a checkpoint every K steps (0 = only after the last step, if
+        save_last).""")
+    eval_every: int = knob(0, """Validate every K steps (policy -> answer -> SAM2 -> gIoU / cIoU on
+        data.val_path, logged as val/*; needs model.sam2); a new best val gIoU saves a checkpoint and updates
+        best.json. 0 = the start and end reports only.""")
+    save_last: bool = knob(True, "Save a checkpoint after the last step (besides the checkpoint_every ones).")
+    export_hf: bool = knob(True, """At the end, export the policy in Hugging Face format to
+        output_dir/hf_export.""")
+    tensorboard: bool = knob(False, """Also log to TensorBoard (output_dir/tb) if the tensorboard package is
+        installed.""")
+    warmstart_sft_steps: int = knob(0, """GRPO only: a short SFT pass of this many steps before GRPO (the tiny
+        run's warm start; the paper uses none). The reference model is the warm-started policy.""")
+    warmstart_lr: float = knob(1e-3, "Learning rate of the warm-start SFT pass.")
+    progress: bool = knob(True, "tqdm progress bar on rank 0.")
 
     def __post_init__(self):
         _check_types(self)
@@ -618,63 +587,47 @@ def build_config(overrides: dict[str, Any] | None = None, preset: str | None = N
     return Config(**{sec: SECTIONS[sec](**vals) for sec, vals in values.items()})
 
 
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d|\.\d|inf$|nan$)")  # -1e-6 and -inf are values
+
+    def error(self, message):  # a user mistake is a ValueError (train.py prints it as one line)
+        raise ValueError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's command line, one option per config field: ``--name value`` where ``name`` is the
+    field (``-`` or ``_``) or ``section.field``; a boolean without a value means true. Values stay
+    strings here: the config converts and validates them (build_config)."""
+    tiny = build_config(preset="tiny")  # the values a bare `train.py` runs with, shown in the help
+    parser = _Parser(prog="train.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Seg-Zero GRPO training. Each option shows its value in the default preset "
+                                 "(tiny), then its help.",
+                     epilog="\n\n".join(f"preset {name}: {inspect.getdoc(fn)}" for name, fn in PRESETS.items()))
+    parser.add_argument("--preset", help=f"starting values, overridden by the options: {', '.join(PRESETS)}")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration (preset + options) as JSON and exit")
+    for sec, cls in SECTIONS.items():
+        group = parser.add_argument_group(sec)
+        for f in dataclasses.fields(cls):
+            if f.name == "preset":
+                continue
+            flags = dict.fromkeys(f"--{name}" for name in (f.name.replace("_", "-"), f.name, f"{sec}.{f.name}"))
+            boolean = _field_type(sec, f.name) is bool
+            group.add_argument(*flags, dest=f"{sec}.{f.name}", default=argparse.SUPPRESS, metavar="VALUE",
+                               nargs="?" if boolean else None, const="true" if boolean else None,
+                               help=f"[{getattr(getattr(tiny, sec), f.name)!r}] {f.metadata['help']}".replace("%", "%%"))
+    return parser
+
+
 def parse_args(argv: list[str]) -> Config:
-    """Command line -> Config. ``--name value`` / ``--name=value``; booleans may omit the value."""
-    overrides: dict[str, Any] = {}
-    preset = None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            raise SystemExit(help_text())
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected command-line argument {arg!r} (options look like --name value)")
-        name, eq, value = arg[2:].partition("=")
-        if name.replace("-", "_") == "preset":
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ValueError("--preset needs a value")
-                value, i = argv[i + 1], i + 1
-            preset = value
-            i += 1
-            continue
-        sec, fname = _resolve_name(name)
-        if not eq:
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if _field_type(sec, fname) is bool and (nxt is None or nxt.startswith("--")):
-                value = "true"
-            elif nxt is None:
-                raise ValueError(f"option --{name} needs a value")
-            else:
-                value, i = nxt, i + 1
-        overrides[f"{sec}.{fname}"] = value
-        i += 1
-    return build_config(overrides, preset=preset)
+    """Command line -> Config (see :func:`build_parser`)."""
+    overrides = vars(build_parser().parse_args(argv))
+    overrides.pop("print_config")
+    return build_config(overrides, preset=overrides.pop("preset"))
 
 
 def help_text() -> str:
     """Every option with its default (tiny preset) and its help line, grouped by section."""
-    import inspect
-    import ast
-
-    tiny = build_config(preset="tiny")  # the values a bare `train.py` runs with
-    lines = ["usage: train.py [--preset " + "|".join(PRESETS) + "] [--option value ...] [--print-config]", "",
-             "--print-config prints the resolved configuration (preset + options) as JSON and exits,",
-             "without loading models or data.",
-             "Each option below shows its value in the default preset (tiny), then its help.", ""]
-    for name, fn in PRESETS.items():
-        lines.append(f"preset {name}: {inspect.getdoc(fn)}")
-        lines.append("")
-    for sec, cls in SECTIONS.items():
-        # Field help lines are the string literal under each field (read from the source).
-        docs: dict[str, str] = {}
-        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-                docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[union-attr]
-        lines.append(f"[{sec}]")
-        for f in dataclasses.fields(cls):
-            default = getattr(getattr(tiny, sec), f.name)
-            lines.append(f"  --{f.name.replace('_', '-'):<26} {default!r:<14} {docs.get(f.name, '')}")
-        lines.append("")
-    return "\n".join(lines)
+    return build_parser().format_help()

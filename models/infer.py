@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="single: one box + two points (Seg-Zero); multi: a list of objects (SPEC 9)")
     parser.add_argument("--prompt-mode", default="box+points", choices=PROMPT_MODES, help="SAM2 prompts (paper Table 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"),
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"),
                         help="attention implementation of the reasoning model")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget (SPEC: 1024)")
     parser.add_argument("--no-example", action="store_true", help="prompt without the example answer (paper Table 5)")
@@ -136,7 +136,7 @@ def load_models(args: argparse.Namespace, device: str):
             model = model.to(device)
         else:
             # load_policy reports missing weights (e.g. a directory with only config.json) first.
-            model, processor = load_policy(args.model, device=device, attn_implementation=args.attn)
+            model, processor = load_policy(args.model, device=device, attn_implementation=args.attn_implementation)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise UsageError(f"reasoning model {args.model or 'tiny'!r}: {exc}") from exc
     policy = SegZeroPolicy(model, processor, with_example=not args.no_example, think=not args.no_think,
