@@ -48,7 +48,8 @@ The authors' parquet is read as it is (its masks are 0 / 1), whatever the option
 Output directory (see :mod:`eval.results` for the formats)
 ----------------------------------------------------------
 ``predictions.jsonl`` (one line per sample; written per rank as ``predictions.rank{r}.jsonl`` with
-an fsync per batch, merged by rank 0 at the end), ``bad_samples.jsonl``, ``metrics.json`` (the table
+an fsync per batch, merged by rank 0 at the end; an unreadable sample is a line with status
+``bad_sample`` and its reason), ``metrics.json`` (the table
 and the run config, written atomically), ``run_config.json``, and ``vis/index.html`` with PNG
 panels when ``--visualize-first`` / ``--visualize-worst`` are set.
 
@@ -60,7 +61,7 @@ silently mixed result; ``--limit`` may change.
 
 User mistakes (a bad option or ``--device``, an ``--output-dir`` that is a file or not writable, a
 dataset file that cannot be read at all) end with one line "error: ..." and exit code 2; a sample
-that cannot be read is counted in ``bad_samples.jsonl`` and the evaluation goes on.
+that cannot be read is counted (a ``bad_sample`` line of the predictions) and the evaluation goes on.
 
 Distributed: under ``torchrun`` every rank loads both models and takes the dataset indices
 ``rank, rank + world, ...`` (:func:`eval.loop.shard_indices`); there is no collective until the

@@ -15,19 +15,18 @@ Files in ``--output-dir``
   so that every rank sees the same mix of easy and hard samples when a dataset is sorted).
 - ``predictions.jsonl``: the merged file, written by rank 0 at the end (atomically: temporary file
   then ``os.replace``), one line per sample, ordered by dataset index. The rank files are deleted
-  once it is in place.
-- ``bad_samples.jsonl``: the samples that could not be read (``BadSampleError``), id + reason.
-  They ALSO appear in ``predictions.jsonl`` with ``status == "bad_sample"`` so that the table (which
-  counts them) is recomputable from that one file; they take no part in gIoU / cIoU.
+  once it is in place. A sample that could not be read (``BadSampleError``) is a line with
+  ``status == "bad_sample"`` and the ``reason``: the table counts it, gIoU / cIoU leave it out.
 
 Resume
 ------
 The ids already done are the union of the ids in ``predictions.jsonl`` and in every
 ``predictions.rank*.jsonl`` (:func:`done_ids`), whatever world size wrote them; the same command
-run again skips them. A last line cut in the middle by a crash has no trailing newline and is not
-valid JSON: readers ignore it (with a warning) and :func:`truncate_partial_line` cuts it off before
-a writer appends to that file again, so the next record never lands glued to a torn one. A corrupt
-line that is NOT the last one cannot come from an interrupted append: that is a ValueError.
+run again skips them. A record counts once its line ends with a newline: whatever follows the last
+newline is the remains of a write cut by a crash, which readers ignore (with a warning) and
+:func:`truncate_partial_line` cuts off before a writer appends to that file again, so the next
+record never lands glued to a torn one and the sample is evaluated again. A corrupt line that ends
+with a newline cannot come from an interrupted append: that is a ValueError.
 A bad sample counts as done (a corrupt file stays corrupt; delete its line to retry it).
 
 Masks
@@ -53,7 +52,6 @@ import numpy as np
 BAD_SAMPLE = "bad_sample"
 
 PREDICTIONS = "predictions.jsonl"
-BAD_SAMPLES = "bad_samples.jsonl"
 METRICS = "metrics.json"
 
 
@@ -139,37 +137,18 @@ def decode_mask(rle: dict | None, shape: Sequence[int] | None = None) -> np.ndar
 
 # ------------------------------------------------------------------------------- write and read
 
-def _parses_as_record(line: bytes) -> bool:
-    """True when ``line`` is a whole record: the test :func:`read_records` applies to a last line."""
-    try:
-        PredictionRecord.from_dict(json.loads(line.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
 def truncate_partial_line(path: str) -> int:
-    """Cut a torn last line (no trailing newline) off ``path``; return the bytes removed.
-
-    A writer appends whole lines ending in ``\\n``; anything after the last ``\\n`` is the remains of
-    a write interrupted by a crash. One exception: a last line that is a complete record (the crash
-    came just before its ``\\n``) is kept and given its newline. :func:`read_records` counts such a
-    line, so the resume has already marked its id done; cutting it would lose that sample for good.
-    """
+    """Cut what follows the last newline of ``path`` (a write cut by a crash); return its bytes."""
     if not os.path.exists(path):
         return 0
     with open(path, "rb+") as f:
         data = f.read()
         keep = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
-        removed = len(data) - keep
-        if removed and _parses_as_record(data[keep:]):
-            f.write(b"\n")  # the file position is at the end after read()
-            removed = 0
-        elif removed:
+        if keep < len(data):
             f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    return removed
+            f.flush()
+            os.fsync(f.fileno())
+    return len(data) - keep
 
 
 class PredictionWriter:
@@ -199,11 +178,13 @@ class PredictionWriter:
 
 
 def read_records(path: str) -> list[PredictionRecord]:
-    """All complete records of one jsonl file (a torn last line is ignored with a warning)."""
+    """The records of one jsonl file, every line that ends with a newline (module docstring)."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+        *lines, torn = f.read().split("\n")
+    if torn:
+        warnings.warn(f"{path}: ignoring a torn last line ({len(torn)} chars)")
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -211,9 +192,6 @@ def read_records(path: str) -> list[PredictionRecord]:
         try:
             records.append(PredictionRecord.from_dict(json.loads(line)))
         except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:  # AttributeError: not an object
-            if number == len(lines):  # after the last "\n": an interrupted append
-                warnings.warn(f"{path}: ignoring a torn last line ({len(line)} chars): {err}")
-                continue
             raise ValueError(f"{path}, line {number}: corrupt prediction record: {err}") from err
     return records
 
@@ -259,17 +237,11 @@ def write_atomic(path: str, text: str) -> None:
 def merge_predictions(output_dir: str) -> list[PredictionRecord]:
     """Rank 0, after every rank is done: rank files + old merged file -> ``predictions.jsonl``.
 
-    Also rewrites ``bad_samples.jsonl``. The rank files are removed only after the merged file is
-    in place, so an interruption at any point loses nothing.
+    The rank files are removed only after the merged file is in place, so an interruption at any
+    point loses nothing.
     """
     records = read_predictions(output_dir)
     write_atomic(os.path.join(output_dir, PREDICTIONS), "".join(r.to_json() + "\n" for r in records))
-    bad = [
-        json.dumps({"index": r.index, "id": r.id, "reason": r.reason}, ensure_ascii=False) + "\n"
-        for r in records
-        if r.is_bad
-    ]
-    write_atomic(os.path.join(output_dir, BAD_SAMPLES), "".join(bad))
     for path in glob.glob(os.path.join(output_dir, "predictions.rank*.jsonl")):
         os.remove(path)
     return records

@@ -93,19 +93,20 @@ def test_truncate_partial_line(tmp_path):
     assert truncate_partial_line(str(path)) == 0
 
 
-def test_complete_last_line_without_newline_is_kept_not_cut(tmp_path):
-    # A crash just before a record's "\n": the reader counts that record, so the resume marks its id
-    # done; the writer must then keep it (and add the newline), or that sample is never evaluated.
+def test_a_record_without_its_newline_is_not_done_and_is_evaluated_again(tmp_path):
+    # A crash just before a record's "\n": the record does not count, the writer cuts it off and the
+    # resumed run evaluates that sample again.
     out = str(tmp_path)
     path = rank_file(out, 0)
     records = hand_records()
     with open(path, "w") as f:
         f.write(records[0].to_json() + "\n" + records[1].to_json())  # no "\n" after s1
-    assert done_ids(out) == {"s0", "s1"}
-    with PredictionWriter(path) as w:  # the resumed run skips s0, s1 and appends s2
-        w.write_batch(records[2:3])
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert done_ids(out) == {"s0"}
+    with pytest.warns(UserWarning, match=f"dropped a torn last line \\({len(records[1].to_json())} bytes\\)"):
+        with PredictionWriter(path) as w:  # the resumed run skips s0 and appends s1, s2
+            w.write_batch(records[1:3])
     assert [r.id for r in read_records(path)] == ["s0", "s1", "s2"]
-    assert truncate_partial_line(path) == 0
 
 
 def test_merge_rank_files(tmp_path):
@@ -117,9 +118,8 @@ def test_merge_rank_files(tmp_path):
     assert done_ids(out) == {"s0", "s1", "s2", "s3"}
     merged = merge_predictions(out)
     assert [r.index for r in merged] == [0, 1, 2, 3]
-    assert sorted(os.listdir(out)) == ["bad_samples.jsonl", "predictions.jsonl"]
-    bad = [json.loads(line) for line in open(tmp_path / "bad_samples.jsonl")]
-    assert bad == [{"index": 3, "id": "s3", "reason": "corrupt"}]
+    assert sorted(os.listdir(out)) == ["predictions.jsonl"]
+    assert [(r.id, r.status, r.reason) for r in merged if r.is_bad] == [("s3", BAD_SAMPLE, "corrupt")]
     assert table_from_predictions(out) == table_from_records(records)
     assert read_predictions(str(tmp_path / "predictions.jsonl")) == merged
 
