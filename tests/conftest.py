@@ -8,3 +8,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    """(model, processor) of the random tiny Qwen2.5-VL (seed 0), built once per test module."""
+    from models.tiny import build_tiny_qwen
+
+    return build_tiny_qwen(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_qwen):
+    """models.policy.SegZeroPolicy around :func:`tiny_qwen`."""
+    from models.policy import SegZeroPolicy
+
+    return SegZeroPolicy(*tiny_qwen)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam2():
+    """The random tiny SAM2 (models.segmenter.Segmenter.tiny, 256 x 256 input), once per module."""
+    from models.segmenter import Segmenter
+
+    return Segmenter.tiny(seed=0, image_size=256)

@@ -18,14 +18,9 @@ from data import AuthorsTrainParquet, BadSampleError, LisaReasonSeg, ReasonSegPa
 from data.polygon import clip_polygon
 from data.refer import compressed_rle_counts
 from data.types import Sample, check_sample
+from helpers import png_bytes
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-def png_bytes(h, w, color=(10, 20, 30)):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), color, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def reasons(source):

@@ -1,11 +1,9 @@
 """Multi-object data (SPEC.md section 9): ground truth from instance masks, the readers on fixtures
 of each format (authors' multi-object parquet, gRefCOCO, single-object readers), synthetic scenes."""
-import io
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from data import BadSampleError, Sample, SyntheticDataset, write_authors_train_parquet
 from data.multi_object import (GRefDataset, MultiObjectParquet, MultiObjectSynthetic, SingleAsMultiObject,
@@ -13,12 +11,7 @@ from data.multi_object import (GRefDataset, MultiObjectParquet, MultiObjectSynth
                                scene_multi_queries, write_multi_object_parquet)
 from data.synthetic import Shape
 from data.types import check_objects_solution
-
-
-def png_bytes(h, w, color=(10, 20, 30)):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), color, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+from helpers import png_bytes
 
 
 # ---------------------------------------------------------------------------------- ground truth

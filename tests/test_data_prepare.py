@@ -10,7 +10,7 @@ import pytest
 
 from data import AuthorsTrainParquet, ReferDataset, solution_from_mask
 from data.prepare_refcocog import main, prepare
-from test_data_readers import make_refer_fixture  # tests/ is on sys.path (no __init__.py)
+from helpers import make_refer_fixture
 
 
 def test_prepare_round_trip_and_summary(tmp_path, capsys):

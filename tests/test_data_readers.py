@@ -1,6 +1,5 @@
 """Dataset readers on small fixtures written here (SPEC.md section 6): refer format, LISA
 folders, both authors' parquet layouts, the restricted unpickler and open_dataset."""
-import io
 import json
 import os
 import pickle
@@ -10,67 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from data import (AuthorsTrainParquet, BadSampleError, LisaReasonSeg, ReasonSegParquet,
                   ReferDataset, open_dataset, safe_load)
-
-
-def png_bytes(h, w, color=(10, 20, 30)):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), color, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+from helpers import make_refer_fixture, png_bytes, rle_rectangle_mask
 
 
 # --------------------------------------------------------------------------- refer format
-
-def rle_rectangle_mask():
-    m = np.zeros((24, 32), dtype=np.uint8)
-    m[3:9, 20:30] = 1  # rows 3..8, cols 20..29: 60 pixels
-    return m
-
-
-def make_refer_fixture(root, corrupt_third=False):
-    """refcocog/instances.json (one polygon ann, one compressed RLE ann) + refs(umd).p + images."""
-    data_dir = root / "refcocog"
-    img_dir = root / "images"
-    data_dir.mkdir(parents=True)
-    img_dir.mkdir()
-    (img_dir / "a.jpg").write_bytes(png_bytes(30, 40))  # PIL reads by content, not by extension
-    (img_dir / "b.jpg").write_bytes(png_bytes(24, 32, (200, 0, 0)))
-    (img_dir / "c.jpg").write_bytes(b"\xff\xd8 corrupt jpeg" if corrupt_third
-                                    else png_bytes(20, 20))
-    rle = mask_utils.encode(np.asfortranarray(rle_rectangle_mask()))
-    rle["counts"] = rle["counts"].decode("ascii")  # as stored in COCO json
-    instances = {
-        "images": [{"id": 1, "file_name": "a.jpg", "height": 30, "width": 40},
-                   {"id": 2, "file_name": "b.jpg", "height": 24, "width": 32},
-                   {"id": 3, "file_name": "c.jpg", "height": 20, "width": 20}],
-        "annotations": [
-            {"id": 11, "image_id": 1, "category_id": 1,
-             "segmentation": [[5.0, 5.0, 15.0, 5.0, 15.0, 12.0, 5.0, 12.0]]},
-            {"id": 12, "image_id": 2, "category_id": 1, "segmentation": rle},
-            {"id": 13, "image_id": 3, "category_id": 1,
-             "segmentation": [[2.0, 2.0, 10.0, 2.0, 10.0, 10.0]]},
-        ],
-        "categories": [{"id": 1, "name": "thing"}],
-    }
-    (data_dir / "instances.json").write_text(json.dumps(instances))
-    refs = [
-        {"ref_id": 0, "ann_id": 11, "image_id": 1, "split": "train", "category_id": 1,
-         "sentences": [{"sent": "the dark box", "sent_id": 100},
-                       {"sent": "left one", "sent_id": 101}]},
-        {"ref_id": 1, "ann_id": 12, "image_id": 2, "split": "train", "category_id": 1,
-         "sentences": [{"sent": "the red patch", "sent_id": 102}]},
-        {"ref_id": 2, "ann_id": 13, "image_id": 3, "split": "train", "category_id": 1,
-         "sentences": [{"sent": "a triangle", "sent_id": 103}]},
-        {"ref_id": 3, "ann_id": 12, "image_id": 2, "split": "val", "category_id": 1,
-         "sentences": [{"sent": "val sentence", "sent_id": 104}]},
-    ]
-    with open(data_dir / "refs(umd).p", "wb") as f:
-        pickle.dump(refs, f, protocol=2)
-    return img_dir
-
 
 def test_refer_dataset_polygon_and_rle(tmp_path):
     img_dir = make_refer_fixture(tmp_path)

@@ -3,54 +3,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from grpo import (
     RolloutBuffer, UpdateConfig, compute_old_logprobs, group_advantages, grpo_loss, grpo_update,
     rollout_metrics, token_logprobs_and_entropy,
 )
-
-# ---- toy policy and rollout (also used by test_grpo_dist.py) -------------------------------------
-VOCAB, DIM, L = 7, 5, 6
-
-
-def make_policy(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, VOCAB)).double()
-
-
-def make_buffer(num_groups: int = 4, group_size: int = 3, seed: int = 0) -> RolloutBuffer:
-    """Random rollout: per-prompt features [L, DIM] in ``prompts``, ragged response masks."""
-    g = torch.Generator().manual_seed(seed)
-    n = num_groups * group_size
-    lengths = torch.randint(1, L + 1, (n,), generator=g)
-    mask = (torch.arange(L)[None, :] < lengths[:, None]).float()  # [N, L], 1 up to EOS
-    rewards = torch.randint(0, 3, (n,), generator=g).double()
-    return RolloutBuffer(
-        response_ids=torch.randint(0, VOCAB, (n, L), generator=g),
-        response_mask=mask,
-        old_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
-        ref_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
-        rollout_logp=-torch.rand(n, L, generator=g, dtype=torch.float64) * 3,
-        rewards=rewards,
-        advantages=group_advantages(rewards, group_size),
-        group_ids=torch.arange(num_groups).repeat_interleave(group_size),
-        reward_terms={"format": (rewards > 0).double(), "iou": rewards / 2},
-        prompts=[torch.randn(L, DIM, generator=g, dtype=torch.float64) for _ in range(num_groups)],
-    )
-
-
-def logprob_fn_for(policy):
-    def logprob_fn(mb: RolloutBuffer):
-        features = torch.stack([mb.prompts[int(i)] for i in mb.group_ids])  # [n, L, DIM]
-        logits = policy(features)  # [n, L, V]
-        return token_logprobs_and_entropy(logits, mb.response_ids, temperature=0.9, chunk_size=5)
-    return logprob_fn
-
-
-def param_deltas(policy, before):
-    return [(p.detach() - b) for p, b in zip(policy.parameters(), before)]
-
+from helpers import L, logprob_fn_for, make_buffer, make_policy, param_deltas
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -286,7 +244,7 @@ def test_grad_norm_is_clipped():
     assert step.item() == pytest.approx(1e-3, rel=1e-4)  # SGD lr 1: step norm = clipped grad norm
 
 
-def test_config_values_are_asserted():  # the training config validates user input (test_train_recipe)
+def test_config_values_are_asserted():  # the training config validates user input (test_grpo_recipe)
     for bad in (dict(aggregation="mean"), dict(micro_batch_size=0), dict(kl_estimator="k5")):
         with pytest.raises(AssertionError, match=f"{next(iter(bad))}={next(iter(bad.values()))!r}"):
             UpdateConfig(**bad)

@@ -14,7 +14,6 @@ from models.forward import response_logprobs
 from models.loading import config_from_file, load_policy
 from models.policy import SegZeroPolicy
 from models.prompt import EXAMPLE_ANSWER, build_messages, build_prompt, normalize_query
-from models.tiny import build_tiny_qwen
 
 REFERENCE = os.path.join(REAL_CONFIG_DIR, "qwen2_5_vl_{}.json")
 
@@ -104,11 +103,6 @@ def test_real_configs_build_on_meta_device(size, billions):
 
 # ------------------------------------------------------------------ batches and log-probs
 
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_qwen(seed=0)
-
-
 def _images(n, seed=0):
     rs = np.random.RandomState(seed)
     return [rs.randint(0, 256, (40 + 17 * i, 70 + 5 * i, 3), dtype=np.uint8) for i in range(n)]
@@ -117,8 +111,8 @@ def _images(n, seed=0):
 QUERIES = ["the red circle", "the largest blue square left of the green triangle and the star"]
 
 
-def test_prepare_inputs_left_pads_and_keeps_original_sizes(tiny):
-    _, processor = tiny
+def test_prepare_inputs_left_pads_and_keeps_original_sizes(tiny_qwen):
+    _, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(2), QUERIES)
     lengths = batch.attention_mask.sum(-1).tolist()
     assert lengths[0] < lengths[1] == batch.input_ids.shape[1]
@@ -143,8 +137,8 @@ def _responses(num_rows, length, vocab, seed=0):
     return ids, mask
 
 
-def test_batched_padded_logprobs_equal_unbatched(tiny):
-    model, processor = tiny
+def test_batched_padded_logprobs_equal_unbatched(tiny_qwen):
+    model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(2), QUERIES)
     group = 2
     ids, mask = _responses(4, 7, model.config.text_config.vocab_size)
@@ -157,8 +151,8 @@ def test_batched_padded_logprobs_equal_unbatched(tiny):
             torch.testing.assert_close(together[rows][on], alone[on], atol=1e-5, rtol=0)
 
 
-def test_left_and_right_padding_give_identical_logprobs(tiny):
-    model, processor = tiny
+def test_left_and_right_padding_give_identical_logprobs(tiny_qwen):
+    model, processor = tiny_qwen
     left = prepare_inputs(processor, _images(2), QUERIES, padding_side="left")
     right = prepare_inputs(processor, _images(2), QUERIES, padding_side="right")
     assert not torch.equal(left.attention_mask, right.attention_mask)
@@ -169,10 +163,10 @@ def test_left_and_right_padding_give_identical_logprobs(tiny):
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
-def test_logprobs_match_a_plain_transformers_forward(tiny):
+def test_logprobs_match_a_plain_transformers_forward(tiny_qwen):
     # One prompt, one response: the plain forward (transformers computes the 3-D positions itself,
     # encodes the image inside forward, full logits) must give the same log-probs.
-    model, processor = tiny
+    model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(1), QUERIES[:1])
     ids, mask = _responses(1, 6, model.config.text_config.vocab_size, seed=2)
     mask[:] = 1
@@ -190,8 +184,8 @@ def test_logprobs_match_a_plain_transformers_forward(tiny):
     torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=0)
 
 
-def test_logprobs_are_differentiable_through_language_and_vision(tiny):
-    model, processor = tiny
+def test_logprobs_are_differentiable_through_language_and_vision(tiny_qwen):
+    model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(1), QUERIES[:1])
     ids, mask = _responses(2, 4, model.config.text_config.vocab_size, seed=3)
     model.zero_grad()
@@ -208,8 +202,8 @@ def test_logprobs_are_differentiable_through_language_and_vision(tiny):
     model.zero_grad()
 
 
-def test_response_shape_errors(tiny):
-    model, processor = tiny
+def test_response_shape_errors(tiny_qwen):
+    model, processor = tiny_qwen
     policy = SegZeroPolicy(model, processor)
     batch = policy.prepare(_images(2), QUERIES)
     ids, mask = _responses(3, 4, 100)
@@ -221,11 +215,11 @@ def test_response_shape_errors(tiny):
         policy.logprobs(batch, ids, mask[:, :2], 1)
 
 
-def test_response_may_contain_an_image_placeholder_token(tiny):
+def test_response_may_contain_an_image_placeholder_token(tiny_qwen):
     # A sampled response can contain <|image_pad|>; it is a plain token there (decoding embeds it
     # without image features), so it must not be taken for an image slot. Prefix parity: the
     # log-probs of the tokens BEFORE it do not depend on it (causality).
-    model, processor = tiny
+    model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(1), QUERIES[:1])
     ids, mask = _responses(1, 6, model.config.text_config.vocab_size, seed=4)
     mask[:] = 1

@@ -1,18 +1,14 @@
-"""Rollout engine (models/rollout.py) on the tiny model: top-p filter numbers, log-prob parity
-with a separate forward, greedy parity with transformers' generate, and the EOS mask."""
+"""Rollout engine (models/rollout.py) on the tiny model: top-p filter and inverse-CDF sampler
+numbers, log-prob parity with a separate and a plain forward, greedy parity with transformers'
+generate, the EOS mask, and finished rows leaving the batch (compact=True) against finished rows
+kept in it (compact=False)."""
 import pytest
 import torch
 
-from models.forward import response_logprobs
+from helpers import QUERIES, boosted_logit, random_images
+from models.forward import plain_logprobs, response_logprobs
 from models.policy import SegZeroPolicy
-from models.rollout import generate, top_p_filter
-from models.tiny import build_tiny_qwen
-from tiny_inputs import QUERIES, boosted_logit, random_images
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return SegZeroPolicy(*build_tiny_qwen(seed=0))
+from models.rollout import generate, sample_inverse_cdf, top_p_filter
 
 
 def test_top_p_filter_hand_computed():
@@ -25,13 +21,13 @@ def test_top_p_filter_hand_computed():
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (0.7, 0.9)])
-def test_rollout_logprobs_equal_a_separate_forward(policy, temperature, top_p):
+def test_rollout_logprobs_equal_a_separate_forward(tiny_policy, temperature, top_p):
     gen = torch.Generator().manual_seed(0)
-    out = policy.rollout(random_images(2), QUERIES, 3, max_new_tokens=10, temperature=temperature,
+    out = tiny_policy.rollout(random_images(2), QUERIES, 3, max_new_tokens=10, temperature=temperature,
                          top_p=top_p, generator=gen)
     assert out.response_ids.shape[0] == 6 and out.logp.shape == out.response_ids.shape
     with torch.no_grad():
-        again = policy.logprobs(out.batch, out.response_ids, out.response_mask, 3,
+        again = tiny_policy.logprobs(out.batch, out.response_ids, out.response_mask, 3,
                                          temperature=temperature)
     on = out.response_mask.bool()
     torch.testing.assert_close(out.logp[on], again[on], atol=1e-5, rtol=0)
@@ -39,17 +35,17 @@ def test_rollout_logprobs_equal_a_separate_forward(policy, temperature, top_p):
     assert len({tuple(r.tolist()) for r in out.response_ids[:3]}) > 1
 
 
-def test_same_generator_seed_gives_same_samples(policy):
-    a = policy.rollout(random_images(1), QUERIES[:1], 2, max_new_tokens=6,
+def test_same_generator_seed_gives_same_samples(tiny_policy):
+    a = tiny_policy.rollout(random_images(1), QUERIES[:1], 2, max_new_tokens=6,
                        generator=torch.Generator().manual_seed(7))
-    b = policy.rollout(random_images(1), QUERIES[:1], 2, max_new_tokens=6,
+    b = tiny_policy.rollout(random_images(1), QUERIES[:1], 2, max_new_tokens=6,
                        generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logp, b.logp)
 
 
-def test_greedy_equals_transformers_generate(policy):
-    model = policy.model
-    batch = policy.prepare(random_images(2), QUERIES)
+def test_greedy_equals_transformers_generate(tiny_policy):
+    model = tiny_policy.model
+    batch = tiny_policy.prepare(random_images(2), QUERIES)
     new = 12
     with torch.no_grad():
         ref = model.generate(
@@ -60,18 +56,18 @@ def test_greedy_equals_transformers_generate(policy):
         )[:, batch.input_ids.shape[1]:]
     model.model.rope_deltas = None
     # group size 2: both samples of a prompt are the greedy answer (samples of a prompt adjacent)
-    got = generate(model, batch, 2, max_new_tokens=new, eos_token_id=policy.eos_token_id,
-                   pad_token_id=policy.pad_token_id, greedy=True)
+    got = generate(model, batch, 2, max_new_tokens=new, eos_token_id=tiny_policy.eos_token_id,
+                   pad_token_id=tiny_policy.pad_token_id, greedy=True)
     assert got.response_ids.shape == (4, new)
     assert torch.equal(got.response_ids, ref.repeat_interleave(2, 0))
-    texts = policy.complete(random_images(2), QUERIES, max_new_tokens=new)
-    assert texts == policy.processor.tokenizer.batch_decode(ref, skip_special_tokens=True)
+    texts = tiny_policy.complete(random_images(2), QUERIES, max_new_tokens=new)
+    assert texts == tiny_policy.processor.tokenizer.batch_decode(ref, skip_special_tokens=True)
 
 
-def test_mask_ends_at_first_eos_and_pads_after(policy):
-    model, eos, pad = policy.model, policy.eos_token_id, policy.pad_token_id
+def test_mask_ends_at_first_eos_and_pads_after(tiny_policy):
+    model, eos, pad = tiny_policy.model, tiny_policy.eos_token_id, tiny_policy.pad_token_id
     with boosted_logit(model, eos, 5.0):  # EOS likely: rows stop at different steps
-        out = policy.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
+        out = tiny_policy.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
                              generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             again = response_logprobs(model, out.batch, out.response_ids, out.response_mask, 4)
@@ -93,16 +89,16 @@ def test_mask_ends_at_first_eos_and_pads_after(policy):
     torch.testing.assert_close(out.logp[on], again[on], atol=1e-5, rtol=0)
 
 
-def test_every_eos_id_of_the_generation_config_ends_a_row(policy):
+def test_every_eos_id_of_the_generation_config_ends_a_row(tiny_policy):
     # The Qwen2.5-VL-Instruct checkpoints list eos_token_id [<|im_end|>, <|endoftext|>] in their
     # generation config, and transformers' generate stops at either: so must the rollout engine.
-    model, tok = policy.model, policy.processor.tokenizer
+    model, tok = tiny_policy.model, tiny_policy.processor.tokenizer
     im_end, endoftext = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [im_end, endoftext]
     try:
         with boosted_logit(model, endoftext, 5.0):  # rows stop at different steps, on <|endoftext|>
-            two_eos = SegZeroPolicy(model, policy.processor)
+            two_eos = SegZeroPolicy(model, tiny_policy.processor)
             assert two_eos.eos_token_ids == [im_end, endoftext]
             out = two_eos.rollout(random_images(2), QUERIES, 4, max_new_tokens=40,
                                   generator=torch.Generator().manual_seed(1))
@@ -131,12 +127,105 @@ def test_every_eos_id_of_the_generation_config_ends_a_row(policy):
     assert greedy.response_ids.shape[1] == ref.shape[1]
 
 
-def test_generate_argument_errors(policy):
-    batch = policy.prepare(random_images(1), QUERIES[:1])
-    kwargs = dict(eos_token_id=policy.eos_token_id, pad_token_id=policy.pad_token_id)
+def test_generate_argument_errors(tiny_policy):
+    batch = tiny_policy.prepare(random_images(1), QUERIES[:1])
+    kwargs = dict(eos_token_id=tiny_policy.eos_token_id, pad_token_id=tiny_policy.pad_token_id)
     for bad in [dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=0.0),
                 dict(max_new_tokens=4, top_p=0.0), dict(max_new_tokens=4, top_p=1.5)]:
         with pytest.raises(ValueError):
-            generate(policy.model, batch, 1, **bad, **kwargs)
+            generate(tiny_policy.model, batch, 1, **bad, **kwargs)
     with pytest.raises(ValueError, match="group_size"):
-        generate(policy.model, batch, 0, max_new_tokens=4, **kwargs)
+        generate(tiny_policy.model, batch, 0, max_new_tokens=4, **kwargs)
+
+
+# ---- finished rows leaving the batch ------------------------------------------------------------
+def test_inverse_cdf_hand_computed():
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]]).expand(5, -1)
+    # cdf [0.2, 0.2, 0.7, 1.0]; first index with cdf > u: 0.1 -> 0, 0.2 -> 2 (index 1 has no
+    # mass), 0.69 -> 2, 0.7 -> 3, 0.999 -> 3
+    u = torch.tensor([0.1, 0.2, 0.69, 0.7, 0.999])
+    assert sample_inverse_cdf(probs, u).tolist() == [0, 2, 2, 3, 3]
+    # unnormalised rows: the same cdf scaled by 2 gives the same tokens
+    assert sample_inverse_cdf(2 * probs, u).tolist() == [0, 2, 2, 3, 3]
+
+
+def test_inverse_cdf_frequencies():
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]]).expand(40000, -1)
+    u = torch.rand(40000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(sample_inverse_cdf(probs, u), minlength=4).double() / 40000
+    # binomial standard error sqrt(0.25 / 40000) = 0.0025; 0.01 is 4 of them
+    torch.testing.assert_close(counts, torch.tensor([0.2, 0.0, 0.5, 0.3], dtype=torch.float64),
+                               atol=0.01, rtol=0)
+    assert counts[1] == 0  # a zero-probability token is never drawn
+
+
+def _run(tiny_policy, batch, compact, sizes, temperature=0.8, top_p=1.0):
+    model, eos = tiny_policy.model, tiny_policy.eos_token_id
+    with boosted_logit(model, eos, 3.0, sizes):  # EOS likely: rows stop at different steps
+        out = generate(model, batch, 4, max_new_tokens=40, eos_token_id=eos,
+                       pad_token_id=tiny_policy.pad_token_id, temperature=temperature, top_p=top_p,
+                       generator=torch.Generator().manual_seed(3), check_every=4, compact=compact)
+        with torch.no_grad():
+            plain = plain_logprobs(model, batch, out.response_ids, out.response_mask, 4, temperature)
+    return out, plain
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_compaction_leaves_tokens_and_logprobs_unchanged(tiny_policy, top_p):
+    batch = tiny_policy.prepare(random_images(2), QUERIES)
+    sizes_c, sizes_p = [], []
+    comp, plain_c = _run(tiny_policy, batch, True, sizes_c, top_p=top_p)
+    full, plain_f = _run(tiny_policy, batch, False, sizes_p, top_p=top_p)
+    lengths = comp.response_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 1  # rows finished at different steps
+    # compaction happened: the decode batch shrank below N = 8 rows; the old path kept all 8
+    decode_c, decode_p = sizes_c[1:-1], sizes_p[1:-1]  # drop the prefill and the plain forward
+    assert min(decode_c) < 8 and decode_c == sorted(decode_c, reverse=True)
+    assert set(decode_p) == {8}
+    assert len(decode_c) == len(decode_p)  # same number of decode steps
+    torch.testing.assert_close(comp.response_ids, full.response_ids, atol=0, rtol=0)
+    torch.testing.assert_close(comp.response_mask, full.response_mask, atol=0, rtol=0)
+    on = comp.response_mask.bool()
+    torch.testing.assert_close(comp.logp[on], full.logp[on], atol=1e-5, rtol=0)
+    # and both equal a plain forward over [prompt | response]
+    torch.testing.assert_close(comp.logp[on], plain_c[on], atol=1e-5, rtol=0)
+    torch.testing.assert_close(full.logp[on], plain_f[on], atol=1e-5, rtol=0)
+
+
+def test_all_finished_stops_early(tiny_policy):
+    # with EOS forced, every row ends at step 0; the loop stops at the first check (step 4)
+    batch = tiny_policy.prepare(random_images(1), QUERIES[:1])
+    sizes = []
+    model, eos = tiny_policy.model, tiny_policy.eos_token_id
+    with boosted_logit(model, eos, 1e4, sizes):  # EOS forced
+        out = generate(model, batch, 3, max_new_tokens=50, eos_token_id=eos,
+                       pad_token_id=tiny_policy.pad_token_id, check_every=4,
+                       generator=torch.Generator().manual_seed(0))
+    assert out.response_ids.shape == (3, 1) and bool((out.response_ids == eos).all())
+    assert len(sizes) == 1 + 3  # prefill, then decode steps 1..3 before the check after step 3
+
+
+def test_one_generator_per_prompt_makes_samples_independent_of_the_batch(tiny_policy):
+    """Prompt b of a batched rollout with generators [g_0, g_1] draws exactly what a rollout of
+    prompt b alone with g_b draws: how the trainer batches a rank's prompts and still samples what
+    any other split of the global batch over ranks would."""
+    images = random_images(2, seed=4)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    kwargs = dict(max_new_tokens=24, temperature=1.0)
+    both = tiny_policy.rollout(images, QUERIES, 3, generator=gens(11, 12), **kwargs)
+    for b, seed in enumerate((11, 12)):
+        alone = tiny_policy.rollout(images[b:b + 1], QUERIES[b:b + 1], 3, generator=gens(seed), **kwargs)
+        rows = slice(3 * b, 3 * b + 3)
+        width = alone.response_ids.shape[1]
+        assert torch.equal(both.response_ids[rows, :width], alone.response_ids)
+        assert torch.equal(both.response_mask[rows, :width], alone.response_mask)
+        assert both.response_mask[rows, width:].sum() == 0
+        torch.testing.assert_close(both.logp[rows, :width], alone.logp, atol=1e-5, rtol=0)
+    # the samples are random: the two prompts' streams differ, and a different seed differs
+    other = tiny_policy.rollout(images[:1], QUERIES[:1], 3, generator=gens(99), **kwargs)
+    assert not torch.equal(other.response_ids[:, :4], both.response_ids[:3, :4])
+    with pytest.raises(ValueError, match="one per prompt"):
+        tiny_policy.rollout(images, QUERIES, 3, generator=gens(1), **kwargs)

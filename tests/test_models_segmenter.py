@@ -10,11 +10,6 @@ from models import segmenter as seg
 from models.segmenter import PROMPT_MODES, Segmenter, best_mask, build_tiny_sam2, sam2_prompts
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return Segmenter.tiny(seed=0, image_size=256)
-
-
 def _image(h, w, seed):
     rng = np.random.RandomState(seed)
     image = rng.randint(0, 256, (h, w, 3), dtype=np.uint8)
@@ -42,12 +37,12 @@ def test_tiny_is_deterministic_from_seed_and_leaves_global_rng_alone():
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("mode", PROMPT_MODES)
-def test_segment_matches_sam2_image_predictor_called_directly(tiny, mode):
+def test_segment_matches_sam2_image_predictor_called_directly(tiny_sam2, mode):
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     image = _image(120, 200, seed=0)
     # sam2's predictor on the same model, feature sizes written out for a 256 input: 256/4, /8, /16.
-    direct = SAM2ImagePredictor(tiny.model)
+    direct = SAM2ImagePredictor(tiny_sam2.model)
     direct._bb_feat_sizes = [(64, 64), (32, 32), (16, 16)]
     direct.set_image(image)
     masks, scores, _ = direct.predict(
@@ -59,42 +54,42 @@ def test_segment_matches_sam2_image_predictor_called_directly(tiny, mode):
     assert masks.shape == (3, 120, 200)
     expected = masks[np.argmax(scores)].astype(bool)
 
-    got = tiny.segment(image, bbox=BOX, points=POINTS, mode=mode)
+    got = tiny_sam2.segment(image, bbox=BOX, points=POINTS, mode=mode)
     assert got.dtype == np.bool_ and got.shape == (120, 200)
     np.testing.assert_array_equal(got, expected)
 
 
-def test_modes_use_different_prompts(tiny):
+def test_modes_use_different_prompts(tiny_sam2):
     image = _image(120, 200, seed=0)
-    masks = {mode: tiny.segment(image, BOX, POINTS, mode=mode) for mode in PROMPT_MODES}
+    masks = {mode: tiny_sam2.segment(image, BOX, POINTS, mode=mode) for mode in PROMPT_MODES}
     # Random weights still respond to the prompts: at least two modes disagree somewhere.
     assert not (np.array_equal(masks["box"], masks["points"]) and np.array_equal(masks["box"], masks["box+points"]))
 
 
-def test_call_infers_mode_from_given_prompts(tiny):
+def test_call_infers_mode_from_given_prompts(tiny_sam2):
     image = _image(120, 200, seed=0)
-    np.testing.assert_array_equal(tiny(image, BOX, None), tiny.segment(image, BOX, mode="box"))
-    np.testing.assert_array_equal(tiny(image, None, POINTS), tiny.segment(image, points=POINTS, mode="points"))
+    np.testing.assert_array_equal(tiny_sam2(image, BOX, None), tiny_sam2.segment(image, BOX, mode="box"))
+    np.testing.assert_array_equal(tiny_sam2(image, None, POINTS), tiny_sam2.segment(image, points=POINTS, mode="points"))
     # The data filter's use: ground-truth box plus one point (label 1).
-    np.testing.assert_array_equal(tiny(image, BOX, [POINTS[0]]), tiny.segment(image, BOX, [POINTS[0]]))
+    np.testing.assert_array_equal(tiny_sam2(image, BOX, [POINTS[0]]), tiny_sam2.segment(image, BOX, [POINTS[0]]))
     with pytest.raises(ValueError, match="bbox, points"):
-        tiny(image, None, None)
+        tiny_sam2(image, None, None)
 
 
-def test_batch_equals_one_by_one(tiny):
+def test_batch_equals_one_by_one(tiny_sam2):
     images = [_image(120, 200, seed=0), _image(90, 64, seed=1), _image(150, 150, seed=2)]
     bboxes = [BOX, [5, 5, 50, 60], [0, 0, 149, 149]]
     points = [POINTS, [[20, 30], [30, 40]], [[75, 75], [10, 140]]]
     for mode in ("box+points", "box"):
-        batch = tiny.segment_batch(images, bboxes, points if mode != "box" else None, mode=mode)
-        single = [tiny.segment(im, b, p, mode=mode) for im, b, p in zip(images, bboxes, points)]
+        batch = tiny_sam2.segment_batch(images, bboxes, points if mode != "box" else None, mode=mode)
+        single = [tiny_sam2.segment(im, b, p, mode=mode) for im, b, p in zip(images, bboxes, points)]
         assert [m.shape for m in batch] == [(120, 200), (90, 64), (150, 150)]
         for b, s in zip(batch, single):
             # One backbone pass over 3 images vs 3 passes: float sums may differ in the last bits,
             # so allow a handful of pixels on the 0-logit boundary to flip (none did when written).
             assert (b != s).sum() <= 3, (mode, int((b != s).sum()))
             assert 0 < b.mean() < 1  # a real mask, not all or nothing
-    assert tiny.segment_batch([]) == []
+    assert tiny_sam2.segment_batch([]) == []
 
 
 def test_best_mask_picks_highest_score_first_on_ties():
@@ -122,13 +117,13 @@ def test_prompt_arrays_and_their_errors():
         sam2_prompts(None, [[1, float("nan")]], "points")
 
 
-def test_image_validation(tiny):
+def test_image_validation(tiny_sam2):
     with pytest.raises(ValueError, match="uint8 RGB"):
-        tiny.segment(np.zeros((10, 10, 3), dtype=np.float32), BOX, POINTS)
+        tiny_sam2.segment(np.zeros((10, 10, 3), dtype=np.float32), BOX, POINTS)
     with pytest.raises(ValueError, match="uint8 RGB"):
-        tiny.segment(np.zeros((10, 10), dtype=np.uint8), BOX, POINTS)
+        tiny_sam2.segment(np.zeros((10, 10), dtype=np.uint8), BOX, POINTS)
     with pytest.raises(ValueError, match="2 images, 1 bboxes"):
-        tiny.segment_batch([_image(20, 20, 0)] * 2, [BOX], [POINTS, POINTS])
+        tiny_sam2.segment_batch([_image(20, 20, 0)] * 2, [BOX], [POINTS, POINTS])
 
 
 def test_from_config_round_trip_and_errors(tmp_path, monkeypatch):

@@ -133,11 +133,6 @@ def test_option_mistakes():
 
 # ---------------------------------------------------------------------------------------- infer
 
-@pytest.fixture(scope="module")
-def tiny_qwen():
-    return models.tiny.build_tiny_qwen(seed=0)
-
-
 @pytest.fixture
 def image_path(tmp_path):
     image = np.random.RandomState(0).randint(0, 256, (72, 96, 3), dtype=np.uint8)  # H = 72, W = 96

@@ -41,14 +41,9 @@ def _grads(model, fn, batch, ids, mask, group, temperature):
     return logp.detach(), entropy.detach(), grads
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_qwen(seed=0)
-
-
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_shared_prefix_equals_plain_logprobs_and_gradients(tiny, padding_side):
-    model, processor = tiny
+def test_shared_prefix_equals_plain_logprobs_and_gradients(tiny_qwen, padding_side):
+    model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(2), QUERIES, padding_side=padding_side)
     assert not bool(batch.attention_mask.all())  # the two prompts differ in length: padding present
     group, temperature = 3, 0.7
@@ -63,8 +58,8 @@ def test_shared_prefix_equals_plain_logprobs_and_gradients(tiny, padding_side):
         torch.testing.assert_close(g_b[name], g_a[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
-def test_left_and_right_padding_identical_on_shared_path(tiny):
-    model, processor = tiny
+def test_left_and_right_padding_identical_on_shared_path(tiny_qwen):
+    model, processor = tiny_qwen
     left = prepare_inputs(processor, _images(2), QUERIES, padding_side="left")
     right = prepare_inputs(processor, _images(2), QUERIES, padding_side="right")
     ids, mask = _responses(4, 6, model.config.text_config.vocab_size, seed=1)
@@ -76,9 +71,9 @@ def test_left_and_right_padding_identical_on_shared_path(tiny):
     torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
 
 
-def test_single_token_responses(tiny):
+def test_single_token_responses(tiny_qwen):
     # L = 1: only the prompt pass runs (its last column predicts the one response token)
-    model, processor = tiny
+    model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(1), QUERIES[:1])
     ids, mask = _responses(2, 1, model.config.text_config.vocab_size, seed=2)
     with torch.no_grad():
@@ -88,7 +83,7 @@ def test_single_token_responses(tiny):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_shared_prefix_under_activation_checkpointing(tiny):
+def test_shared_prefix_under_activation_checkpointing(tiny_qwen):
     # grpo.parallel wraps decoder blocks in torch's non-reentrant checkpoint: the backward replays
     # each block, calling the cache's update again; the capture/prefix caches must give the same
     # gradients as without checkpointing.

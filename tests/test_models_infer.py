@@ -78,11 +78,6 @@ def test_panel_layout_and_text():
 
 
 # ------------------------------------------------------------------------------------------ infer
-@pytest.fixture(scope="module")
-def tiny_qwen():
-    return models.tiny.build_tiny_qwen(seed=0)
-
-
 @pytest.fixture
 def cached_tiny_qwen(monkeypatch, tiny_qwen):
     """build_tiny_qwen returns the module's model (building it takes ~10 s on 2 cores)."""

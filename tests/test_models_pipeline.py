@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from models.pipeline import Prediction, SegZeroPipeline, map_to_original, to_original
-from models.segmenter import Segmenter
 
 
 class FakePolicy:
@@ -120,25 +119,20 @@ def test_pipeline_argument_errors():
     assert pipe([], []) == []
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return Segmenter.tiny(seed=0, image_size=256)
-
-
-def test_pipeline_with_tiny_sam2_equals_direct_segment(tiny):
+def test_pipeline_with_tiny_sam2_equals_direct_segment(tiny_sam2):
     rng = np.random.RandomState(0)
     images = [rng.randint(0, 256, (100, 140, 3), dtype=np.uint8), rng.randint(0, 256, (60, 50, 3), dtype=np.uint8)]
     completions = [answer([84, 84, 756, 672], [200, 300], [500, 400]), answer([0, 0, 420, 840], [100, 100], [300, 700])]
-    preds = SegZeroPipeline(FakePolicy(completions), tiny)(images, ["a", "b"])
+    preds = SegZeroPipeline(FakePolicy(completions), tiny_sam2)(images, ["a", "b"])
     # image 0: W=140 (x factor 1/6), H=100 (y factor 5/42): 84/6 = 14; 84*5/42 = 10; 756/6 = 126; 672*5/42 = 80
     assert preds[0].bbox == [14, 10, 126, 80]
     for pred, image in zip(preds, images):
-        np.testing.assert_array_equal(pred.mask, tiny.segment(image, pred.bbox, pred.points, mode="box+points"))
+        np.testing.assert_array_equal(pred.mask, tiny_sam2.segment(image, pred.bbox, pred.points, mode="box+points"))
         assert 0 < pred.mask.mean() < 1
 
 
 @pytest.mark.slow
-def test_pipeline_with_real_tiny_policy(tiny):
+def test_pipeline_with_real_tiny_policy(tiny_sam2):
     from models.policy import SegZeroPolicy
     from models.tiny import build_tiny_qwen
 
@@ -146,7 +140,7 @@ def test_pipeline_with_real_tiny_policy(tiny):
     policy = SegZeroPolicy(model, processor, with_example=True, think=True)
     rng = np.random.RandomState(1)
     images = [rng.randint(0, 256, (64, 96, 3), dtype=np.uint8), rng.randint(0, 256, (40, 40, 3), dtype=np.uint8)]
-    pipe = SegZeroPipeline(policy, tiny, max_new_tokens=12)
+    pipe = SegZeroPipeline(policy, tiny_sam2, max_new_tokens=12)
     preds = pipe(images, ["the red thing", "what is left?"])
     assert len(preds) == 2
     # random weights: whatever the text, the pipeline returns a valid prediction per sample

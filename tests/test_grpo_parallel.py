@@ -11,17 +11,14 @@ The same step with ``mixed_precision`` (bf16 parameters and compute, fp32 gradie
 master weights, the GPU precision path) runs on CPU + gloo too: ratio exactly 1 at the step.
 """
 import os
-import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_inputs import QUERIES, random_images  # noqa: E402
-
-from grpo import RolloutBuffer, UpdateConfig, grpo_update  # noqa: E402
-from grpo.parallel import free_port  # noqa: E402
+from grpo import RolloutBuffer, UpdateConfig, grpo_update
+from grpo.parallel import free_port
+from helpers import QUERIES, random_images
 
 G = 2
 UPDATE = UpdateConfig(micro_batch_size=G, kl_coef=0.0, entropy_coef=0.1, aggregation="token-mean",

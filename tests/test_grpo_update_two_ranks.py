@@ -5,17 +5,15 @@ divide factor set to 1, see grpo/update.py): each rank's loss is normalised by t
 so the SUM of the two ranks' gradients is the full-batch gradient.
 """
 import os
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_grpo_update import logprob_fn_for, make_buffer, make_policy, param_deltas  # noqa: E402
-from grpo import UpdateConfig, grpo_update  # noqa: E402
-from grpo.parallel import free_port  # noqa: E402
+from grpo import UpdateConfig, grpo_update
+from grpo.parallel import free_port
+from helpers import logprob_fn_for, make_buffer, make_policy, param_deltas
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 BASE = dict(micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0.5)
