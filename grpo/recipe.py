@@ -626,8 +626,3 @@ def parse_args(argv: list[str]) -> Config:
     overrides = vars(build_parser().parse_args(argv))
     overrides.pop("print_config")
     return build_config(overrides, preset=overrides.pop("preset"))
-
-
-def help_text() -> str:
-    """Every option with its default (tiny preset) and its help line, grouped by section."""
-    return build_parser().format_help()

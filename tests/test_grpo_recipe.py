@@ -10,7 +10,7 @@ import torch
 
 from grpo.checkpoint import COMPLETE, latest_checkpoint
 from grpo.parallel import StepSampler
-from grpo.recipe import (PRESETS, SECTIONS, build_config, check_world_size, help_text, micro_batch_note,
+from grpo.recipe import (PRESETS, SECTIONS, build_config, build_parser, check_world_size, micro_batch_note,
                          parse_args, prompt_passes)
 
 
@@ -27,7 +27,8 @@ def test_overrides_flat_dotted_and_bare_bool():
 def test_every_preset_documents_its_launch_command():
     for name, fn in PRESETS.items():
         assert "train.py" in fn.__doc__, name
-    assert "--kl-coef" in help_text()
+    help_text = build_parser().format_help()  # every field, with its value in the tiny preset and its help
+    assert "--grpo.kl_coef VALUE [0.005] beta, weight of the KL-to-reference loss term" in " ".join(help_text.split())
 
 
 @pytest.mark.parametrize("preset", ["seg_zero_3b", "seg_zero_7b"])
