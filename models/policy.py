@@ -84,6 +84,12 @@ class SegZeroPolicy:
         rows = [ids[: int(n)].tolist() for ids, n in zip(response_ids.cpu(), response_mask.sum(-1).cpu())]
         return self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
+    def response_logprobs(self, batch, response_ids, response_mask, group_size, temperature=1.0,
+                          return_entropy=False):
+        """The same as ``self.logprobs(...)``; models.toy calls it by this name."""
+        return self.logprobs(batch, response_ids, response_mask, group_size,
+                             temperature=temperature, return_entropy=return_entropy)
+
     def rollout(self, images, queries, group_size: int, *, max_new_tokens: int, temperature: float = 1.0,
                 top_p: float = 1.0, greedy: bool = False,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Rollout:
