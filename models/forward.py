@@ -200,17 +200,7 @@ def shared_prefix_logprobs(model, batch, response_ids, response_mask, group_size
     4. Log-probs by ``grpo.token_logprobs`` (chunked) on each of the two logit tensors; the
        results [N, 1] and [N, W] are concatenated (not the logits) and cut to [N, L].
 
-    Why prefix sharing rather than packing. Seg-Zero prompts are ~1000 tokens (900 of them image
-    tokens) and answers ~300: the plain path computes N * (P + L) = G * 1300 token positions per
-    prompt, this one P + G * L = 1000 + G * 300, i.e. 10400 -> 3400 for G = 8 (3.1x fewer MLP and
-    projection FLOPs; attention likewise). Packing [prompt, response] segments without padding
-    would still compute each prompt G times unless the responses of a group are packed after one
-    prompt, which needs a tree-shaped (block) attention mask: sdpa has no variable-length kernel, so
-    that mask is a dense [T, T] boolean tensor and sdpa falls back to its slow math kernel. Prefix
-    sharing keeps ordinary causal masks, so sdpa / flash-attention run their fast kernels. What
-    remains is the padding inside each pass: prompts of one batch differ by the query length only
-    (tens of tokens), responses are padded to the longest of the batch (callers can sort rows by
-    length into micro-batches to cut it).
+    Why prefix sharing rather than packing: docs/ENGINE.md.
 
     Exactness: the same arithmetic as :func:`plain_logprobs` (the prompt's hidden states of the G
     copies there are identical to the one copy here); parity of log-probs and of the gradients on

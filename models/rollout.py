@@ -1,55 +1,30 @@
 """Shared-prefix rollout engine: B prompts, G samples each, one prefill per prompt.
 
-Our own decode loop instead of transformers' ``generate`` (DESIGN.md performance principles):
-
-1. Prefill (once per prompt): each image goes through the vision tower once and each of the B
-   prompts is run once, filling a KV cache of B rows (a DynamicCache sized to the prompt).
-2. Expand: the prompt keys/values are copied G times into a preallocated ``StaticCache`` of
-   N = B * G rows and P + max_new_tokens slots, ``repeat_interleave`` so the G samples of a prompt
-   are adjacent rows. Decoding writes in place from then on: no per-step concatenation.
-3. Decode: each step feeds the N last tokens with their 3-D rotary positions. Text positions after
-   a prompt are the same on the three axes and continue from the prompt's largest position + 1
-   (``next_pos`` of :func:`models.forward.prompt_positions`, equal to transformers' ``rope_deltas``
-   + number of real tokens), so decode token t is at ``next_pos + t``.
-4. Sampling in float32: s = logits / T; greedy takes argmax(s); otherwise top-p (nucleus)
-   filtering of softmax(s), then inverse-CDF sampling: one uniform u per row and step, drawn with
-   the optional ``torch.Generator`` for ALL N rows whatever rows are still in the batch (or, given
-   one generator per prompt, G uniforms from each prompt's own generator: a prompt's samples then
-   do not depend on which other prompts share the batch, which lets the trainer batch a rank's
-   prompts and still draw what any other split over ranks would draw), and the
-   token is the first index whose cumulative probability exceeds u * total. Because the random
-   stream does not depend on which rows are being decoded, removing finished rows (below) leaves
-   every sampled token unchanged (tested: same generator seed -> same tokens and log-probs with and
-   without compaction). This is an exact draw from the filtered distribution, like
-   ``torch.multinomial`` (whose random stream would depend on the batch size).
+1. Prefill (once per prompt): each image through the vision tower once, each of the B prompts run
+   once into a KV cache of B rows.
+2. Expand: the prompt keys/values copied G times (``repeat_interleave``: the G samples of a prompt
+   are adjacent rows) into a preallocated ``StaticCache`` of N = B * G rows and P + max_new_tokens
+   slots; decoding writes in place.
+3. Decode: each step feeds the N last tokens; decode token t of a row is at rotary position
+   ``next_pos + t`` on the three axes (:func:`models.forward.prompt_positions`).
+4. Sampling in float32: s = logits / T; greedy takes argmax(s); otherwise top-p filtering of
+   softmax(s), then inverse-CDF sampling with one uniform u per row and step, drawn for ALL N rows
+   (or G per prompt from that prompt's own generator) whatever rows are still decoding: the token
+   is the first index whose cumulative probability exceeds u * total. Same generator seed -> same
+   tokens, with or without compaction (tested).
 
 Returned log-probs: log softmax(logits / T)[token] under the FULL temperature-scaled distribution,
-computed by ``grpo.token_logprobs`` -- the same function and scaling as the training forward
-(:func:`models.forward.response_logprobs`), so old-policy log-probs need no second forward. With
-top_p < 1 this is not the probability of the truncated sampling distribution: the sampler
-renormalises over the nucleus, while the PPO ratio and KL use the full distribution (as veRL and
-the authors' released code do by recomputing log-probs with a plain forward). With greedy
-decoding the log-probs are likewise those of softmax(logits / T).
+by ``grpo.token_logprobs``, as the training forward computes them
+(:func:`models.forward.response_logprobs`). With top_p < 1 this is not the probability under the
+truncated sampling distribution (the PPO ratio and KL use the full one, as veRL and the authors'
+code do); with greedy decoding they are likewise those of softmax(logits / T).
 
-Finished rows. A row that emitted EOS (``<|im_end|>``, or any id of the checkpoint's generation
-config: Qwen2.5-VL-Instruct also stops on ``<|endoftext|>``) gets pad tokens and mask 0 from then on
-(the mask covers the tokens up to and including the first EOS). The host looks at the batch only
-every ``check_every`` steps (the only host synchronisation; none per token). At such a check the
-decode loop stops if every row finished; otherwise, with ``compact=True`` (default), finished rows
-LEAVE the batch: the working set (the StaticCache's keys/values [n, kv_heads, P + T, head_dim] of
-every layer, the attention mask, positions, next tokens) is ``index_select``-ed down to the active
-rows, and ``rows`` maps working-set rows back to output rows, which are written with index_put.
-So a finished row costs at most ``check_every - 1`` wasted decode steps. Why compaction every k
-steps rather than per step: selecting the active rows needs their count on the host (a sync), and
-copying the cache costs one pass over the active KV, about one decode step's memory traffic; at
-k = 16 both are amortised. ``compact=False`` keeps finished rows in the batch (masked);
-tests compare the two. The result is trimmed to the longest response.
-
-Measured on an H200 (3B shape, 128 rows, docs/PERFORMANCE.md): 78 ms per decode step against
-2.5 ms of memory traffic, i.e. the host launching the step's kernels is the bound. The remedy is a
-decode step captured as a CUDA graph (or compiled with ``torch.compile``); it is not built yet: a
-graph needs fixed shapes and addresses, which compaction changes (row buckets, or no compaction
-while the graph runs), and the capture has to be checked on a GPU.
+Finished rows: a row that emitted any of the EOS ids gets pad tokens and mask 0 after it (the mask
+covers the tokens up to and including the first EOS). The host looks at the batch every
+``check_every`` steps only: it stops when every row finished, and with ``compact=True`` (default)
+``index_select``s the working set (cache, mask, positions, next tokens) down to the active rows;
+``compact=False`` keeps finished rows (masked). The result is trimmed to the longest response.
+Why the engine is built this way, and what it measures: docs/ENGINE.md.
 
 Departure from transformers' ``generate``: none in the distribution (the greedy test compares
 token for token); the attention of the decode steps spans all P + max_new_tokens cache slots
