@@ -139,8 +139,9 @@ def test_shipped_toy_sam2_gives_its_build_figures():
         built = json.loads(f.metadata()["result"])
     giou, ciou = sam2_gt_prompt_giou(load_toy_sam2(), heldout_samples())
     assert abs(giou - built["giou_gt_prompts"]) < 0.05 and abs(ciou - built["ciou_gt_prompts"]) < 0.05
-    # far from useless: a random-weight SAM2 of this shape scores ~0 (the bar of 90 is not reached yet)
-    assert giou >= 25.0
+    # it follows its prompt: a random-weight SAM2 of this shape scores ~0, one that segments the union of
+    # the shapes whatever the prompt ~29 (the bar of 90 is not reached yet)
+    assert giou >= 40.0
     assert TOY_SAM2_PATH.stat().st_size < 8 * 2 ** 20
 
 
