@@ -20,6 +20,7 @@ exactly like a downloaded Qwen2.5-VL checkpoint.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -258,36 +259,90 @@ def real_shape_processor() -> Qwen2_5_VLProcessor:
 # The toy shape: sized to learn localisation on 2 CPU cores (models.toy pretrains it)
 
 TOY_PIXELS = 224 * 224  # an 840 x 840 policy image -> 224 x 224 -> 16 x 16 patches -> 8 x 8 = 64 tokens
+#: coordinate tokens of the toy tokenizer: "0" ... "840", one token per value of the 840 frame
+TOY_COORDINATES = 841
+#: scale s of the coordinate tokens' output rows (see build_toy_qwen)
+COORDINATE_LOGIT_SCALE = 200.0
+
+
+def build_toy_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer plus one token per coordinate value "0" ... "840".
+
+    Departure from Qwen2.5 (whose tokenizer writes a number one digit per token): the toy policy
+    writes each coordinate as ONE token, so that localising is a choice among positions that a
+    model of a million parameters learns on 2 CPU cores. The coordinate tokens are added tokens,
+    matched before the BPE, longest first: "840" is one token, "8400" is "840" + "0"; the text and
+    the rewards are unchanged.
+    """
+    tok = build_tiny_tokenizer()
+    tok.add_tokens([str(v) for v in range(TOY_COORDINATES)])
+    return tok
 
 
 def build_toy_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5_VLProcessor:
-    """The tiny tokenizer with a 224 x 224 image budget (64 image tokens)."""
-    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    """The toy tokenizer (:func:`build_toy_tokenizer`) with a 224 x 224 image budget (64 image tokens)."""
+    tokenizer = tokenizer if tokenizer is not None else build_toy_tokenizer()
     kw = dict(min_pixels=TOY_PIXELS, max_pixels=TOY_PIXELS)
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
                                video_processor=Qwen2VLVideoProcessor(**kw), chat_template=CHAT_TEMPLATE)
 
 
-def toy_qwen_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
+def toy_qwen_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> Qwen2_5_VLConfig:
     """The toy shape (same classes as the real model):
 
     - text: hidden 128, 4 layers, 4 heads of 32 (mrope_section [4, 6, 6] sums to 32 / 2), 2 KV
-      heads, MLP 384, tied embeddings;
+      heads, MLP 384, untied input and output embeddings (as in Qwen2.5-VL-7B);
     - vision: depth 2, hidden 64, 2 heads of 32, MLP 128, full attention in both blocks (one
       window covers the 224 x 224 view); 64 image tokens (:data:`TOY_PIXELS`);
     - initializer_range 0.02 (the real model's; the pretraining starts from it).
     """
-    return tiny_qwen_config(
+    kw = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
+              tie_word_embeddings=False)
+    kw.update(text_overrides)
+    config = tiny_qwen_config(
         tokenizer, initializer_range=0.02,
         vision_overrides=dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128,
-                              window_size=224, fullatt_block_indexes=[0, 1]),
-        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+                              window_size=224, fullatt_block_indexes=[0, 1]), **kw)
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings
+    return config
 
 
-def build_toy_qwen(seed: int = 0, *, attn_implementation: str = "sdpa"):
+def coordinate_code(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal code [N, dim] of coordinate values [N]: pairs (cos, sin)(2 pi v / P_k) with periods
+    P_k geometric from 30 to 3,000 (dim / 2 of them): near values have near codes."""
+    periods = torch.logspace(math.log10(30.0), math.log10(3000.0), dim // 2, dtype=torch.float64)
+    angle = 2 * math.pi * values.double()[:, None] / periods[None, :]
+    return torch.stack([angle.cos(), angle.sin()], dim=-1).reshape(len(values), -1).float()
+
+
+def build_toy_qwen(seed: int = 0, *, attn_implementation: str = "sdpa", **text_overrides):
     """(model, processor): the randomly initialised toy Qwen2.5-VL (:func:`toy_qwen_config`),
-    fp32, CPU, eval mode; the same seed gives the same weights."""
+    fp32, CPU, eval mode; the same seed gives the same weights.
+
+    The coordinate tokens (value v, v_hat = v / 840) start structured:
+
+    - input embedding: :func:`coordinate_code` of v at the initializer's scale, so that a
+      coordinate's neighbours share what is learnt about it;
+    - output row: s (v_hat, -v_hat^2 / 2) in hidden dims 0 and 1, 0 elsewhere
+      (s = :data:`COORDINATE_LOGIT_SCALE`), so that a final hidden state with h_0 = b x_hat and
+      h_1 = b gives the logits s b (v_hat x_hat - v_hat^2 / 2) = -s b (v_hat - x_hat)^2 / 2 + const:
+      a peak at x_hat whose width shrinks as b grows. Reading a position out of the hidden state
+      is then linear, which the toy model learns in minutes (Qwen2.5-VL learns its number tokens
+      in a pre-training the toy run does not have).
+    """
     processor = build_toy_processor()
-    return _random_qwen(toy_qwen_config(processor.tokenizer), seed, attn_implementation,
-                        windowed_vision=False), processor
+    model = _random_qwen(toy_qwen_config(processor.tokenizer, **text_overrides), seed, attn_implementation,
+                         windowed_vision=False)
+    tok = processor.tokenizer
+    ids = torch.tensor(tok.convert_tokens_to_ids([str(v) for v in range(TOY_COORDINATES)]))
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    std = model.config.text_config.initializer_range
+    v_hat = torch.arange(TOY_COORDINATES, dtype=torch.float32) / (TOY_COORDINATES - 1)
+    with torch.no_grad():
+        emb[ids] = coordinate_code(torch.arange(TOY_COORDINATES), emb.shape[1]) * std * math.sqrt(2.0)
+        head[ids] = 0.0
+        head[ids, 0] = COORDINATE_LOGIT_SCALE * v_hat
+        head[ids, 1] = -COORDINATE_LOGIT_SCALE * v_hat ** 2 / 2
+    return model, processor

@@ -149,10 +149,45 @@ def test_shipped_toy_policy_gives_its_build_figures():
     from models.policy import SegZeroPolicy
     from models.toy import TOY_POLICY_DIR, box_iou_report, heldout_samples
 
-    built = json.loads((TOY_POLICY_DIR / "build.json").read_text())["result"]
+    build = json.loads((TOY_POLICY_DIR / "build.json").read_text())
+    built = build["result"]
     policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
     n = 16  # the first 16 of the 64 held-out scenes (the build prints all 64)
-    rep = box_iou_report(policy, heldout_samples()[:n])
+    rep = box_iou_report(policy, heldout_samples()[:n], max_new_tokens=build["recipe"]["max_len"])
     expected = built["per_scene_box_iou"][:n]
     assert np.allclose(rep["ious"], expected, atol=2e-3), (rep["ious"], expected)
     assert sum((TOY_POLICY_DIR / f).stat().st_size for f in ("model.safetensors",)) < 8 * 2 ** 20
+
+
+# ------------------------------------------------------------------------- toy tokenizer and head
+
+def test_toy_tokenizer_writes_each_coordinate_as_one_token():
+    from models.tiny import build_toy_tokenizer
+
+    tok = build_toy_tokenizer()
+    text = format_answer([0, 75, 840, 409], [[12, 3], [799, 800]], reasoning="the red star is the target.")
+    ids = tok(text)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    for v in ("0", "75", "840", "409", "12", "3", "799", "800"):
+        assert v in pieces, (v, pieces)
+    assert tok.decode(ids) == text
+    assert tok.tokenize("8400") == ["840", "0"]  # longest match first; 8400 is not a coordinate
+
+
+def test_toy_output_rows_read_a_position_linearly():
+    """Output rows s (v_hat, -v_hat^2 / 2): h = (b x_hat, b, 0, ...) puts the argmax at x_hat * 840 and
+    the logit gap to a neighbour d away is s b (d / 840)^2 / 2 (hand-computed: s = 200, b = 10,
+    d = 42 -> 200 * 10 * 0.0025 / 2 = 2.5)."""
+    from models.tiny import COORDINATE_LOGIT_SCALE, TOY_COORDINATES, build_toy_qwen
+
+    model, processor = build_toy_qwen(0)
+    ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids([str(v) for v in range(TOY_COORDINATES)]))
+    rows = model.get_output_embeddings().weight[ids]  # [841, hidden]
+    assert COORDINATE_LOGIT_SCALE == 200.0
+    for x in (0, 123, 420, 840):
+        h = torch.zeros(rows.shape[1])
+        h[0], h[1] = 10.0 * x / 840, 10.0
+        logits = rows @ h
+        assert int(logits.argmax()) == x
+        if x + 42 <= 840:
+            assert float(logits[x] - logits[x + 42]) == pytest.approx(2.5, rel=1e-4)
