@@ -556,18 +556,27 @@ def _convert(sec: str, fname: str, value: Any) -> Any:
             raise ValueError(f"config field {fname}={value!r}: expected true or false")
         return value
     if tp is bool:
-        low = value.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"config field {fname}={value!r}: expected true or false")
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise ValueError(f"config field {fname}={value!r}: expected true or false") from None
     if tp in (int, float):
         try:
             return tp(float(value)) if tp is int and float(value).is_integer() else tp(value)
         except ValueError:
             raise ValueError(f"config field {fname}={value!r}: expected a number ({tp.__name__})") from None
     return value
+
+
+def parse_bool(value: str) -> bool:
+    """A boolean option's value as train.py, evaluate.py and models.infer spell it: true / false
+    (or 1 / 0, yes / no, on / off, any case). ValueError otherwise."""
+    low = value.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def build_config(overrides: dict[str, Any] | None = None, preset: str | None = None) -> Config:
