@@ -386,8 +386,8 @@ def preset_tiny() -> dict:
     Launch (2 processes on 2 CPU cores):
         torchrun --standalone --nproc_per_node=2 train.py
     then, end to end on the run's export:
-        python evaluate.py --preset tiny --model runs/tiny/hf_export --data synthetic:64 \\
-            --synthetic-seed 10000 --output-dir runs/tiny/eval
+        python evaluate.py --preset tiny --model-path runs/tiny/hf_export --data-path synthetic:64 \\
+            --data-seed 10000 --output-dir runs/tiny/eval
 
     What it does: starts from the shipped toy checkpoint (``model_path`` 'toy' = assets/toy/policy,
     built by ``python -m models.toy policy``: it already writes the answer format and localises,
