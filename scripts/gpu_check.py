@@ -279,7 +279,8 @@ def main(argv=None) -> dict:
         elif name == "bench":
             shape = ["--tiny"] if args.tiny else ["--model", "3b"]
             tokens = ["--new-tokens", str(args.new_tokens)] if not args.tiny else []
-            entry = run_command(name, [py, "-m", "models.bench", *shape, "--device", device, "--attn", attn,
+            entry = run_command(name, [py, "-m", "models.bench", *shape, "--device", device,
+                                       "--attn-implementation", attn,
                                        *tokens, "--compare-plain", "--profile", str(work / "profile.txt"),
                                        "--out", str(work / "bench.json")], work, left)
             if (work / "bench.json").exists():
