@@ -14,7 +14,8 @@ Bad samples (unreadable image, polygon with fewer than 3 points, empty mask, mis
 mismatched sizes) are counted by reason and skipped; they never stop the run. With ``--sam2``
 (spelt as for train.py: CONFIG::CHECKPOINT, a hub id, or 'toy'), a sample is kept only if SAM2
 prompted with the ground-truth box and p1 reconstructs the mask with IoU >= ``--sam2-threshold``
-(the authors' optional filter); SAM2 is imported only then. The output is written to a temporary file and moved into place at the end.
+(the authors' optional filter); SAM2 is imported only then. The output is written to a temporary
+file and moved into place at the end.
 
 Command-line mistakes (a missing or unknown option, ``--out`` naming a directory or an unwritable
 place, a folder that is not there, a refer file that cannot be read, a bad SAM2 config,

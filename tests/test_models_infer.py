@@ -17,6 +17,7 @@ from models.configs import real_config_path
 from models.policy import SegZeroPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model-path", "tiny", "--sam2", "toy"]  # the random tiny policy and the shipped toy SAM2
 
 
 # ------------------------------------------------------------------------------------------ draw
@@ -101,7 +102,7 @@ def _run(argv, capsys):
 
 def test_tiny_run_writes_readable_pngs(tmp_path, image_path, capsys, cached_tiny_qwen):
     out_dir = tmp_path / "out"
-    rc, out, err = _run(["--image", image_path, "--query", "The cat.", "--output-dir", str(out_dir), "--model-path", "tiny", "--sam2", "toy",
+    rc, out, err = _run(["--image", image_path, "--query", "The cat.", "--output-dir", str(out_dir), *TINY,
                          "--device", "cpu", "--max-new-tokens", "8"], capsys)
     assert rc == 0, err
     mask = cv2.imread(str(out_dir / "mask.png"), cv2.IMREAD_UNCHANGED)
@@ -121,7 +122,7 @@ def test_parsed_answer_gives_mask_overlay_and_both_frames(tmp_path, image_path, 
                   '"points_1": [210, 350], "points_2": [315, 420]}</answer>')
     monkeypatch.setattr(SegZeroPolicy, "complete", lambda self, images, queries, **kw: [completion])
     out_dir = tmp_path / "out"
-    rc, out, err = _run(["--image", image_path, "--query", "the cat", "--output-dir", str(out_dir), "--model-path", "tiny", "--sam2", "toy",
+    rc, out, err = _run(["--image", image_path, "--query", "the cat", "--output-dir", str(out_dir), *TINY,
                          "--prompt-mode", "box"], capsys)
     assert rc == 0, err
     # W = 96 (x factor 96/840 = 4/35), H = 72 (y factor 72/840 = 3/35):
@@ -157,41 +158,47 @@ def test_config_only_model_directory_is_reported_before_loading(tmp_path, image_
         raise AssertionError("loaded SAM2 before checking the policy weights")
 
     monkeypatch.setattr(models.segmenter.Segmenter, "from_hub", heavy)
-    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"), "--model-path", str(model_dir),
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"),
+                   "--model-path", str(model_dir),
                    "--device", "cpu"], capsys, "config.json but no weights", str(model_dir))
     _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"),
-                   "--model-path", str(tmp_path / "nowhere"), "--device", "cpu"], capsys, "neither an existing directory")
+                   "--model-path", str(tmp_path / "nowhere"), "--device", "cpu"], capsys,
+                  "neither an existing directory")
 
 
 def test_image_errors(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    _expect_error(["--image", str(bad), "--query", "q", "--output-dir", str(tmp_path), "--model-path", "tiny", "--sam2", "toy"], capsys,
+    _expect_error(["--image", str(bad), "--query", "q", "--output-dir", str(tmp_path), *TINY], capsys,
                   "unreadable image", "bad.jpg", "pass a readable image file")
-    _expect_error(["--image", str(tmp_path / "missing.png"), "--query", "q", "--output-dir", str(tmp_path), "--model-path", "tiny", "--sam2", "toy"],
+    _expect_error(["--image", str(tmp_path / "missing.png"), "--query", "q", "--output-dir", str(tmp_path),
+                   *TINY],
                   capsys, "image file not found", "missing.png")
 
 
 def test_cuda_requested_but_unavailable(tmp_path, image_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path), "--model-path", "tiny", "--sam2", "toy", "--device", "cuda"],
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path), *TINY,
+                   "--device", "cuda"],
                   capsys, "--device cuda requested but CUDA is not available", "--device cpu")
 
 
 def test_missing_sam2_checkpoint_and_option_mistakes(tmp_path, image_path, capsys):
     base = ["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"), "--device", "cpu"]
     _expect_error(base + ["--model-path", str(tmp_path),
-                          "--sam2", f"configs/sam2.1/sam2.1_hiera_l.yaml::{tmp_path / 'sam2.pt'}"], capsys, "SAM2 checkpoint not found", "sam2.pt")
+                          "--sam2", f"configs/sam2.1/sam2.1_hiera_l.yaml::{tmp_path / 'sam2.pt'}"], capsys,
+                  "SAM2 checkpoint not found", "sam2.pt")
     _expect_error(base, capsys, "pass --model-path PATH_OR_HUB_ID", "--model-path tiny")
     config_only = tmp_path / "config_only"
     config_only.mkdir()
     shutil.copy(real_config_path("3b"), config_only / "config.json")
     _expect_error(base + ["--model-path", str(config_only), "--sam2", "toy"], capsys, "no weights")
-    _expect_error(base + ["--model-path", "x/y", "--sam2", "c.yaml::"], capsys, "CONFIG::CHECKPOINT with both parts")
-    _expect_error(base + ["--model-path", "tiny", "--sam2", "toy", "--max-new-tokens", "0"], capsys, "--max-new-tokens must be >= 1, got 0")
+    _expect_error(base + ["--model-path", "x/y", "--sam2", "c.yaml::"], capsys,
+                  "CONFIG::CHECKPOINT with both parts")
+    _expect_error(base + [*TINY, "--max-new-tokens", "0"], capsys, "--max-new-tokens must be >= 1, got 0")
     (tmp_path / "file").write_text("")
-    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "file"), "--model-path", "tiny", "--sam2", "toy"], capsys,
-                  "is not a directory")
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "file"), *TINY],
+                  capsys, "is not a directory")
 
 
 def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, image_path, capsys, monkeypatch):
@@ -202,7 +209,7 @@ def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, 
 
     monkeypatch.setattr(models.tiny, "build_tiny_qwen", heavy)
     monkeypatch.setattr(models.loading, "load_policy", heavy)
-    base = ["--image", image_path, "--model-path", "tiny", "--sam2", "toy", "--device", "cpu"]
+    base = ["--image", image_path, *TINY, "--device", "cpu"]
     out = ["--output-dir", str(tmp_path / "o")]
     _expect_error(base + out + ["--query", "..."], capsys, "--query: query is empty after normalisation: '...'")
     _expect_error(base + out + ["--query", "the \udcff cat"], capsys,  # non-UTF-8 bytes in argv arrive like this
@@ -212,14 +219,15 @@ def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, 
     hostile = tmp_path / "x.yaml"
     hostile.write_text("model:\n  _target_: os.system\n  _args_: ['true']\n")
     (tmp_path / "sam2.pt").write_bytes(b"")
-    _expect_error(base + out + ["--query", "q", "--sam2", f"{hostile}::{tmp_path / 'sam2.pt'}"], capsys, "names objects that are not sam2 classes")
+    _expect_error(base + out + ["--query", "q", "--sam2", f"{hostile}::{tmp_path / 'sam2.pt'}"], capsys,
+                  "names objects that are not sam2 classes")
     assert not (tmp_path / "o").exists()
 
 
 def test_module_entry_point_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "models.infer", "--image", str(tmp_path / "none.png"), "--query", "q",
-         "--output-dir", str(tmp_path), "--model-path", "tiny", "--sam2", "toy"],
+         "--output-dir", str(tmp_path), *TINY],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -237,8 +245,9 @@ def test_checkpoint_directories_load_like_real_weights(tmp_path, image_path, cap
     model.save_pretrained(tmp_path / "qwen")
     processor.save_pretrained(tmp_path / "qwen")
     torch.save({"model": build_tiny_sam2(seed=0).state_dict()}, tmp_path / "sam2.pt")
-    rc, out, err = _run(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"), "--device", "cpu",
-                         "--model-path", str(tmp_path / "qwen"), "--sam2", f"{TINY_SAM2_CONFIG}::{tmp_path / 'sam2.pt'}",
+    rc, out, err = _run(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"),
+                         "--device", "cpu", "--model-path", str(tmp_path / "qwen"),
+                         "--sam2", f"{TINY_SAM2_CONFIG}::{tmp_path / 'sam2.pt'}",
                          "--max-new-tokens", "4"], capsys)
     assert rc == 0, err
     assert cv2.imread(str(tmp_path / "o" / "mask.png"), cv2.IMREAD_UNCHANGED).shape == (72, 96)
