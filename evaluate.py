@@ -8,35 +8,40 @@ greedy decoding, SAM2 on the ORIGINAL image.
 
 Launch commands
 ---------------
-The default training run's policy with the shipped toy SAM2 on held-out synthetic scenes (any CPU
-machine, no download; ``--preset tiny`` without ``--model`` uses the random tiny policy)::
+The options that name what train.py names are spelt as train.py spells them (``--model-path``,
+``--data-path``, ``--data-seed``, ``--sam2``, ``--think``, ``--with-example``, ``--task``,
+``--max-new-tokens``, ``--attn-implementation``, ``--tiny-seed``, ``--device``, ``--output-dir``).
 
-    python evaluate.py --preset tiny --model runs/tiny/hf_export --data synthetic:64 \
-        --synthetic-seed 10000 --output-dir runs/eval-tiny
+The default training run's policy with the shipped toy SAM2 on held-out synthetic scenes (any CPU
+machine, no download; ``--preset tiny`` without ``--model-path`` uses the random tiny policy)::
+
+    python evaluate.py --preset tiny --model-path runs/tiny/hf_export --data-path synthetic:64 \\
+        --data-seed 10000 --output-dir runs/eval-tiny
 
 The authors' ReasonSeg parquet (val: 200 rows, test: 779), the released Seg-Zero-7B, 8 GPUs::
 
-    torchrun --nproc_per_node 8 evaluate.py --data /data/ReasonSeg_test \\
-        --model /ckpt/Seg-Zero-7B --sam2 facebook/sam2-hiera-large \\
+    torchrun --nproc_per_node 8 evaluate.py --data-path /data/ReasonSeg_test \\
+        --model-path /ckpt/Seg-Zero-7B --sam2 facebook/sam2-hiera-large \\
         --batch-size 8 --output-dir runs/reasonseg-test --visualize-first 20 --visualize-worst 20
 
 LISA's ReasonSeg folders (``--split val`` picks ``ReasonSeg/val``) and RefCOCO(+/g) in the refer
 format (``--refer-dataset refcoco --split testA``; RefCOCOg: ``--refer-dataset refcocog --split
 test``; the images are COCO train2014, ``--image-dir``)::
 
-    torchrun --nproc_per_node 8 evaluate.py --data /data/ReasonSeg --split val --model PATH ...
-    torchrun --nproc_per_node 8 evaluate.py --data /data/refer --refer-dataset refcoco \\
-        --split testA --image-dir /data/coco/train2014 --model PATH --output-dir runs/refcoco-testA
+    torchrun --nproc_per_node 8 evaluate.py --data-path /data/ReasonSeg --split val --model-path PATH ...
+    torchrun --nproc_per_node 8 evaluate.py --data-path /data/refer --refer-dataset refcoco \\
+        --split testA --image-dir /data/coco/train2014 --model-path PATH --output-dir runs/refcoco-testA
 
-The paper's ablations: ``--prompt-mode box|points`` (Table 2), ``--no-example`` (Table 5),
-``--no-think`` (non-CoT, Table 1).
+The paper's ablations: ``--prompt-mode box|points`` (Table 2), ``--with-example false`` (Table 5),
+``--think false`` (non-CoT, Table 1). SAM2 as a config and checkpoint file:
+``--sam2 configs/sam2.1/sam2.1_hiera_l.yaml::/ckpt/sam2.1_hiera_large.pt``.
 
 Multi-object mode (SPEC section 9, the authors' VisionReasoner format): ``--task multi`` asks for
 the list of objects, prompts SAM2 with each (box, point) and scores the union mask; the table adds
 the no-target and target accuracies (:mod:`eval.multi_object`). gRefCOCO (``grefs(unc).json``)::
 
-    torchrun --nproc_per_node 8 evaluate.py --task multi --data /data/grefcoco --split val \
-        --image-dir /data/coco/train2014 --model /ckpt/VisionReasoner-7B --output-dir runs/grefcoco-val
+    torchrun --nproc_per_node 8 evaluate.py --task multi --data-path /data/grefcoco --split val \\
+        --image-dir /data/coco/train2014 --model-path /ckpt/VisionReasoner-7B --output-dir runs/grefcoco-val
     python evaluate.py --task multi --preset tiny --output-dir runs/eval-tiny-multi   # CPU plumbing
 
 Ignore regions of LISA's ReasonSeg folders (:mod:`data.lisa`): ``--ignore-regions exclude`` (the
@@ -86,50 +91,57 @@ from eval.multi_object import format_multi_object_table, multi_object_table
 from eval.results import (done_ids, format_table, merge_predictions, read_predictions, table_from_predictions,
                           table_from_records, write_atomic, write_metrics)
 from grpo.parallel import barrier, init_distributed, shutdown
+from grpo.recipe import parse_bool
+from models.segmenter import DEFAULT_SAM2_HUB_ID, split_sam2
 
 RUN_CONFIG = "run_config.json"
 
 #: Arguments that determine the predictions or their scores: a resume must not change them.
-PREDICTION_KEYS = ("task", "data", "split", "refer_dataset", "split_by", "synthetic_seed", "ignore_regions",
-                   "model", "sam2", "sam2_config", "sam2_checkpoint", "preset", "prompt_mode",
-                   "example", "think", "max_new_tokens", "single_quotes")
+PREDICTION_KEYS = ("task", "data_path", "split", "refer_dataset", "split_by", "data_seed", "ignore_regions",
+                   "model_path", "tiny_seed", "sam2", "preset", "prompt_mode", "with_example", "think",
+                   "max_new_tokens", "single_quotes")
 
 #: What ``--preset tiny`` sets (unless given on the command line).
-TINY_DEFAULTS = {"data": "synthetic:8", "max_new_tokens": 96, "batch_size": 4}
+TINY_DEFAULTS = {"model_path": "tiny", "sam2": "toy", "data_path": "synthetic:8", "max_new_tokens": 96,
+                 "batch_size": 4}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options that name what train.py names use train.py's words (grpo.recipe's fields)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="single", choices=["single", "multi"],
                    help="single: Seg-Zero's one box + two points; multi: the object list (SPEC 9)")
-    p.add_argument("--data", help="'synthetic[:N]', a parquet file/folder, a LISA ReasonSeg folder, "
-                                  "or a refer root (instances.json + refs(...).p)")
+    p.add_argument("--data-path", help="'synthetic[:N]', a parquet file/folder, a LISA ReasonSeg folder, "
+                                       "or a refer root (instances.json + refs(...).p)")
     p.add_argument("--split", help="dataset split (LISA sub-folder, parquet file prefix, refer split)")
     p.add_argument("--refer-dataset", default="refcocog", help="refer format: refcoco|refcoco+|refcocog")
     p.add_argument("--split-by", help="refer format: unc|umd|google (default: the dataset's usual one)")
     p.add_argument("--image-dir", help="refer format: folder of the COCO train2014 images")
-    p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic set")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic set")
     p.add_argument("--ignore-regions", default="exclude", choices=list(IGNORE_REGION_PROTOCOLS),
                    help="LISA ReasonSeg folders: 'exclude' leaves ignore regions out of I and U "
                         "(LISA's evaluation); 'as-target' counts them as target (the Seg-Zero "
                         "authors' ReasonSeg conversion). Other formats are read as they are")
-    p.add_argument("--model", help="Qwen2.5-VL checkpoint directory or hub id")
-    p.add_argument("--sam2", help="SAM2 hub id, e.g. facebook/sam2-hiera-large")
-    p.add_argument("--sam2-config", help="SAM2 config inside the sam2 package, or a yaml file that only "
-                                         "instantiates sam2 classes (with --sam2-checkpoint)")
-    p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (with --sam2-config)")
-    p.add_argument("--preset", choices=["tiny"], help="tiny: the toy SAM2 + synthetic:8, CPU; the random "
-                                                      "tiny policy unless --model (e.g. runs/tiny/hf_export)")
+    p.add_argument("--model-path", help="Qwen2.5-VL checkpoint directory or hub id; 'toy' (the shipped toy "
+                                        "policy) or 'tiny' (random tiny, built in memory)")
+    p.add_argument("--tiny-seed", type=int, default=0, help="seed of the random tiny model (--model-path tiny)")
+    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention implementation of the reasoning model")
+    p.add_argument("--sam2", help=f"SAM2: a hub id (default {DEFAULT_SAM2_HUB_ID}), 'toy' (the shipped toy "
+                                  "SAM2), or CONFIG::CHECKPOINT (a sam2 package config, or a yaml file that "
+                                  "only instantiates sam2 classes, and a checkpoint file)")
+    p.add_argument("--preset", choices=["tiny"], help="tiny: --model-path tiny --sam2 toy --data-path "
+                                                      "synthetic:8, CPU sizes, unless given")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples of the dataset")
     p.add_argument("--batch-size", type=int, help="samples per generation batch, per rank (default 1)")
     p.add_argument("--output-dir", required=False, help="where predictions, metrics and panels go")
     p.add_argument("--prompt-mode", default="box+points", choices=["box+points", "box", "points"],
                    help="what SAM2 is prompted with (paper Table 2)")
-    p.add_argument("--no-example", dest="example", action="store_false",
-                   help="drop the example answer from the prompt (paper Table 5)")
-    p.add_argument("--no-think", dest="think", action="store_false",
-                   help="ask for the answer only, no reasoning (non-CoT, paper Table 1)")
+    p.add_argument("--with-example", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="put the example answer in the prompt (false: paper Table 5 ablation)")
+    p.add_argument("--think", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="ask for a reasoning chain (false: answer only, non-CoT, paper Table 1)")
     p.add_argument("--single-quotes", action="store_true",
                    help="also accept {'bbox': ...} answers (off: score what training rewarded)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default 1024, SPEC)")
@@ -141,11 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sam2_given(args: argparse.Namespace) -> bool:
-    """Whether the command line names a SAM2 (hub id, or config + checkpoint)."""
-    return bool(args.sam2 or args.sam2_config or args.sam2_checkpoint)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line; fills the preset and SPEC defaults."""
     args = build_parser().parse_args(argv)
@@ -155,22 +162,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in TINY_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
-    elif not args.model:
-        raise ValueError("--model is required (or --preset tiny)")
-    # --preset tiny fills in the models the command line does not name with random tiny ones
-    # (e.g. --model runs/tiny/hf_export evaluates the default training run's policy + tiny SAM2)
-    if sam2_given(args) or args.preset != "tiny":
-        if bool(args.sam2_config) != bool(args.sam2_checkpoint):
-            raise ValueError("--sam2-config and --sam2-checkpoint go together, got "
-                             f"config={args.sam2_config!r}, checkpoint={args.sam2_checkpoint!r}")
-        if args.sam2 and args.sam2_config:
-            raise ValueError("give either --sam2 HUB_ID or --sam2-config + --sam2-checkpoint, not both")
-        if not args.sam2 and not args.sam2_config:
-            args.sam2 = "facebook/sam2-hiera-large"
-    if not args.data:
-        raise ValueError("--data is required (or --preset tiny)")
-    if args.task == "multi" and (not args.example or not args.think or args.single_quotes):
-        raise ValueError("--no-example, --no-think and --single-quotes are single-object options; "
+    elif not args.model_path:
+        raise ValueError("--model-path is required (or --preset tiny)")
+    args.sam2 = args.sam2 or DEFAULT_SAM2_HUB_ID
+    split_sam2(args.sam2)  # CONFIG::CHECKPOINT has both parts
+    if not args.data_path:
+        raise ValueError("--data-path is required (or --preset tiny)")
+    if args.task == "multi" and (not args.with_example or not args.think or args.single_quotes):
+        raise ValueError("--with-example false, --think false and --single-quotes are single-object options; "
                          "the multi-object prompt and parser have no such variants")
     if not args.output_dir:
         raise ValueError("--output-dir is required")
@@ -205,39 +204,23 @@ def check_device(device: str | None) -> None:
 # ------------------------------------------------------------------------------------------ build
 
 def build_source(args: argparse.Namespace):
-    """The dataset named by ``--data`` (any format ``data.open_dataset`` reads)."""
+    """The dataset named by ``--data-path`` (any format ``data.open_dataset`` reads)."""
     from data import open_dataset, open_multi_object_dataset
 
     opener = open_multi_object_dataset if args.task == "multi" else open_dataset
-    return opener(args.data, split=args.split, seed=args.synthetic_seed,
+    return opener(args.data_path, split=args.split, seed=args.data_seed,
                         dataset=args.refer_dataset, split_by=args.split_by, image_dir=args.image_dir,
                         ignore_regions=args.ignore_regions)
 
 
 def build_pipeline(args: argparse.Namespace, device: str):
     """Policy + SAM2 -> ``models.pipeline.SegZeroPipeline`` with the ablation switches."""
-    from models.pipeline import SegZeroPipeline
-    from models.loading import load_policy
+    from models.pipeline import SegZeroPipeline, load_reasoning_model, load_segmenter
     from models.policy import SegZeroPolicy
-    from models.segmenter import Segmenter
 
-    if args.model:
-        model, processor = load_policy(args.model, device=device)
-    else:  # --preset tiny
-        from models.tiny import build_tiny_qwen
-
-        model, processor = build_tiny_qwen(seed=0)
-        model = model.to(device)
-    if args.preset == "tiny" and not sam2_given(args):
-        from models.toy import load_toy_sam2
-
-        segmenter = load_toy_sam2(device=device)  # trained on the synthetic scenes
-    else:
-        if args.sam2_config:
-            segmenter = Segmenter.from_config(args.sam2_config, args.sam2_checkpoint, device=device)
-        else:
-            segmenter = Segmenter.from_hub(args.sam2, device=device)
-    policy = SegZeroPolicy(model, processor, with_example=args.example, think=args.think, task=args.task)
+    model, processor = load_reasoning_model(args.model_path, device, args.attn_implementation, args.tiny_seed)
+    segmenter = load_segmenter(args.sam2, device=device)
+    policy = SegZeroPolicy(model, processor, with_example=args.with_example, think=args.think, task=args.task)
     if args.task == "multi":
         from models.multi_object import MultiObjectPipeline
 
@@ -301,7 +284,7 @@ def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> d
                 log(f"bad sample {r.id!r} (index {r.index}): {r.reason}")
         split = f" [{args.split}]" if args.split else ""
         show = format_multi_object_table if args.task == "multi" else format_table
-        log(show(table, title=f"{args.data}{split}: {len(records)} samples"))
+        log(show(table, title=f"{args.data_path}{split}: {len(records)} samples"))
         path = write_metrics(args.output_dir, table, {"config": config, "world_size": world,
                                                       "limit": args.limit})
         log(f"metrics: {path}")

@@ -398,17 +398,9 @@ def build_validation(cfg: Config, info):
                   "held-out reports give the multi-object reward terms instead", flush=True)
         return None
     from data import SyntheticDataset, open_dataset
-    from models.segmenter import Segmenter
+    from models.pipeline import load_segmenter
 
-    if cfg.model.sam2 == "toy":
-        from models.toy import load_toy_sam2
-
-        segmenter = load_toy_sam2(device=info.device)
-    elif "::" in cfg.model.sam2:
-        config, checkpoint = cfg.model.sam2.split("::", 1)
-        segmenter = Segmenter.from_config(config, checkpoint, device=info.device)
-    else:
-        segmenter = Segmenter.from_hub(cfg.model.sam2, device=info.device)
+    segmenter = load_segmenter(cfg.model.sam2, device=info.device)
     if cfg.data.val_path == "heldout":
         source = SyntheticDataset(cfg.data.heldout_size, seed=cfg.data.data_seed + 10_000)
     else:

@@ -2,7 +2,7 @@
 
     python -m data.prepare_refcocog --refer-root DIR --images DIR --out FILE.parquet \
         [--split train] [--limit N] [--image-format png|jpeg] \
-        [--sam2-filter --sam2-config CFG --sam2-checkpoint CKPT [--device cuda]]
+        [--sam2 CONFIG::CHECKPOINT [--device cuda]]
 
 Each referring sentence of the split becomes one row (SPEC.md sections 5-6): the image resized
 to 840 x 840 (bilinear), ``problem`` = the sentence, ``solution`` =
@@ -11,10 +11,11 @@ to 840 x 840 (bilinear), ``problem`` = the sentence, ``solution`` =
 such rows (``--limit 9000`` keeps the first 9,000 that pass; the paper does not say which).
 
 Bad samples (unreadable image, polygon with fewer than 3 points, empty mask, missing key,
-mismatched sizes) are counted by reason and skipped; they never stop the run. With
-``--sam2-filter``, a sample is kept only if SAM2 prompted with the ground-truth box and p1
-reconstructs the mask with IoU >= ``--sam2-threshold`` (the authors' optional filter); SAM2 is
-imported only then. The output is written to a temporary file and moved into place at the end.
+mismatched sizes) are counted by reason and skipped; they never stop the run. With ``--sam2``
+(spelt as for train.py: CONFIG::CHECKPOINT, a hub id, or 'toy'), a sample is kept only if SAM2
+prompted with the ground-truth box and p1 reconstructs the mask with IoU >= ``--sam2-threshold``
+(the authors' optional filter); SAM2 is imported only then. The output is written to a temporary
+file and moved into place at the end.
 
 Command-line mistakes (a missing or unknown option, ``--out`` naming a directory or an unwritable
 place, a folder that is not there, a refer file that cannot be read, a bad SAM2 config,
@@ -40,14 +41,15 @@ from data.refer import ReferDataset
 from data.types import BadSampleError
 
 
-def build_sam2_segmenter(config: str, checkpoint: str, device: str = "cpu") -> Callable:
+def build_sam2_segmenter(sam2: str, device: str = "cpu") -> Callable:
     """A ``(image, bbox, points) -> bool mask`` SAM2 callable for the consistency filter: the
-    project's :class:`models.segmenter.Segmenter` (box + positive points, multimask output, the
-    highest-scoring mask; the config checked before Hydra builds anything). Imported lazily so
-    that the data package never needs models / sam2 / torch unless the filter is on."""
-    from models.segmenter import Segmenter
+    project's :class:`models.segmenter.Segmenter` for a ``--sam2`` value (box + positive points,
+    multimask output, the highest-scoring mask; a config checked before Hydra builds anything).
+    Imported lazily so that the data package never needs models / sam2 / torch unless the filter
+    is on."""
+    from models.pipeline import load_segmenter
 
-    return Segmenter.from_config(config, checkpoint, device=device)
+    return load_segmenter(sam2, device=device)
 
 
 def _reason_kind(reason: str) -> str:
@@ -110,9 +112,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     if not (math.isfinite(args.sam2_threshold) and 0.0 <= args.sam2_threshold <= 1.0):
         raise ValueError(f"--sam2-threshold must be an IoU in [0, 1], got {args.sam2_threshold}")
-    if args.sam2_filter:
-        if not args.sam2_checkpoint:
-            raise ValueError("--sam2-filter needs --sam2-checkpoint (a SAM2 .pt file matching --sam2-config)")
+    if args.sam2:
+        from models.segmenter import split_sam2
+
+        split_sam2(args.sam2)  # CONFIG::CHECKPOINT has both parts
         if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
             raise ValueError(f"--device {args.device!r}: use cpu, cuda or cuda:K")
         if args.device.startswith("cuda"):
@@ -144,10 +147,10 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="keep at most N samples")
     parser.add_argument("--image-format", default="png", choices=["png", "jpeg"],
                         help="encoding of the 840 images (HF datasets writes PNG)")
-    parser.add_argument("--sam2-filter", action="store_true",
-                        help="keep only samples SAM2 reconstructs from box + p1 (IoU >= threshold)")
-    parser.add_argument("--sam2-config", default="configs/sam2/sam2_hiera_l.yaml")
-    parser.add_argument("--sam2-checkpoint", default=None)
+    parser.add_argument("--sam2", default=None,
+                        help="keep only samples this SAM2 reconstructs from box + p1 (IoU >= --sam2-threshold): "
+                             "CONFIG::CHECKPOINT (e.g. configs/sam2.1/sam2.1_hiera_l.yaml::sam2.1_hiera_large.pt), "
+                             "a hub id, or 'toy'")
     parser.add_argument("--sam2-threshold", type=float, default=0.6)
     parser.add_argument("--device", default="cpu", help="device for SAM2")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -157,8 +160,8 @@ def run(argv: list[str] | None = None) -> int:
     dataset = ReferDataset(args.refer_root, dataset=args.dataset, split_by=args.split_by,
                            split=args.split, image_dir=args.images)
     segmenter = None
-    if args.sam2_filter:
-        segmenter = build_sam2_segmenter(args.sam2_config, args.sam2_checkpoint, args.device)
+    if args.sam2:
+        segmenter = build_sam2_segmenter(args.sam2, args.device)
     kept, skipped = prepare(dataset, args.out, limit=args.limit, segmenter=segmenter,
                             threshold=args.sam2_threshold, image_format=args.image_format.upper(),
                             progress=not args.no_progress)

@@ -386,8 +386,8 @@ def preset_tiny() -> dict:
     Launch (2 processes on 2 CPU cores):
         torchrun --standalone --nproc_per_node=2 train.py
     then, end to end on the run's export:
-        python evaluate.py --preset tiny --model runs/tiny/hf_export --data synthetic:64 \\
-            --synthetic-seed 10000 --output-dir runs/tiny/eval
+        python evaluate.py --preset tiny --model-path runs/tiny/hf_export --data-path synthetic:64 \\
+            --data-seed 10000 --output-dir runs/tiny/eval
 
     What it does: starts from the shipped toy checkpoint (``model_path`` 'toy' = assets/toy/policy,
     built by ``python -m models.toy policy``: it already writes the answer format and localises,
@@ -556,18 +556,27 @@ def _convert(sec: str, fname: str, value: Any) -> Any:
             raise ValueError(f"config field {fname}={value!r}: expected true or false")
         return value
     if tp is bool:
-        low = value.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"config field {fname}={value!r}: expected true or false")
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise ValueError(f"config field {fname}={value!r}: expected true or false") from None
     if tp in (int, float):
         try:
             return tp(float(value)) if tp is int and float(value).is_integer() else tp(value)
         except ValueError:
             raise ValueError(f"config field {fname}={value!r}: expected a number ({tp.__name__})") from None
     return value
+
+
+def parse_bool(value: str) -> bool:
+    """A boolean option's value as train.py, evaluate.py and models.infer spell it: true / false
+    (or 1 / 0, yes / no, on / off, any case). ValueError otherwise."""
+    low = value.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def build_config(overrides: dict[str, Any] | None = None, preset: str | None = None) -> Config:

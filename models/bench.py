@@ -84,12 +84,12 @@ def build(args):
         from models.weights import real_shape_config
 
         config, processor = real_shape_config(args.model)
-        config._attn_implementation = args.attn
+        config._attn_implementation = args.attn_implementation
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         torch.manual_seed(args.seed)
         with torch.device(args.device):
             model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
-        if args.attn == "sdpa":
+        if args.attn_implementation == "sdpa":
             from models.vision_attention import use_windowed_vision_attention
 
             use_windowed_vision_attention(model)
@@ -229,7 +229,7 @@ def run(args) -> dict:
     hf_tps = num_rows * new_tokens / hf_s
     return {
         "device": name, "shape": "tiny" if args.tiny else args.model, "dtype": str(next(model.parameters()).dtype),
-        "attention": args.attn, "vision_attention": model.model.visual.config._attn_implementation,
+        "attention": args.attn_implementation, "vision_attention": model.model.visual.config._attn_implementation,
         "params": params, "prompts": num_prompts, "group": group, "new_tokens": new_tokens,
         "prompt_len": prompt_len, "micro_batch_rows": args.micro_prompts * group,
         "rollout_tokens_per_s": ours_tps, "hf_generate_tokens_per_s": hf_tps,
@@ -282,7 +282,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=None, help="T (default 16 tiny, 300 real)")
     parser.add_argument("--micro-prompts", type=int, default=1, help="prompts (x G rows) per micro-batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
+    parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak table")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="override the HBM table")
     parser.add_argument("--reference-dir", default=REAL_CONFIG_DIR)

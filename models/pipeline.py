@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from data.types import FRAME
-from models.segmenter import PROMPT_MODES
+from models.segmenter import PROMPT_MODES, Segmenter, split_sam2
 from rewards import parse_answer
 
 
@@ -161,3 +161,36 @@ class SegZeroPipeline:
             for i, mask in zip(todo, masks):
                 predictions[i].mask = mask
         return predictions
+
+
+def load_reasoning_model(model_path: str, device: str = "cpu", attn_implementation: str = "sdpa",
+                         tiny_seed: int = 0):
+    """(model, processor) for a ``--model-path`` value, as train.py reads it: 'tiny' (the random tiny
+    Qwen2.5-VL built in memory from ``tiny_seed``, models.tiny), 'toy' (the shipped toy policy,
+    models.toy), or a checkpoint directory / hub id (models.loading.load_policy, eval mode)."""
+    if model_path == "tiny":
+        from models.tiny import build_tiny_qwen
+
+        model, processor = build_tiny_qwen(tiny_seed, attn_implementation=attn_implementation)
+        return model.to(device), processor
+    from models.loading import load_policy
+
+    if model_path == "toy":
+        from models.toy import TOY_POLICY_DIR
+
+        model_path = str(TOY_POLICY_DIR)
+    return load_policy(model_path, device=device, attn_implementation=attn_implementation)
+
+
+def load_segmenter(sam2: str, device: str = "cpu") -> Segmenter:
+    """SAM2 for a ``--sam2`` value, as train.py reads it: 'toy' (the shipped toy SAM2 trained on the
+    synthetic scenes, models.toy), CONFIG::CHECKPOINT (:meth:`Segmenter.from_config`: a sam2
+    package config or yaml file, and a checkpoint file) or a hub id (:meth:`Segmenter.from_hub`)."""
+    if sam2 == "toy":
+        from models.toy import load_toy_sam2
+
+        return load_toy_sam2(device=device)
+    parts = split_sam2(sam2)
+    if parts:
+        return Segmenter.from_config(*parts, device=device)
+    return Segmenter.from_hub(sam2, device=device)

@@ -122,7 +122,7 @@ def build_messages(query: str, *, with_example: bool = True, think: bool = True,
     """
     if check_task(task) == "multi":
         if not (with_example and think):
-            raise ValueError("the multi-object prompt has no --no-example / --no-think variants")
+            raise ValueError("the multi-object prompt has no --with-example false / --think false variants")
         text = "\n" + build_multi_object_prompt(query)
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     text = build_prompt(query, with_example=with_example, think=think)

@@ -91,6 +91,18 @@ def resolve_sam2_config(config: str) -> tuple[str, str]:
     )
 
 
+def split_sam2(sam2: str) -> tuple[str, str] | None:
+    """(config, checkpoint) of a ``--sam2 CONFIG::CHECKPOINT`` value (train.py, evaluate.py and
+    models.infer spell SAM2 the same way); None for 'toy' or a hub id. ValueError when a side is empty."""
+    if "::" not in sam2:
+        return None
+    config, _, checkpoint = sam2.partition("::")
+    if not config or not checkpoint:
+        raise ValueError(f"--sam2 {sam2!r}: write CONFIG::CHECKPOINT with both parts (a sam2 package config "
+                         f"or yaml file, and a checkpoint file), 'toy', or a hub id such as {DEFAULT_SAM2_HUB_ID}")
+    return config, checkpoint
+
+
 def check_sam2_config(config: str) -> None:
     """ValueError unless ``config`` is a package config or a yaml file (:func:`resolve_sam2_config`)
     whose ``_target_`` keys all name sam2 classes (:func:`check_sam2_targets`). Builds nothing."""
@@ -300,7 +312,7 @@ class Segmenter:
             raise FileNotFoundError(
                 f"could not get {filename} of {model_id!r} from the Hugging Face hub ({type(exc).__name__}); "
                 f"connect to the internet once to cache it, or download {filename} and pass "
-                f"--sam2-config {config} --sam2-checkpoint PATH"
+                f"--sam2 {config}::PATH"
             ) from exc
         return cls.from_config(config, checkpoint, device=device)
 

@@ -279,7 +279,8 @@ def main(argv=None) -> dict:
         elif name == "bench":
             shape = ["--tiny"] if args.tiny else ["--model", "3b"]
             tokens = ["--new-tokens", str(args.new_tokens)] if not args.tiny else []
-            entry = run_command(name, [py, "-m", "models.bench", *shape, "--device", device, "--attn", attn,
+            entry = run_command(name, [py, "-m", "models.bench", *shape, "--device", device,
+                                       "--attn-implementation", attn,
                                        *tokens, "--compare-plain", "--profile", str(work / "profile.txt"),
                                        "--out", str(work / "bench.json")], work, left)
             if (work / "bench.json").exists():
@@ -336,9 +337,9 @@ def main(argv=None) -> dict:
             if eval_dir.exists():
                 shutil.rmtree(eval_dir)
             n = 2 if args.tiny else SYNTHETIC_SAMPLES
-            entry = run_command(name, [py, "evaluate.py", "--data", f"synthetic:{n}", "--model",
-                                       str(work / "ckpt_3b"), "--sam2-config", sam2.get("config", ""),
-                                       "--sam2-checkpoint", sam2.get("checkpoint", ""), "--device", device,
+            entry = run_command(name, [py, "evaluate.py", "--data-path", f"synthetic:{n}", "--model-path",
+                                       str(work / "ckpt_3b"), "--sam2",
+                                       f"{sam2.get('config', '')}::{sam2.get('checkpoint', '')}", "--device", device,
                                        "--max-new-tokens", "16" if args.tiny else "32", "--batch-size", str(n),
                                        "--output-dir", str(eval_dir)], work, left)
             metrics = eval_dir / "metrics.json"

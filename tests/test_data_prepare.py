@@ -74,19 +74,11 @@ def test_command_line_entry_point(tmp_path):
 
 
 def test_sam2_filter_uses_models_segmenter(monkeypatch):
-    import types
-
+    import models.pipeline
     from data.prepare_refcocog import build_sam2_segmenter
 
-    class FakeSegmenter:
-        @classmethod
-        def from_config(cls, config, checkpoint, device="cpu"):
-            return ("models.segmenter", config, checkpoint, device)
-
-    monkeypatch.setitem(sys.modules, "models.segmenter",
-                        types.SimpleNamespace(Segmenter=FakeSegmenter))
-    assert build_sam2_segmenter("c.yaml", "k.pt", "cuda") == ("models.segmenter", "c.yaml",
-                                                              "k.pt", "cuda")
+    monkeypatch.setattr(models.pipeline, "load_segmenter", lambda sam2, device="cpu": ("load_segmenter", sam2, device))
+    assert build_sam2_segmenter("c.yaml::k.pt", "cuda") == ("load_segmenter", "c.yaml::k.pt", "cuda")
 
 
 def test_command_line_mistakes_are_one_line_exit_2_and_checked_before_converting(tmp_path, capsys, monkeypatch):
@@ -111,7 +103,7 @@ def test_command_line_mistakes_are_one_line_exit_2_and_checked_before_converting
 
     monkeypatch.setattr(prep, "prepare", no_conversion)
     ok = ["--refer-root", root, "--images", str(img_dir), "--out", str(tmp_path / "o.parquet")]
-    sam2 = ["--sam2-filter", "--sam2-checkpoint", str(tmp_path / "sam2.pt")]
+    sam2 = ["--sam2", f"configs/sam2/sam2_hiera_l.yaml::{tmp_path / 'sam2.pt'}"]
     cases = [
         ([], "the following arguments are required: --refer-root, --images, --out"),
         (ok + ["--limit", "abc"], "argument --limit: invalid int value: 'abc'"),
@@ -123,10 +115,10 @@ def test_command_line_mistakes_are_one_line_exit_2_and_checked_before_converting
         (["--refer-root", root, "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "o.parquet")],
          f"--images {str(tmp_path / 'nope')!r} is not a directory"),
         (ok + ["--split", "nope"], "split 'nope' not in"),
-        (ok + ["--sam2-filter"], "--sam2-filter needs --sam2-checkpoint"),
+        (ok + ["--sam2", "c.yaml::"], "CONFIG::CHECKPOINT with both parts"),
         (ok + sam2 + ["--sam2-threshold", "nan"], "--sam2-threshold must be an IoU in [0, 1], got nan"),
         (ok + sam2 + ["--device", "tpu"], "--device 'tpu': use cpu, cuda or cuda:K"),
-        (ok + sam2 + ["--sam2-config", str(escape_yaml)], "names objects that are not sam2 classes"),
+        (ok + ["--sam2", f"{escape_yaml}::{tmp_path / 'sam2.pt'}"], "names objects that are not sam2 classes"),
         (["--refer-root", str(hostile), "--images", str(img_dir), "--out", str(tmp_path / "o.parquet")],
          "not a readable refs file (UnpicklingError: refused to load global"),
     ]

@@ -124,7 +124,7 @@ def test_metrics_by_hand_through_the_pipeline(tmp_path):
 def test_run_prints_what_the_file_recomputes_and_draws_panels(tmp_path, capsys):
     source, pipeline = hand_dataset()
     out = str(tmp_path / "run")
-    args = evaluate.parse_args(["--model", "unused", "--data", "hand", "--output-dir", out,
+    args = evaluate.parse_args(["--model-path", "unused", "--data-path", "hand", "--output-dir", out,
                                 "--visualize-first", "1", "--visualize-worst", "2", "--device", "cpu"])
     table = evaluate.run(args, pipeline=pipeline, source=source)
     printed = capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_run_prints_what_the_file_recomputes_and_draws_panels(tmp_path, capsys):
 def test_resume_rejects_other_settings(tmp_path):
     source, pipeline = hand_dataset()
     out = str(tmp_path)
-    base = ["--model", "m", "--data", "hand", "--output-dir", out, "--device", "cpu"]
+    base = ["--model-path", "m", "--data-path", "hand", "--output-dir", out, "--device", "cpu"]
     evaluate.run(evaluate.parse_args(base), pipeline=pipeline, source=source, log=lambda s: None)
     with pytest.raises(ValueError, match="prompt_mode"):
         evaluate.run(evaluate.parse_args(base + ["--prompt-mode", "box"]), pipeline=pipeline, source=source)
@@ -154,7 +154,7 @@ def test_resume_rejects_other_settings(tmp_path):
 def test_limit_then_a_larger_limit_resumes(tmp_path):
     source, pipeline = hand_dataset()
     out = str(tmp_path)
-    base = ["--model", "m", "--data", "hand", "--output-dir", out, "--device", "cpu"]
+    base = ["--model-path", "m", "--data-path", "hand", "--output-dir", out, "--device", "cpu"]
     small = evaluate.run(evaluate.parse_args(base + ["--limit", "2"]), pipeline=pipeline, source=source,
                          log=lambda s: None)
     assert small["all"]["num_samples"] == 2 and small["all"]["gIoU"] == pytest.approx(100 * (0.5 + 50 / 140) / 2)
@@ -168,17 +168,25 @@ def test_limit_then_a_larger_limit_resumes(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="--model"):
-        evaluate.parse_args(["--data", "synthetic", "--output-dir", "x"])
+    with pytest.raises(ValueError, match="--model-path is required"):
+        evaluate.parse_args(["--data-path", "synthetic", "--output-dir", "x"])
     with pytest.raises(ValueError, match="batch-size"):
         evaluate.parse_args(["--preset", "tiny", "--output-dir", "x", "--batch-size", "0"])
-    with pytest.raises(ValueError, match="sam2-config"):
-        evaluate.parse_args(["--model", "m", "--data", "d", "--output-dir", "x", "--sam2-config", "c"])
-    # --preset tiny fills in only the models that are not named
-    args = evaluate.parse_args(["--preset", "tiny", "--model", "runs/tiny/hf_export", "--output-dir", "x"])
-    assert (args.model, args.sam2, args.data) == ("runs/tiny/hf_export", None, "synthetic:8")
-    with pytest.raises(ValueError, match="sam2-config"):
-        evaluate.parse_args(["--preset", "tiny", "--output-dir", "x", "--sam2-config", "c"])
+    with pytest.raises(ValueError, match="CONFIG::CHECKPOINT with both parts"):
+        evaluate.parse_args(["--model-path", "m", "--data-path", "d", "--output-dir", "x", "--sam2", "c::"])
+    # without --preset tiny, SAM2 is the authors' hub model
+    args = evaluate.parse_args(["--model-path", "m", "--data-path", "d", "--output-dir", "x"])
+    assert (args.sam2, args.think, args.with_example) == ("facebook/sam2-hiera-large", True, True)
+    args = evaluate.parse_args(["--model-path", "m", "--data-path", "d", "--output-dir", "x", "--think", "false",
+                                "--with-example", "false"])
+    assert (args.think, args.with_example) == (False, False)
+    # --preset tiny fills in only what is not named
+    args = evaluate.parse_args(["--preset", "tiny", "--model-path", "runs/tiny/hf_export", "--output-dir", "x"])
+    assert (args.model_path, args.sam2, args.data_path) == ("runs/tiny/hf_export", "toy", "synthetic:8")
+    args = evaluate.parse_args(["--preset", "tiny", "--sam2", "facebook/sam2-hiera-tiny", "--output-dir", "x"])
+    assert (args.model_path, args.sam2) == ("tiny", "facebook/sam2-hiera-tiny")
+    with pytest.raises(ValueError, match="CONFIG::CHECKPOINT with both parts"):
+        evaluate.parse_args(["--preset", "tiny", "--output-dir", "x", "--sam2", "::ckpt.pt"])
     with pytest.raises(ValueError):
         shard_indices(10, 2, 2)
     assert list(shard_indices(7, 1, 3)) == [1, 4]
@@ -289,7 +297,7 @@ def nan_to_none(table):
 @pytest.mark.slow
 @pytest.mark.dist
 def test_tiny_preset_one_and_two_ranks_and_recompute(tmp_path, capsys):
-    common = ["--preset", "tiny", "--data", "synthetic:5", "--max-new-tokens", "8", "--batch-size", "2"]
+    common = ["--preset", "tiny", "--data-path", "synthetic:5", "--max-new-tokens", "8", "--batch-size", "2"]
     evaluate.main(common + ["--output-dir", str(tmp_path / "one"), "--visualize-first", "1"])
     one = capsys.readouterr().out
     two = run_cli(common + ["--output-dir", str(tmp_path / "two")], nproc=2)
@@ -310,10 +318,10 @@ def test_tiny_preset_one_and_two_ranks_and_recompute(tmp_path, capsys):
 
 
 def test_command_line_mistake_is_one_line_without_traceback(tmp_path):
-    res = subprocess.run([sys.executable, "evaluate.py", "--data", "synthetic", "--output-dir", str(tmp_path)],
+    res = subprocess.run([sys.executable, "evaluate.py", "--data-path", "synthetic", "--output-dir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert res.stderr.strip() == "error: --model is required (or --preset tiny)"
+    assert res.stderr.strip() == "error: --model-path is required (or --preset tiny)"
 
 
 def test_unparsed_answer_on_an_empty_target_scores_zero():
@@ -394,7 +402,7 @@ def lisa_eval_setup(root):
 
 def test_lisa_empty_targets_are_evaluated_under_both_ignore_protocols(tmp_path):
     data, pipeline = lisa_eval_setup(tmp_path)
-    base = ["--model", "m", "--data", str(data), "--split", "val", "--device", "cpu"]
+    base = ["--model-path", "m", "--data-path", str(data), "--split", "val", "--device", "cpu"]
     out = str(tmp_path / "exclude")
     table = evaluate.run(evaluate.parse_args(base + ["--output-dir", out]), pipeline=pipeline,
                          log=lambda s: None)
@@ -447,7 +455,7 @@ def test_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
          f"error: --output-dir {str(a_file)!r} exists and is not a directory; pass a directory"),
         (["--preset", "tiny", "--output-dir", "/sys/seg_zero_eval"], "error: --output-dir '/sys/seg_zero_eval': "
                                                                       "cannot write in '/sys'"),
-        (tiny + ["--data", str(tmp_path / "refer")], "refs(umd).p: not a readable refs file (UnpicklingError: "
+        (tiny + ["--data-path", str(tmp_path / "refer")], "refs(umd).p: not a readable refs file (UnpicklingError: "
                                                      "refused to load global 'posix.system'"),
     ]
     if not __import__("torch").cuda.is_available():

@@ -17,6 +17,7 @@ from models.configs import real_config_path
 from models.policy import SegZeroPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model-path", "tiny", "--sam2", "toy"]  # the random tiny policy and the shipped toy SAM2
 
 
 # ------------------------------------------------------------------------------------------ draw
@@ -81,7 +82,7 @@ def test_panel_layout_and_text():
 @pytest.fixture
 def cached_tiny_qwen(monkeypatch, tiny_qwen):
     """build_tiny_qwen returns the module's model (building it takes ~10 s on 2 cores)."""
-    monkeypatch.setattr(models.tiny, "build_tiny_qwen", lambda seed=0: tiny_qwen)
+    monkeypatch.setattr(models.tiny, "build_tiny_qwen", lambda seed=0, **kwargs: tiny_qwen)
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def _run(argv, capsys):
 
 def test_tiny_run_writes_readable_pngs(tmp_path, image_path, capsys, cached_tiny_qwen):
     out_dir = tmp_path / "out"
-    rc, out, err = _run(["--image", image_path, "--query", "The cat.", "--out", str(out_dir), "--tiny",
+    rc, out, err = _run(["--image", image_path, "--query", "The cat.", "--output-dir", str(out_dir), *TINY,
                          "--device", "cpu", "--max-new-tokens", "8"], capsys)
     assert rc == 0, err
     mask = cv2.imread(str(out_dir / "mask.png"), cv2.IMREAD_UNCHANGED)
@@ -121,7 +122,7 @@ def test_parsed_answer_gives_mask_overlay_and_both_frames(tmp_path, image_path, 
                   '"points_1": [210, 350], "points_2": [315, 420]}</answer>')
     monkeypatch.setattr(SegZeroPolicy, "complete", lambda self, images, queries, **kw: [completion])
     out_dir = tmp_path / "out"
-    rc, out, err = _run(["--image", image_path, "--query", "the cat", "--out", str(out_dir), "--tiny",
+    rc, out, err = _run(["--image", image_path, "--query", "the cat", "--output-dir", str(out_dir), *TINY,
                          "--prompt-mode", "box"], capsys)
     assert rc == 0, err
     # W = 96 (x factor 96/840 = 4/35), H = 72 (y factor 72/840 = 3/35):
@@ -157,42 +158,47 @@ def test_config_only_model_directory_is_reported_before_loading(tmp_path, image_
         raise AssertionError("loaded SAM2 before checking the policy weights")
 
     monkeypatch.setattr(models.segmenter.Segmenter, "from_hub", heavy)
-    _expect_error(["--image", image_path, "--query", "q", "--out", str(tmp_path / "o"), "--model", str(model_dir),
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"),
+                   "--model-path", str(model_dir),
                    "--device", "cpu"], capsys, "config.json but no weights", str(model_dir))
-    _expect_error(["--image", image_path, "--query", "q", "--out", str(tmp_path / "o"),
-                   "--model", str(tmp_path / "nowhere"), "--device", "cpu"], capsys, "neither an existing directory")
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"),
+                   "--model-path", str(tmp_path / "nowhere"), "--device", "cpu"], capsys,
+                  "neither an existing directory")
 
 
 def test_image_errors(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    _expect_error(["--image", str(bad), "--query", "q", "--out", str(tmp_path), "--tiny"], capsys,
+    _expect_error(["--image", str(bad), "--query", "q", "--output-dir", str(tmp_path), *TINY], capsys,
                   "unreadable image", "bad.jpg", "pass a readable image file")
-    _expect_error(["--image", str(tmp_path / "missing.png"), "--query", "q", "--out", str(tmp_path), "--tiny"],
+    _expect_error(["--image", str(tmp_path / "missing.png"), "--query", "q", "--output-dir", str(tmp_path),
+                   *TINY],
                   capsys, "image file not found", "missing.png")
 
 
 def test_cuda_requested_but_unavailable(tmp_path, image_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    _expect_error(["--image", image_path, "--query", "q", "--out", str(tmp_path), "--tiny", "--device", "cuda"],
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path), *TINY,
+                   "--device", "cuda"],
                   capsys, "--device cuda requested but CUDA is not available", "--device cpu")
 
 
 def test_missing_sam2_checkpoint_and_option_mistakes(tmp_path, image_path, capsys):
-    base = ["--image", image_path, "--query", "q", "--out", str(tmp_path / "o"), "--device", "cpu"]
-    _expect_error(base + ["--model", str(tmp_path), "--sam2-config", "configs/sam2.1/sam2.1_hiera_l.yaml",
-                          "--sam2-checkpoint", str(tmp_path / "sam2.pt")], capsys, "SAM2 checkpoint not found", "sam2.pt")
-    _expect_error(base, capsys, "pass --model PATH_OR_HUB_ID", "--tiny")
-    # --tiny only fills in what is not named: a named --model is still loaded (and checked) as given
+    base = ["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"), "--device", "cpu"]
+    _expect_error(base + ["--model-path", str(tmp_path),
+                          "--sam2", f"configs/sam2.1/sam2.1_hiera_l.yaml::{tmp_path / 'sam2.pt'}"], capsys,
+                  "SAM2 checkpoint not found", "sam2.pt")
+    _expect_error(base, capsys, "pass --model-path PATH_OR_HUB_ID", "--model-path tiny")
     config_only = tmp_path / "config_only"
     config_only.mkdir()
     shutil.copy(real_config_path("3b"), config_only / "config.json")
-    _expect_error(base + ["--tiny", "--model", str(config_only)], capsys, "no weights")
-    _expect_error(base + ["--model", "x/y", "--sam2-config", "c.yaml"], capsys, "go together")
-    _expect_error(base + ["--tiny", "--max-new-tokens", "0"], capsys, "--max-new-tokens must be >= 1, got 0")
+    _expect_error(base + ["--model-path", str(config_only), "--sam2", "toy"], capsys, "no weights")
+    _expect_error(base + ["--model-path", "x/y", "--sam2", "c.yaml::"], capsys,
+                  "CONFIG::CHECKPOINT with both parts")
+    _expect_error(base + [*TINY, "--max-new-tokens", "0"], capsys, "--max-new-tokens must be >= 1, got 0")
     (tmp_path / "file").write_text("")
-    _expect_error(["--image", image_path, "--query", "q", "--out", str(tmp_path / "file"), "--tiny"], capsys,
-                  "is not a directory")
+    _expect_error(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "file"), *TINY],
+                  capsys, "is not a directory")
 
 
 def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, image_path, capsys, monkeypatch):
@@ -203,25 +209,25 @@ def test_query_out_and_sam2_config_are_checked_before_any_model_loads(tmp_path, 
 
     monkeypatch.setattr(models.tiny, "build_tiny_qwen", heavy)
     monkeypatch.setattr(models.loading, "load_policy", heavy)
-    base = ["--image", image_path, "--tiny", "--device", "cpu"]
-    out = ["--out", str(tmp_path / "o")]
+    base = ["--image", image_path, *TINY, "--device", "cpu"]
+    out = ["--output-dir", str(tmp_path / "o")]
     _expect_error(base + out + ["--query", "..."], capsys, "--query: query is empty after normalisation: '...'")
     _expect_error(base + out + ["--query", "the \udcff cat"], capsys,  # non-UTF-8 bytes in argv arrive like this
                   "--query: query is not valid text: surrogates not allowed at character 4")
-    _expect_error(base + ["--query", "q", "--out", "/sys/seg_zero_out"], capsys,
-                  "--out '/sys/seg_zero_out': cannot write in '/sys'")
+    _expect_error(base + ["--query", "q", "--output-dir", "/sys/seg_zero_out"], capsys,
+                  "--output-dir '/sys/seg_zero_out': cannot write in '/sys'")
     hostile = tmp_path / "x.yaml"
     hostile.write_text("model:\n  _target_: os.system\n  _args_: ['true']\n")
     (tmp_path / "sam2.pt").write_bytes(b"")
-    _expect_error(base + out + ["--query", "q", "--sam2-config", str(hostile), "--sam2-checkpoint",
-                                str(tmp_path / "sam2.pt")], capsys, "names objects that are not sam2 classes")
+    _expect_error(base + out + ["--query", "q", "--sam2", f"{hostile}::{tmp_path / 'sam2.pt'}"], capsys,
+                  "names objects that are not sam2 classes")
     assert not (tmp_path / "o").exists()
 
 
 def test_module_entry_point_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "models.infer", "--image", str(tmp_path / "none.png"), "--query", "q",
-         "--out", str(tmp_path), "--tiny"],
+         "--output-dir", str(tmp_path), *TINY],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -239,8 +245,9 @@ def test_checkpoint_directories_load_like_real_weights(tmp_path, image_path, cap
     model.save_pretrained(tmp_path / "qwen")
     processor.save_pretrained(tmp_path / "qwen")
     torch.save({"model": build_tiny_sam2(seed=0).state_dict()}, tmp_path / "sam2.pt")
-    rc, out, err = _run(["--image", image_path, "--query", "q", "--out", str(tmp_path / "o"), "--device", "cpu",
-                         "--model", str(tmp_path / "qwen"), "--sam2-config", TINY_SAM2_CONFIG,
-                         "--sam2-checkpoint", str(tmp_path / "sam2.pt"), "--max-new-tokens", "4"], capsys)
+    rc, out, err = _run(["--image", image_path, "--query", "q", "--output-dir", str(tmp_path / "o"),
+                         "--device", "cpu", "--model-path", str(tmp_path / "qwen"),
+                         "--sam2", f"{TINY_SAM2_CONFIG}::{tmp_path / 'sam2.pt'}",
+                         "--max-new-tokens", "4"], capsys)
     assert rc == 0, err
     assert cv2.imread(str(tmp_path / "o" / "mask.png"), cv2.IMREAD_UNCHANGED).shape == (72, 96)

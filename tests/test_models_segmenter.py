@@ -163,7 +163,7 @@ def test_from_hub_errors_offline(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     t0 = time.time()
-    with pytest.raises(FileNotFoundError, match="--sam2-config configs/sam2/sam2_hiera_l.yaml --sam2-checkpoint"):
+    with pytest.raises(FileNotFoundError, match="--sam2 configs/sam2/sam2_hiera_l.yaml::PATH"):
         Segmenter.from_hub("facebook/sam2-hiera-large")
     assert time.time() - t0 < 5
 

@@ -122,7 +122,7 @@ def test_matched_box_iou_proxy():
 
 def test_option_mistakes():
     with pytest.raises(ValueError, match="single-object options"):
-        evaluate.parse_args(["--task", "multi", "--preset", "tiny", "--output-dir", "x", "--no-think"])
+        evaluate.parse_args(["--task", "multi", "--preset", "tiny", "--output-dir", "x", "--think", "false"])
     with pytest.raises(ValueError, match="think=false"):
         build_config({"task": "multi", "think": "false"})
     cfg = build_config(preset="visionreasoner_7b", overrides={"model_path": "m", "data_path": "d"})
@@ -142,13 +142,13 @@ def image_path(tmp_path):
 
 
 def test_infer_multi_prints_and_writes_every_object(tmp_path, image_path, capsys, monkeypatch, tiny_qwen):
-    monkeypatch.setattr(models.tiny, "build_tiny_qwen", lambda seed=0: tiny_qwen)
+    monkeypatch.setattr(models.tiny, "build_tiny_qwen", lambda seed=0, **kwargs: tiny_qwen)
     completion = ('<think> two cats </think><answer>[{"bbox_2d": [105, 70, 420, 630], "point_2d": [210, 350]}, '
                   '{"bbox_2d": [525, 70, 735, 280], "point_2d": [630, 140]}]</answer>')
     monkeypatch.setattr(SegZeroPolicy, "complete", lambda self, images, queries, **kw: [completion])
     out_dir = tmp_path / "out"
-    assert infer.main(["--task", "multi", "--image", image_path, "--query", "the cats", "--out", str(out_dir),
-                       "--tiny", "--device", "cpu"]) == 0
+    assert infer.main(["--task", "multi", "--image", image_path, "--query", "the cats", "--output-dir", str(out_dir),
+                       "--model-path", "tiny", "--sam2", "toy", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     record = json.loads((out_dir / "prediction.json").read_text())
     # x factor 96 / 840 = 4/35, y factor 72 / 840 = 3/35: 105 -> 12, 70 -> 6, 420 -> 48, 630 -> 54,
@@ -161,15 +161,16 @@ def test_infer_multi_prints_and_writes_every_object(tmp_path, image_path, capsys
 
 
 def test_infer_multi_option_mistake(tmp_path, image_path, capsys):
-    assert infer.main(["--task", "multi", "--no-think", "--image", image_path, "--query", "q",
-                       "--out", str(tmp_path), "--tiny"]) == 2
+    assert infer.main(["--task", "multi", "--think", "false", "--image", image_path, "--query", "q",
+                       "--output-dir", str(tmp_path), "--model-path", "tiny", "--sam2", "toy"]) == 2
     assert "single-object options" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_infer_multi_tiny_end_to_end(tmp_path, image_path):
-    res = subprocess.run([sys.executable, "-m", "models.infer", "--task", "multi", "--tiny", "--image", image_path,
-                          "--query", "all the cups", "--out", str(tmp_path / "o"), "--max-new-tokens", "8",
+    res = subprocess.run([sys.executable, "-m", "models.infer", "--task", "multi", "--model-path", "tiny",
+                          "--sam2", "toy", "--image", image_path, "--query", "all the cups",
+                          "--output-dir", str(tmp_path / "o"), "--max-new-tokens", "8",
                           "--device", "cpu"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((tmp_path / "o" / "prediction.json").read_text())["task"] == "multi"
@@ -179,7 +180,7 @@ def test_infer_multi_tiny_end_to_end(tmp_path, image_path):
 
 @pytest.mark.slow
 def test_evaluate_multi_tiny_end_to_end(tmp_path):
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--task", "multi", "--preset", "tiny", "--data", "synthetic:3",
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--task", "multi", "--preset", "tiny", "--data-path", "synthetic:3",
            "--max-new-tokens", "8", "--batch-size", "3", "--device", "cpu", "--output-dir", str(tmp_path / "ev")]
     res = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -142,19 +142,20 @@ def test_run_writes_metrics_checkpoints_config_and_loadable_export(resumed):
     texts = SegZeroPolicy(model, processor).complete([sample.image], [sample.query], max_new_tokens=4)
     assert len(texts) == 1 and isinstance(texts[0], str)
 
-    # ... and the one-image inference command runs on it (with the tiny SAM2: no SAM2 weights here)
+    # ... and the one-image inference command runs on it (with the toy SAM2: no SAM2 weights here)
     import cv2
 
     from models import infer
 
     image_path = base / "scene.png"
     cv2.imwrite(str(image_path), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
-    rc = infer.main(["--image", str(image_path), "--query", sample.query, "--out", str(base / "infer"),
-                     "--model", str(out / "hf_export"), "--tiny", "--device", "cpu", "--max-new-tokens", "8"])
+    rc = infer.main(["--image", str(image_path), "--query", sample.query, "--output-dir", str(base / "infer"),
+                     "--model-path", str(out / "hf_export"), "--sam2", "toy", "--device", "cpu",
+                     "--max-new-tokens", "8"])
     assert rc == 0
     mask = cv2.imread(str(base / "infer" / "mask.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == sample.image.shape[:2]
-    assert json.loads((base / "infer" / "prediction.json").read_text())["model"] == str(out / "hf_export")
+    assert json.loads((base / "infer" / "prediction.json").read_text())["model_path"] == str(out / "hf_export")
 
 
 @pytest.mark.slow
