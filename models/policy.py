@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from models.batch import PolicyBatch, prepare_inputs
-from models.forward import ResponseLogProbs, image_embeddings  # noqa: F401  (image_embeddings: models.toy reads it here)
+from models.forward import ResponseLogProbs
 from models.loading import load_policy
 from models.prompt import check_task
 from models.rollout import generate
@@ -83,12 +83,6 @@ class SegZeroPolicy:
         """Texts of the masked responses, special tokens (EOS) removed."""
         rows = [ids[: int(n)].tolist() for ids, n in zip(response_ids.cpu(), response_mask.sum(-1).cpu())]
         return self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-    def response_logprobs(self, batch, response_ids, response_mask, group_size, temperature=1.0,
-                          return_entropy=False):
-        """The same as ``self.logprobs(...)``; models.toy calls it by this name."""
-        return self.logprobs(batch, response_ids, response_mask, group_size,
-                             temperature=temperature, return_entropy=return_entropy)
 
     def rollout(self, images, queries, group_size: int, *, max_new_tokens: int, temperature: float = 1.0,
                 top_p: float = 1.0, greedy: bool = False,

@@ -58,15 +58,15 @@ def sft_target(sample: Sample, think: bool = True) -> str:
 
 
 def tokenize_targets(tokenizer, texts: Sequence[str], eos_token_id: int, pad_token_id: int,
-                     max_len: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_new_tokens: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Target texts -> (ids [B, L], mask [B, L]) right-padded, each row ending with EOS.
 
-    Rows longer than ``max_len`` (the response budget) are cut, keeping no EOS (as a truncated
+    Rows longer than ``max_new_tokens`` (the response budget) are cut, keeping no EOS (as a truncated
     rollout would be).
     """
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_token_id] for t in texts]
-    if max_len is not None:
-        rows = [r[:max_len] for r in rows]
+    if max_new_tokens is not None:
+        rows = [r[:max_new_tokens] for r in rows]
     length = max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)  # [B, L]
     mask = torch.zeros((len(rows), length), dtype=torch.long)  # [B, L]
@@ -86,7 +86,7 @@ def sft_step(policy: SegZeroPolicy, samples: Sequence[Sample], optimizer: torch.
     """
     tok = policy.processor.tokenizer
     ids, mask = tokenize_targets(tok, [sft_target(s, think) for s in samples], policy.eos_token_id,
-                                 policy.pad_token_id, max_len=max_new_tokens, device=policy.device)
+                                 policy.pad_token_id, max_new_tokens=max_new_tokens, device=policy.device)
     count = torch.tensor([float(mask.sum())], dtype=torch.float64, device=policy.device)
     if dist.is_initialized():
         dist.all_reduce(count)

@@ -140,7 +140,7 @@ def aux_loss(policy, head: torch.nn.Module, samples, labels, batch=None) -> torc
     box and the centre)."""
     import torch.nn.functional as F
 
-    from models.policy import image_embeddings
+    from models.forward import image_embeddings
 
     if batch is None:
         batch = policy.prepare([s.image for s in samples], [s.query for s in samples])
@@ -232,9 +232,9 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, v
         samples = [x[0] for x in scenes]
         model.train()
         ids, mask = tokenize_targets(tok, [sft_target(x) for x in samples], policy.eos_token_id,
-                                     policy.pad_token_id, max_len=max_len)
+                                     policy.pad_token_id, max_new_tokens=max_len)
         b = policy.prepare([x.image for x in samples], [x.query for x in samples])
-        logp = policy.response_logprobs(b, ids, mask, group_size=1)  # [B, L]
+        logp = policy.logprobs(b, ids, mask, group_size=1)  # [B, L]
         nll = -(logp * mask).sum() / mask.sum()
         loss = nll + aux_weight * aux_loss(policy, head, samples, [x[1] for x in scenes], batch=b)
         opt.zero_grad(set_to_none=True)
