@@ -182,7 +182,7 @@ def test_toy_output_rows_read_a_position_linearly():
 
     model, processor = build_toy_qwen(0)
     ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids([str(v) for v in range(TOY_COORDINATES)]))
-    rows = model.get_output_embeddings().weight[ids]  # [841, hidden]
+    rows = model.get_output_embeddings().weight.detach()[ids]  # [841, hidden]
     assert COORDINATE_LOGIT_SCALE == 200.0
     for x in (0, 123, 420, 840):
         h = torch.zeros(rows.shape[1])
