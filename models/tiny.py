@@ -207,7 +207,7 @@ def tiny_qwen_config(tokenizer: PreTrainedTokenizerFast, vision_overrides: dict 
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=text_config["tie_word_embeddings"],
         initializer_range=initializer_range,
     )
 
@@ -300,12 +300,10 @@ def toy_qwen_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> Qwe
               num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
               tie_word_embeddings=False)
     kw.update(text_overrides)
-    config = tiny_qwen_config(
+    return tiny_qwen_config(
         tokenizer, initializer_range=0.02,
         vision_overrides=dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128,
                               window_size=224, fullatt_block_indexes=[0, 1]), **kw)
-    config.tie_word_embeddings = config.text_config.tie_word_embeddings
-    return config
 
 
 def coordinate_code(values: torch.Tensor, dim: int) -> torch.Tensor:

@@ -63,6 +63,17 @@ POLICY_RECIPE = dict(seed=0, vision_steps=800, steps=1200, batch=8, lr=1e-3, vis
 # Policy
 
 
+def _optimizer_step(opt, loss: torch.Tensor, params, *, max_norm: float, sched=None) -> None:
+    """One step of the toy builders: backward of ``loss``, grad-norm clip to ``max_norm``, ``opt``
+    step, then ``sched`` step (if any)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
 def heldout_samples(n: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED):
     from data import SyntheticDataset
 
@@ -205,10 +216,7 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, v
     for step in range(vision_steps):
         scenes = [vis_data.scene(step * 16 + k) for k in range(16)]
         loss = aux_loss(policy, head, [x[0] for x in scenes], [x[1] for x in scenes])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vis_params, 5.0)
-        opt.step()
+        _optimizer_step(opt, loss, vis_params, max_norm=5.0)
         if (step + 1) % 50 == 0:
             log(f"vision step {step + 1}/{vision_steps} aux loss {loss.item():.4f} {time.time() - t0:.0f}s")
 
@@ -237,11 +245,7 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, v
         logp = policy.logprobs(b, ids, mask, group_size=1)  # [B, L]
         nll = -(logp * mask).sum() / mask.sum()
         loss = nll + aux_weight * aux_loss(policy, head, samples, [x[1] for x in scenes], batch=b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(opt, loss, params, max_norm=5.0, sched=sched)
         if (step + 1) % 50 == 0:
             log(f"step {step + 1}/{steps} nll {nll.item():.4f} loss {loss.item():.4f} "
                 f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
@@ -482,11 +486,7 @@ def train_sam2(out: str | os.PathLike = TOY_SAM2_PATH, *, seed: int = 0, steps: 
         # thresholded 64 x 64 mask loses the sub-cell boundary)
         low = F.interpolate(low, size=tgt.shape[-2:], mode="bilinear", align_corners=False)
         loss, focal_dice, iou_l = _loss(low, iou, tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(opt, loss, params, max_norm=1.0, sched=sched)
         if (step + 1) % 50 == 0:
             log(f"sam2 step {step + 1}/{steps} loss {focal_dice:.4f} iou-loss {iou_l:.4f} {time.time() - t0:.0f}s")
     model.eval()
