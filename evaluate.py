@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="single", choices=["single", "multi"],
                    help="single: Seg-Zero's one box + two points; multi: the object list (SPEC 9)")
-    p.add_argument("--data-path", help="'synthetic[:N]', a parquet file/folder, a LISA ReasonSeg folder, "
-                                       "or a refer root (instances.json + refs(...).p)")
+    p.add_argument("--data-path", help="'synthetic[:N][:FAMILY]' (FAMILY: referring, reasoning or mixed), a "
+                                       "parquet file/folder, a LISA ReasonSeg folder, or a refer root "
+                                       "(instances.json + refs(...).p)")
     p.add_argument("--split", help="dataset split (LISA sub-folder, parquet file prefix, refer split)")
     p.add_argument("--refer-dataset", default="refcocog", help="refer format: refcoco|refcoco+|refcocog")
     p.add_argument("--split-by", help="refer format: unc|umd|google (default: the dataset's usual one)")

@@ -201,21 +201,35 @@ def build_data(cfg: Config, info):
     """(train SampleSource, held-out samples of this rank). Raises ValueError on an empty set.
     With task 'multi' every sample's solution is a list of objects (data.multi_object) and the
     synthetic sets are the multi-object scenes."""
-    from data import MultiObjectSynthetic, SyntheticDataset, open_dataset, open_multi_object_dataset
+    from data import open_dataset, open_multi_object_dataset
 
     multi = cfg.train.task == "multi"
-    synthetic = MultiObjectSynthetic if multi else SyntheticDataset
+    synthetic = heldout_synthetic(cfg)  # (n, seed) -> the held-out synthetic set of this config
     if cfg.data.data_path == "synthetic":
-        train_set = synthetic(cfg.data.num_synthetic, seed=cfg.data.data_seed)
+        train_set = synthetic(cfg.data.num_synthetic, cfg.data.data_seed)
     else:
         train_set = (open_multi_object_dataset if multi else open_dataset)(cfg.data.data_path, seed=cfg.data.data_seed)
     if len(train_set) == 0:
         raise ValueError(f"config field data_path={cfg.data.data_path!r}: the training set is empty")
     # held-out synthetic samples (a different seed), split evenly over ranks
     n = cfg.data.heldout_size - cfg.data.heldout_size % info.world_size
-    held = synthetic(n, seed=cfg.data.data_seed + 10_000) if n else []
+    held = synthetic(n, cfg.data.data_seed + 10_000) if n else []
     heldout = [held[i] for i in range(info.rank, n, info.world_size)]
     return train_set, heldout
+
+
+def heldout_synthetic(cfg: Config):
+    """(n, seed) -> the synthetic scenes of the held-out report and of val_path 'heldout': the
+    multi-object scenes with task 'multi', else the query family of a synthetic data_path
+    ("synthetic:N:referring" trains and validates on referring queries only; data.readers)."""
+    from data import MultiObjectSynthetic, SyntheticDataset
+    from data.readers import parse_synthetic_spec
+    from data.synthetic import QUERY_FAMILIES
+
+    if cfg.train.task == "multi":
+        return lambda n, seed: MultiObjectSynthetic(n, seed=seed)
+    family = (parse_synthetic_spec(cfg.data.data_path) or (None, "mixed"))[1]
+    return lambda n, seed: SyntheticDataset(n, seed=seed, reasoning_fraction=QUERY_FAMILIES[family])
 
 
 def read_sample(source, sampler: StepSampler, position: int):
@@ -397,12 +411,12 @@ def build_validation(cfg: Config, info):
             print("note: --eval-every validates single-object answers through SAM2; with --task multi the "
                   "held-out reports give the multi-object reward terms instead", flush=True)
         return None
-    from data import SyntheticDataset, open_dataset
+    from data import open_dataset
     from models.pipeline import load_segmenter
 
     segmenter = load_segmenter(cfg.model.sam2, device=info.device)
     if cfg.data.val_path == "heldout":
-        source = SyntheticDataset(cfg.data.heldout_size, seed=cfg.data.data_seed + 10_000)
+        source = heldout_synthetic(cfg)(cfg.data.heldout_size, cfg.data.data_seed + 10_000)
     else:
         source = open_dataset(cfg.data.val_path, seed=cfg.data.data_seed)
     return segmenter, source

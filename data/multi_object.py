@@ -407,17 +407,15 @@ def open_multi_object_dataset(spec: str | os.PathLike, split: str | None = None,
         training-layout parquet, JSON-list solution -> MultiObjectParquet
         anything ``data.open_dataset`` reads        -> SingleAsMultiObject(that reader)
     """
-    from data.readers import DEFAULT_SYNTHETIC_SIZE, open_dataset
+    from data.readers import DEFAULT_SYNTHETIC_SIZE, open_dataset, parse_synthetic_spec
 
     spec_str = os.fspath(spec)
-    if spec_str == "synthetic" or spec_str.startswith("synthetic:"):
-        n = DEFAULT_SYNTHETIC_SIZE
-        if ":" in spec_str:
-            try:
-                n = int(spec_str.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"bad synthetic spec {spec_str!r}: expected 'synthetic:N' with an integer N") from None
-        return MultiObjectSynthetic(n, seed=seed)
+    if (synthetic := parse_synthetic_spec(spec_str)) is not None:
+        n, family = synthetic
+        if family != "mixed":
+            raise ValueError(f"synthetic spec {spec_str!r}: the multi-object scenes have one query mix; "
+                             f"a query family (referring / reasoning) is a single-object option")
+        return MultiObjectSynthetic(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed)
     if os.path.isdir(spec_str) and is_gref_root(spec_str):
         return GRefDataset(spec_str, split_by=split_by or "unc", split=split if split is not None else "val",
                            image_dir=image_dir)

@@ -1,7 +1,8 @@
 """``open_dataset``: one entry point that picks the reader for what a user points at (SPEC.md
 section 6).
 
-    "synthetic" | "synthetic:N"        -> SyntheticDataset(N, seed) (N defaults to 1000)
+    "synthetic[:N][:FAMILY]"           -> SyntheticDataset(N, seed) (N defaults to 1000) of the query
+                                          family referring, reasoning or mixed (the default)
     FILE.parquet | folder of parquet   -> AuthorsTrainParquet (columns problem, solution, image)
                                           or ReasonSegParquet (columns image, text, mask)
     folder of name.jpg + name.json     -> LisaReasonSeg (FOLDER/split when it exists), with the
@@ -19,10 +20,32 @@ from data.lisa import LisaReasonSeg, check_ignore_regions
 from data.parquet import (REASONSEG_COLUMNS, TRAIN_COLUMNS, AuthorsTrainParquet, ReasonSegParquet,
                           open_parquet, parquet_files)
 from data.refer import ReferDataset
-from data.synthetic import SyntheticDataset
+from data.synthetic import QUERY_FAMILIES, SyntheticDataset
 from data.types import SampleSource
 
 DEFAULT_SYNTHETIC_SIZE = 1000
+
+
+def parse_synthetic_spec(spec: str) -> tuple[int | None, str] | None:
+    """"synthetic[:N][:FAMILY]" -> (N or None, FAMILY, default "mixed"); None when ``spec`` does not
+    name the synthetic set; ValueError when it does but is malformed. E.g. "synthetic:64:reasoning"
+    -> (64, "reasoning"), "synthetic::referring" or "synthetic:referring" -> (None, "referring")."""
+    parts = spec.split(":")
+    if parts[0] != "synthetic":
+        return None
+    n, family = None, None
+    rest = [p for p in parts[1:] if p != ""]
+    if len(parts) > 3 or len(rest) > 2:
+        raise ValueError(f"bad synthetic spec {spec!r}: expected 'synthetic[:N][:FAMILY]'")
+    for part in rest:
+        if part in QUERY_FAMILIES and family is None:
+            family = part
+        elif part.isdigit() and n is None:
+            n = int(part)
+        else:
+            raise ValueError(f"bad synthetic spec {spec!r}: {part!r} is neither a sample count N nor a "
+                             f"query family ({', '.join(QUERY_FAMILIES)}); expected 'synthetic[:N][:FAMILY]'")
+    return n, family or "mixed"
 
 
 def _is_lisa_folder(folder: str) -> bool:
@@ -37,7 +60,7 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
     """Open a dataset by name or path (see the module docstring).
 
     Args:
-        spec: "synthetic", "synthetic:N", or a path.
+        spec: "synthetic[:N][:FAMILY]" (see :func:`parse_synthetic_spec`) or a path.
         split: parquet: keep files named ``{split}*`` / under ``{split}/``; LISA: use the
             sub-folder ``split`` when there is one; refer: the refs split (default "val").
         seed: synthetic dataset seed.
@@ -50,17 +73,12 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
     """
     check_ignore_regions(ignore_regions)
     spec_str = os.fspath(spec)
-    if spec_str == "synthetic" or spec_str.startswith("synthetic:"):
-        n = DEFAULT_SYNTHETIC_SIZE
-        if ":" in spec_str:
-            try:
-                n = int(spec_str.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"bad synthetic spec {spec_str!r}: expected 'synthetic:N' with an "
-                                 f"integer N") from None
-        return SyntheticDataset(n, seed=seed)
+    if (synthetic := parse_synthetic_spec(spec_str)) is not None:
+        n, family = synthetic
+        return SyntheticDataset(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed,
+                                reasoning_fraction=QUERY_FAMILIES[family])
     if not os.path.exists(spec_str):
-        raise ValueError(f"unknown dataset {spec_str!r}: not 'synthetic[:N]' and no such path")
+        raise ValueError(f"unknown dataset {spec_str!r}: not 'synthetic[:N][:FAMILY]' and no such path")
 
     if os.path.isdir(spec_str):
         if os.path.isfile(os.path.join(spec_str, "instances.json")) or os.path.isfile(

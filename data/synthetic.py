@@ -54,6 +54,10 @@ POSITION_MARGIN = 0.05  # "leftmost" etc.: centroid gap, fraction of the image s
 MIN_VISIBLE = 0.5       # fraction of a shape's pixels that must stay visible
 RAMP = 48.0             # amplitude of the background's 2-D colour ramp (see SyntheticDataset._paint)
 
+#: Query families of a synthetic set -> the probability that a sample asks a reasoning query.
+#: "referring" and "reasoning" sets hold only that family (a scene with no such query is redrawn).
+QUERY_FAMILIES = {"mixed": 0.5, "referring": 0.0, "reasoning": 1.0}
+
 
 @dataclass
 class Shape:
@@ -205,7 +209,9 @@ class SyntheticDataset:
         size_jitter: each side is scaled by a factor drawn in [1 - j, 1 + j] (0 = fixed size).
         min_shapes, max_shapes: number of shapes drawn per scene (2-5 by default; 1 gives the
             single-shape scenes of the toy policy's curriculum).
-        reasoning_fraction: probability that a sample asks a reasoning-style query.
+        reasoning_fraction: probability that a sample asks a reasoning-style query (0 or 1: only
+            that family; otherwise a scene without a query of the drawn family uses the other).
+            :data:`QUERY_FAMILIES` names the three usual values.
     """
 
     def __init__(self, num_samples: int, seed: int = 0, image_size: tuple[int, int] = (224, 224),
@@ -283,7 +289,9 @@ class SyntheticDataset:
             masks = [label == k + 1 for k in range(len(shapes))]
             queries = scene_queries(shapes, masks)
             want = "reasoning" if rng.random() < self.reasoning_fraction else "referring"
-            pool = [q for q in queries if q[0] == want] or queries
+            pool = [q for q in queries if q[0] == want]
+            if not pool and 0.0 < self.reasoning_fraction < 1.0:
+                pool = queries
             if not pool:
                 continue
             family, text, target = pool[int(rng.integers(len(pool)))]

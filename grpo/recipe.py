@@ -102,7 +102,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data_path: str = knob("synthetic", """Training data, a spec for data.open_dataset (a parquet file / folder
-        of the authors' data, a LISA ReasonSeg folder...), or 'synthetic'. Required for the real presets.""")
+        of the authors' data, a LISA ReasonSeg folder...), 'synthetic' (num_synthetic scenes, both query
+        families) or 'synthetic:N:FAMILY' (N scenes of the referring or reasoning queries only; the held-out
+        scenes follow the family). Required for the real presets.""")
     num_synthetic: int = knob(256, "Number of training samples when data_path='synthetic'.")
     heldout_size: int = knob(16, """Held-out synthetic samples for the start/end reward report (0 = no
         report).""")

@@ -225,7 +225,7 @@ def test_open_dataset_dispatch(tmp_path):
     assert isinstance(open_dataset(tmp_path / "lisa", split="val"), LisaReasonSeg)
     with pytest.raises(ValueError, match="no such path"):
         open_dataset(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="synthetic:N"):
+    with pytest.raises(ValueError, match="'many' is neither a sample count N nor a query family"):
         open_dataset("synthetic:many")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="unknown dataset format"):

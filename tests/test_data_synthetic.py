@@ -116,3 +116,23 @@ def test_round_trip_lisa_folder(samples, tmp_path):
         s = by_id[r.id]
         assert r.query == s.query and r.is_sentence == s.is_sentence
         assert mask_iou(r.mask, s.mask) > 0.95
+
+
+def test_query_family_sets_hold_only_their_family():
+    from data.readers import open_dataset, parse_synthetic_spec
+
+    assert parse_synthetic_spec("synthetic") == (None, "mixed")
+    assert parse_synthetic_spec("synthetic:64:reasoning") == (64, "reasoning")
+    assert parse_synthetic_spec("synthetic:referring") == (None, "referring")
+    assert parse_synthetic_spec("synthetic::referring") == (None, "referring")
+    assert parse_synthetic_spec("/data/synthetic:1") is None
+    for bad in ("synthetic:1:2", "synthetic:reasoning:referring", "synthetic:1:reasoning:x", "synthetic:-3"):
+        with pytest.raises(ValueError, match="synthetic"):
+            parse_synthetic_spec(bad)
+    referring, reasoning = open_dataset("synthetic:24:referring"), open_dataset("synthetic:24:reasoning")
+    assert len(referring) == len(reasoning) == 24
+    assert all(referring[i].meta["family"] == "referring" and not referring[i].is_sentence for i in range(24))
+    assert all(reasoning[i].meta["family"] == "reasoning" and reasoning[i].is_sentence for i in range(24))
+    mixed = [open_dataset("synthetic:24")[i].meta["family"] for i in range(24)]
+    assert {"referring", "reasoning"} <= set(mixed)
+    assert [open_dataset("synthetic:24:mixed")[i].meta["family"] for i in range(24)] == mixed

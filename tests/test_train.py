@@ -173,7 +173,7 @@ def test_sft_baseline_runs_and_lowers_its_loss(tmp_path):
 
 def test_setup_mistakes_are_one_line_and_exit_code_2(tmp_path):
     for args, expected in [(["--model-path", tmp_path / "no_such_model"], "no_such_model"),
-                           (["--data-path", tmp_path / "no_such_data"], "no_such_data': not 'synthetic[:N]' "
+                           (["--data-path", tmp_path / "no_such_data"], "no_such_data': not 'synthetic[:N][:FAMILY]' "
                                                                         "and no such path")]:
         res = run(SMALL + args + ["--output-dir", tmp_path / "o"], check=False)
         assert res.returncode == 2, res.stderr[-2000:]
