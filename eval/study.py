@@ -424,17 +424,21 @@ def plot_study(result: StudyResult, out: Path) -> list[str]:
         return steps, [sum(per_step[k]) / len(per_step[k]) for k in steps]
 
     arms = [a for a in ARMS if a.name in result.settings["arms"]]
+    # one colour per arm in both figures; arms that can coincide (soft format) dashed
+    style = {a.name: dict(color=plt.get_cmap("tab10")(i % 10), linestyle="--" if a.name == "soft_format" else "-")
+             for i, a in enumerate(ARMS)}
     files = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for arm in arms:
         if arm.start == "toy":
             continue
-        ax.plot(*mean_curve(arm.name, "val", "giou"), marker="o", label=arm.title)
-    ax.set_xlabel("training step")
+        ax.plot(*mean_curve(arm.name, "val", "giou"), marker="o", label=arm.title, **style[arm.name])
+    ax.set_xlabel("training step (0 = the warm start)")
     ax.set_ylabel("validation gIoU (in-domain, %)")
-    ax.set_title(f"validation gIoU, mean over {len(result.seeds)} seed(s)")
+    ax.set_title(f"validation gIoU, {result.settings['val_scenes']} held-out referring scenes, "
+                 f"mean over {len(result.seeds)} seed(s)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(out / "val_giou.png", dpi=110)
     plt.close(fig)
@@ -451,14 +455,17 @@ def plot_study(result: StudyResult, out: Path) -> list[str]:
         for ax, term in zip(axes.flat, terms):
             for arm in grpo_arms:
                 steps, values = mean_curve(arm.name, "train", term)
-                ax.plot(steps, values, label=arm.title, linewidth=1)
-            ax.set_title(term + " (training samples)", fontsize=9)
+                ax.plot(steps, values, label=arm.title, linewidth=1, **style[arm.name])
+            ax.set_title(term + " (sampled answers, T = 1)", fontsize=9)
             ax.set_xlabel("training step", fontsize=8)
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(terms):]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=6)
-        fig.tight_layout()
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+        fig.suptitle("reward terms of the GRPO arms' training samples (soft-accuracy arm: soft values), "
+                     f"mean over {len(result.seeds)} seed(s)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.96))
         fig.savefig(out / "rewards.png", dpi=100)
         plt.close(fig)
         files.append(str(out / "rewards.png"))
