@@ -466,6 +466,27 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
 
 
 WARMSTART_RECORD = "warmstart.json"
+WARMSTART_REPORT = "initial policy"  # title of the warm start's held-out report row
+
+
+def drop_heldout_rows(path: Path, title: str) -> None:
+    """Rewrite heldout.jsonl (atomically) without its rows titled ``title``: a phase that is redone
+    from its start replaces its rows, as its metrics rows are replaced."""
+    if not path.is_file():
+        return
+    def titled(line: str) -> bool:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a torn line is left as it is
+            return False
+        return isinstance(row, dict) and row.get("title") == title
+
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if not titled(line)]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def warmstart_settings(cfg: Config) -> dict:
@@ -510,13 +531,15 @@ def warm_start(cfg: Config, info, train_set, heldout, export_dir: Path) -> str:
     if export_dir.is_dir():
         check_warmstart_export(export_dir, settings)
     else:
+        if info.is_main:
+            drop_heldout_rows(export_dir.parent / "heldout.jsonl", WARMSTART_REPORT)  # an interrupted attempt's
         policy = build_policy(cfg, info, cfg.model.model_path, frozen=False)
         optimizer = build_optimizer(cfg, policy.model, cfg.train.warmstart_lr)
         sampler = StepSampler(len(train_set), cfg.train.prompts_per_step, info.rank, info.world_size,
                               cfg.data.data_seed + 1)
         tracker = Tracker(export_dir.parent, is_main=info.is_main, total_steps=cfg.train.warmstart_sft_steps,
                           progress=cfg.train.progress, desc="warm-start sft", phase="warmstart_sft")
-        report(cfg, policy, heldout, tracker, "initial policy")
+        report(cfg, policy, heldout, tracker, WARMSTART_REPORT)
         for step, metrics in sft_steps(cfg, info, policy, optimizer, train_set, sampler,
                                        range(cfg.train.warmstart_sft_steps)):
             tracker.log(step + 1, metrics)

@@ -199,13 +199,18 @@ def test_a_run_whose_steps_are_all_skipped_fails_and_exports_nothing(tmp_path):
 @pytest.mark.slow
 def test_warm_start_interrupted_then_rerun_and_stale_export_refused(tmp_path):
     # what a kill during the warm start leaves: its rows of steps 1, 2 and no export yet
+    # and its held-out report row
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "phase": "warmstart_sft", "loss": 9.0})
                                                     + "\n" for s in (1, 2)))
+    (tmp_path / "heldout.jsonl").write_text(json.dumps({"title": "initial policy", "stale": True}) + "\n")
     common = SMALL[2:] + ["--max-steps", "1", "--output-dir", tmp_path]  # SMALL without its warm-start 0
-    run(common + ["--warmstart-sft-steps", "2"])
+    run(common + ["--warmstart-sft-steps", "2", "--heldout-size", "2"])
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["step"]) for r in rows] == [("warmstart_sft", 1), ("warmstart_sft", 2), ("train", 1)]
     assert all(r.get("loss") != 9.0 for r in rows)  # the interrupted attempt's rows were replaced
+    held = [json.loads(x) for x in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    assert [r["title"] for r in held] == ["initial policy", "grpo start (step 0)", "grpo end (step 1)"]
+    assert "stale" not in held[0]
     recorded = json.loads((tmp_path / "warmstart_sft" / "warmstart.json").read_text())
     assert recorded["train"]["warmstart_sft_steps"] == 2
 
