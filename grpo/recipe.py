@@ -45,6 +45,9 @@ from typing import Any, Callable
 # Sections
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: a learning rate above it overflows the update
+
+
 def knob(default: Any, help: str) -> Any:
     """A config field and its help line (``train.py --help`` shows it)."""
     return field(default=default, metadata={"help": " ".join(help.split())})
@@ -225,7 +228,8 @@ class OptimConfig:
     def __post_init__(self):
         _check_types(self)
         _require(self.optimizer in ("adamw", "sgd"), "optimizer", self.optimizer, "use adamw or sgd")
-        _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be a finite number > 0")
+        _require(0 < self.lr <= FLOAT32_MAX, "lr", self.lr, "must be > 0 and representable in float32 (the "
+                 "optimizer state's dtype, max 3.4e38)")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(0 <= self.beta1 < 1, "beta1", self.beta1, "must be in [0, 1)")
         _require(0 <= self.beta2 < 1, "beta2", self.beta2, "must be in [0, 1)")
@@ -293,7 +297,8 @@ class TrainConfig:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         _require(self.warmstart_sft_steps >= 0, "warmstart_sft_steps", self.warmstart_sft_steps,
                  "must be >= 0")
-        _require(self.warmstart_lr > 0, "warmstart_lr", self.warmstart_lr, "must be > 0")
+        _require(0 < self.warmstart_lr <= FLOAT32_MAX, "warmstart_lr", self.warmstart_lr,
+                 "must be > 0 and representable in float32 (max 3.4e38)")
 
 
 @dataclass

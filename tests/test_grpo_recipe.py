@@ -322,6 +322,9 @@ def _user_mistakes(tmp_path):
     cases = [
         (["--group-size", "0"], "config field group_size=0 (--group-size): GRPO needs at least 2"),
         (["--lr", "nan"], "config field lr=nan (--lr): must be a finite number"),
+        (["--lr", "1e39"], "config field lr=1e+39 (--lr): must be > 0 and representable in float32"),
+        (["--warmstart-lr", "1e39"], "config field warmstart_lr=1e+39 (--warmstart-lr): must be > 0 and "
+                                     "representable in float32"),
         (["--weight-decay", "inf"], "config field weight_decay=inf (--weight-decay): must be a finite number"),
         (["--adv-eps", "inf"], "config field adv_eps=inf (--adv-eps): must be a finite number"),
         (["--max-steps", "two"], "config field max_steps='two': expected a number (int)"),
