@@ -47,10 +47,10 @@ import pyarrow.parquet as pq
 from scipy.ndimage import distance_transform_edt
 
 from data.ground_truth import scale_to_frame
-from data.image import encode_image, load_image, resize_to_frame
+from data.image import encode_image, resize_to_frame
 from data.parquet import (TRAIN_COLUMNS, TRAIN_SCHEMA, AuthorsTrainParquet, _AtomicParquetWriter, _iter_samples,
                           parquet_files)
-from data.refer import _default_image_dir, annotation_to_mask
+from data.refer import _default_image_dir, annotation_to_mask, load_coco_image
 from data.synthetic import BACKGROUNDS, COLORS, KINDS, MIN_VISIBLE, SIZES, Shape
 from data.types import FRAME, BadSampleError, Sample, SampleSource, check_objects_solution
 
@@ -195,19 +195,9 @@ class GRefDataset:
     def __getitem__(self, index: int) -> Sample:
         ref, sent = self._items[index]
         sample_id = self.ids[index]
-        info = self._images.get(ref.get("image_id"))
-        if info is None:
-            raise BadSampleError(sample_id, self.instances_path,
-                                 f"missing key: image {ref.get('image_id')} not in instances")
-        image_path = os.path.join(self.image_dir, info["file_name"])
-        try:
-            image = load_image(image_path)
-        except ValueError as e:
-            raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
-        h, w = int(info["height"]), int(info["width"])
-        if image.shape[:2] != (h, w):
-            raise BadSampleError(sample_id, image_path, f"mismatched sizes: image is {image.shape[1]}x"
-                                                        f"{image.shape[0]}, instances.json says {w}x{h}")
+        image, image_path = load_coco_image(sample_id, ref.get("image_id"), self._images, self.image_dir,
+                                            self.instances_path)
+        h, w = image.shape[:2]
         ann_ids = ref.get("ann_id")
         ann_ids = ann_ids if isinstance(ann_ids, list) else [ann_ids]
         no_target = bool(ref.get("no_target")) or all(a in (-1, None) for a in ann_ids)
@@ -229,7 +219,7 @@ class GRefDataset:
         return Sample(id=sample_id, image=image, query=str(query), mask=union_mask(masks, (h, w)),
                       solution=objects_from_masks(masks), is_sentence=False,
                       meta={"file": image_path, "ref_id": ref["ref_id"], "ann_ids": [] if no_target else ann_ids,
-                            "image_id": info["id"], "split": ref.get("split"), "no_target": no_target,
+                            "image_id": ref["image_id"], "split": ref.get("split"), "no_target": no_target,
                             "num_objects": len(masks)})
 
 

@@ -95,6 +95,26 @@ def _check_runs(runs: list, height: int, width: int) -> None:
         raise ValueError(f"run lengths add up to {sum(runs)}, not height x width = {height * width}")
 
 
+def load_coco_image(sample_id: str, image_id, images: dict, image_dir: str,
+                    instances_path: str) -> tuple[np.ndarray, str]:
+    """(the RGB image [H, W, 3] of ``image_id``, its path) (``images``: id -> the instances.json image entry,
+    with file_name, height, width), read from ``image_dir``. BadSampleError (naming the sample and
+    the file) when the entry is missing, the file unreadable, or its size not the recorded one."""
+    info = images.get(image_id)
+    if info is None:
+        raise BadSampleError(sample_id, instances_path, f"missing key: image {image_id} not in instances")
+    image_path = os.path.join(image_dir, info["file_name"])
+    try:
+        image = load_image(image_path)
+    except ValueError as e:
+        raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
+    h, w = int(info["height"]), int(info["width"])
+    if image.shape[:2] != (h, w):
+        raise BadSampleError(sample_id, image_path, f"mismatched sizes: image is {image.shape[1]}x"
+                                                    f"{image.shape[0]}, instances.json says {w}x{h}")
+    return image, image_path
+
+
 def annotation_to_mask(segmentation, height: int, width: int, where: str = "?",
                        sample_id: str = "?") -> np.ndarray:
     """COCO segmentation (polygon list, uncompressed or compressed RLE) -> uint8 0/1 [H, W].
@@ -245,20 +265,9 @@ class ReferDataset:
         if ann is None:
             raise BadSampleError(sample_id, self.instances_path,
                                  f"missing key: annotation {ref.get('ann_id')} not in instances")
-        info = self._images.get(ref.get("image_id"))
-        if info is None:
-            raise BadSampleError(sample_id, self.instances_path,
-                                 f"missing key: image {ref.get('image_id')} not in instances")
-        image_path = os.path.join(self.image_dir, info["file_name"])
-        try:
-            image = load_image(image_path)
-        except ValueError as e:
-            raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
-        h, w = int(info["height"]), int(info["width"])
-        if image.shape[:2] != (h, w):
-            raise BadSampleError(sample_id, image_path, f"mismatched sizes: image is "
-                                                        f"{image.shape[1]}x{image.shape[0]}, "
-                                                        f"instances.json says {w}x{h}")
+        image, image_path = load_coco_image(sample_id, ref.get("image_id"), self._images, self.image_dir,
+                                            self.instances_path)
+        h, w = image.shape[:2]
         mask = annotation_to_mask(ann.get("segmentation"), h, w, self.instances_path, sample_id)
         if not mask.any():
             raise BadSampleError(sample_id, self.instances_path,
@@ -268,6 +277,6 @@ class ReferDataset:
             raise BadSampleError(sample_id, self.refs_path, "missing key: sentence has no 'sent'")
         sample = Sample(id=sample_id, image=image, query=query, mask=mask, is_sentence=False,
                         meta={"file": image_path, "ref_id": ref["ref_id"], "ann_id": ann["id"],
-                              "image_id": info["id"], "split": ref.get("split"),
+                              "image_id": ref["image_id"], "split": ref.get("split"),
                               "category": self._categories.get(ann.get("category_id"))})
         return check_sample(sample, self.refs_path)
