@@ -41,7 +41,10 @@ Each cell: gIoU and cIoU (SPEC 7, percent), parse-failure rate, mean response le
 greedy answers); mean +- sample standard deviation over seeds. A claim's verdict compares the
 per-seed paired differences of gIoU (same seed, same scenes): with mean gap m and standard
 deviation sd of the differences over >= 2 seeds, "agrees" when m > sd, "disagrees" when m < -sd,
-else "inconclusive" (the spread is at least the gap); one seed is always "inconclusive".
+else "inconclusive" (the spread is at least the gap); one seed is always "inconclusive". The same rule
+on (out-of-domain gap - in-domain gap) says whether the favoured arm's gap "grows out of domain"
+(what claims 1 and 2 predict), "shrinks out of domain" or is inconclusive; the gaps are signed, so
+for a favoured arm that trails, "grows" means it trails by less.
 
 Output in ``--out``: ``study.json`` (the settings; a rerun with other settings is refused),
 ``seed{s}/{arm}/`` (``train/``: the train.py run; ``eval_{domain}_{mode}/``: the evaluate.py
@@ -213,6 +216,7 @@ def claim_verdicts(rows: dict) -> list[dict]:
         gaps_id = [a - b for a, b in zip(rows[fav]["referring"]["giou"]["values"],
                                          rows[other]["referring"]["giou"]["values"])]
         v, m, sd = verdict(gaps_ood, gaps_id)
+        v = {"agrees": "grows out of domain", "disagrees": "shrinks out of domain"}.get(v, v)
         item["larger_out_of_domain"] = {"verdict": v, "gap": m, "sd": sd}
         out.append(item)
     return out
@@ -385,7 +389,7 @@ def format_report(result: StudyResult, figures: list[str]) -> str:
                          f"{_cell(c['parse_fail'])} | {_cell(c['response_tokens'])} |")
         lines.append("")
     lines += ["### Claims (gIoU gap, favoured minus other, mean ± sd of the per-seed gaps)", "",
-              "| claim | in-domain | out-of-domain | gap larger out of domain |", "|---|---|---|---|"]
+              "| claim | in-domain | out-of-domain | out-of-domain gap minus in-domain gap |", "|---|---|---|---|"]
     for v in result.verdicts:
         cells = []
         for key in (*DOMAINS, "larger_out_of_domain"):

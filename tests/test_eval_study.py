@@ -55,7 +55,7 @@ def test_aggregate_rows_and_claims_from_per_seed_results():
     rl = verdicts["1. RL beats SFT on the same data"]
     assert rl["referring"] == {"verdict": "agrees", "gap": 4.0, "sd": 0.0}
     assert rl["reasoning"] == {"verdict": "agrees", "gap": 18.0, "sd": 0.0}  # (25 + 10) - (20 - 3), per seed
-    assert rl["larger_out_of_domain"]["verdict"] == "agrees" and rl["larger_out_of_domain"]["gap"] == 14.0
+    assert rl["larger_out_of_domain"] == {"verdict": "grows out of domain", "gap": 14.0, "sd": 0.0}
     assert verdicts["3. SAM2 box + points over points only"]["referring"]["gap"] == 15.0
     assert "2. reasoning (think block) helps" not in verdicts  # its arm was not run
     report = format_report(StudyResult(settings={**Settings().__dict__}, seeds=[0, 1], rows=rows,
