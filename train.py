@@ -51,7 +51,7 @@ from grpo.checkpoint import (TrainingDiverged, export_hf, latest_checkpoint, loa
 from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
                            seed_everything, shard_model, shutdown, unsharded_for_generation)
 from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
-from grpo.tracking import PhaseTimer, Tracker
+from grpo.tracking import PhaseTimer, Tracker, filter_jsonl
 from grpo.update import UpdateConfig
 from models.policy import SegZeroPolicy
 from models.sft import sft_step
@@ -469,26 +469,6 @@ WARMSTART_RECORD = "warmstart.json"
 WARMSTART_REPORT = "initial policy"  # title of the warm start's held-out report row
 
 
-def drop_heldout_rows(path: Path, title: str) -> None:
-    """Rewrite heldout.jsonl (atomically) without its rows titled ``title``: a phase that is redone
-    from its start replaces its rows, as its metrics rows are replaced."""
-    if not path.is_file():
-        return
-    def titled(line: str) -> bool:
-        try:
-            row = json.loads(line)
-        except ValueError:  # a torn line is left as it is
-            return False
-        return isinstance(row, dict) and row.get("title") == title
-
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if not titled(line)]
-    if len(keep) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
-
-
 def warmstart_settings(cfg: Config) -> dict:
     """Every config value that determines the warm-start export (recorded in it as
     ``warmstart.json``; an export made with other values is refused, not reused)."""
@@ -531,8 +511,8 @@ def warm_start(cfg: Config, info, train_set, heldout, export_dir: Path) -> str:
     if export_dir.is_dir():
         check_warmstart_export(export_dir, settings)
     else:
-        if info.is_main:
-            drop_heldout_rows(export_dir.parent / "heldout.jsonl", WARMSTART_REPORT)  # an interrupted attempt's
+        if info.is_main:  # an interrupted attempt's held-out report row goes, as its metrics rows do
+            filter_jsonl(export_dir.parent / "heldout.jsonl", lambda row: row.get("title") != WARMSTART_REPORT)
         policy = build_policy(cfg, info, cfg.model.model_path, frozen=False)
         optimizer = build_optimizer(cfg, policy.model, cfg.train.warmstart_lr)
         sampler = StepSampler(len(train_set), cfg.train.prompts_per_step, info.rank, info.world_size,

@@ -35,7 +35,7 @@ def parse_synthetic_spec(spec: str) -> tuple[int | None, str] | None:
         return None
     n, family = None, None
     rest = [p for p in parts[1:] if p != ""]
-    if len(parts) > 3 or len(rest) > 2:
+    if len(parts) > 3:
         raise ValueError(f"bad synthetic spec {spec!r}: expected 'synthetic[:N][:FAMILY]'")
     for part in rest:
         if part in QUERY_FAMILIES and family is None:

@@ -97,9 +97,10 @@ def _check_runs(runs: list, height: int, width: int) -> None:
 
 def load_coco_image(sample_id: str, image_id, images: dict, image_dir: str,
                     instances_path: str) -> tuple[np.ndarray, str]:
-    """(the RGB image [H, W, 3] of ``image_id``, its path) (``images``: id -> the instances.json image entry,
-    with file_name, height, width), read from ``image_dir``. BadSampleError (naming the sample and
-    the file) when the entry is missing, the file unreadable, or its size not the recorded one."""
+    """(the RGB image [H, W, 3] of ``image_id`` read from ``image_dir``, its path); ``images`` maps
+    an image id to its instances.json entry (file_name, height, width). BadSampleError (naming the
+    sample and the file) when the entry is missing, the file unreadable, or its size not the
+    recorded one."""
     info = images.get(image_id)
     if info is None:
         raise BadSampleError(sample_id, instances_path, f"missing key: image {image_id} not in instances")

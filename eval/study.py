@@ -69,6 +69,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from eval.results import read_predictions, table_from_records, write_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("referring", "reasoning")
 DOMAIN_TITLES = {"referring": "in-domain (referring)", "reasoning": "out-of-domain (reasoning)"}
@@ -255,32 +257,34 @@ def eval_command(arm: Arm, settings: Settings, seed: int, model: Path, domain: s
             "--max-new-tokens", "96", "--output-dir", str(out)]
 
 
-def response_tokens(eval_dir: Path, tokenizer) -> float:
-    """Mean number of tokens of the greedy answers in ``eval_dir``'s predictions."""
-    from eval.results import read_predictions
-
-    texts = [r.completion or "" for r in read_predictions(str(eval_dir))]
-    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / max(len(texts), 1)
+def eval_cell(eval_dir: Path, tokenizer) -> dict:
+    """gIoU, cIoU, parse-failure rate (percent), n, and the mean number of tokens of the greedy
+    answers, from ``eval_dir``'s predictions (read once)."""
+    records = read_predictions(str(eval_dir))
+    row = table_from_records(records)["all"]
+    tokens = [len(tokenizer(r.completion or "", add_special_tokens=False)["input_ids"]) for r in records]
+    return {"giou": row["gIoU"], "ciou": row["cIoU"], "parse_fail": row["parse_failure_rate"],
+            "n": row["num_samples"], "response_tokens": sum(tokens) / max(len(tokens), 1)}
 
 
 def curves(train_dir: Path) -> dict:
     """Per-step curves of a train.py run: val gIoU / cIoU (phase 'val') and the training rows'
-    reward terms, KL and response length (phase 'train')."""
+    reward terms, KL, loss and mean response length (phase 'train')."""
+    from grpo.tracking import read_metrics
+
     val, train = {}, {}
-    for line in (train_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_metrics(train_dir / "metrics.jsonl"):
         if row.get("phase") == "val":
             val[row["step"]] = {"giou": row["val/giou"], "ciou": row["val/ciou"]}
         elif row.get("phase") == "train":
             train[row["step"]] = {k: v for k, v in row.items()
-                                  if k.startswith("reward/") or k in ("kl", "loss", "response_length/mean")}
+                                  if k.startswith("reward/") or k in ("kl", "loss", "response_len_mean")}
     return {"val": val, "train": train}
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """``obj`` as indented JSON at ``path``, atomically (eval.results.write_atomic)."""
+    write_atomic(str(path), json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def run_arm(arm: Arm, settings: Settings, seed: int, out: Path, log=print) -> dict:
@@ -301,17 +305,13 @@ def run_arm(arm: Arm, settings: Settings, seed: int, out: Path, log=print) -> di
 
     tokenizer = AutoTokenizer.from_pretrained(str(export))
     evals: dict = {}
-    from eval.results import table_from_predictions
-
     for mode in arm.modes:
         evals[mode] = {}
         for domain in DOMAINS:
             eval_dir = arm_dir / f"eval_{domain}_{mode.replace('+', '_')}"
             _run(eval_command(arm, settings, seed, export, domain, mode, eval_dir), arm_dir / f"{eval_dir.name}.log",
                  f"evaluating {arm.name} on {domain} ({mode})")
-            row = table_from_predictions(str(eval_dir))["all"]
-            evals[mode][domain] = {"giou": row["gIoU"], "ciou": row["cIoU"], "parse_fail": row["parse_failure_rate"],
-                                   "n": row["num_samples"], "response_tokens": response_tokens(eval_dir, tokenizer)}
+            evals[mode][domain] = eval_cell(eval_dir, tokenizer)
     result = {"arm": arm.name, "seed": seed, "eval": evals, "curves": curves(train_dir),
               "seconds": round(time.time() - t0, 1)}
     write_json_atomic(done, result)
@@ -358,7 +358,7 @@ def run_study(out: str | os.PathLike, settings: Settings, seeds: list[int], log=
     result.verdicts = claim_verdicts(result.rows)
     write_json_atomic(out / "results.json", asdict(result))
     figures = plot_study(result, out)
-    (out / "report.md").write_text(format_report(result, figures))
+    write_atomic(str(out / "report.md"), format_report(result, figures))
     return result
 
 

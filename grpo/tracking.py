@@ -14,7 +14,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class PhaseTimer:
@@ -97,20 +97,8 @@ class Tracker:
         its last checkpoint, and a fresh run (start_step 0), such as a warm start redone after a crash,
         starts its curve anew. Rows of other phases stay; a torn last line (crash mid-write) is
         dropped. Rewritten atomically."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            phases = (self.phase, "val") if self.phase == "train" else (self.phase,)
-            if isinstance(row, dict) and not (row.get("phase") in phases and row.get("step", 0) > start_step):
-                kept.append(line + "\n")
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        phases = (self.phase, "val") if self.phase == "train" else (self.phase,)
+        filter_jsonl(self.path, lambda row: not (row.get("phase") in phases and row.get("step", 0) > start_step))
 
     def log(self, step: int, metrics: dict[str, Any], phase: str | None = None) -> None:
         if not self.is_main:
@@ -142,6 +130,26 @@ class Tracker:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def filter_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite the JSON-lines file ``path`` atomically with only its rows (JSON objects) for which
+    ``keep(row)`` is true; a line that is not a JSON object (a torn last line, from a crash
+    mid-write) goes too. Nothing happens when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and keep(row):
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
