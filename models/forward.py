@@ -116,14 +116,15 @@ def _prompt_embeddings(model, batch: PolicyBatch, group_size: int) -> torch.Tens
     return embeds.masked_scatter(image_slots.unsqueeze(-1), shared.to(embeds.dtype))
 
 
-def plain_logprobs(model, batch, response_ids, response_mask, group_size, temperature=1.0,
-                   return_entropy=False):
-    """The plain path: N rows of [prompt | response], prompt computed G times (the reference).
+def plain_logits(model, batch, response_ids, response_mask, group_size) -> torch.Tensor:
+    """Logits [N, L, V] of the plain path: column t scores response token t given the prompt and
+    y_<t (N rows of [prompt | response], the prompt computed G times).
 
-    One forward over [N, P + L] (positions [3, N, P + L]); logits of the last L + 1 columns only.
+    One forward over [N, P + L] (positions [3, N, P + L]); the lm head runs on the last L + 1
+    columns only.
     """
     batch = left_align(batch)
-    num_rows, resp_len = response_ids.shape
+    resp_len = response_ids.shape[1]
     pos, next_pos = prompt_positions(model, batch)  # [3, B, P], [B]
     pos = pos.repeat_interleave(group_size, dim=1)  # [3, N, P]
     steps = torch.arange(resp_len, device=batch.device)
@@ -142,7 +143,13 @@ def plain_logprobs(model, batch, response_ids, response_mask, group_size, temper
         logits_to_keep=resp_len + 1,  # hidden states of the last L+1 columns only
     )
     # column P-1+t predicts response token t: drop the last column's prediction
-    logits = out.logits[:, :-1]  # [N, L, V]
+    return out.logits[:, :-1]  # [N, L, V]
+
+
+def plain_logprobs(model, batch, response_ids, response_mask, group_size, temperature=1.0,
+                   return_entropy=False):
+    """The plain path (the reference): log-probs [N, L] of :func:`plain_logits` at temperature T."""
+    logits = plain_logits(model, batch, response_ids, response_mask, group_size)  # [N, L, V]
     logp = token_logprobs(logits, response_ids, temperature)
     if return_entropy:
         return logp, token_entropy(logits, temperature)

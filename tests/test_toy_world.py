@@ -191,3 +191,125 @@ def test_toy_output_rows_read_a_position_linearly():
         assert int(logits.argmax()) == x
         if x + 42 <= 840:
             assert float(logits[x] - logits[x + 42]) == pytest.approx(2.5, rel=1e-4)
+
+
+# ------------------------------------------------------------------------- grounding diagnosis
+
+def test_coordinate_slots_read_the_eight_coordinates_in_order():
+    from models.tiny import build_toy_tokenizer
+    from models.toy import ANSWER_SLOTS, coordinate_slots
+
+    tok = build_toy_tokenizer()
+    # coordinates 1 and 2 are the same tokens as the key digits of "points_1" / "points_2"
+    text = format_answer([1, 2, 840, 409], [[2, 1], [799, 0]], reasoning="the 2 red stars is the target.")
+    ids = torch.tensor(tok(text)["input_ids"])
+    slots = coordinate_slots(tok, ids)
+    # the reasoning's "2" is a coordinate token too but not an answer coordinate
+    assert [v for _, v in slots] == [1, 2, 840, 409, 2, 1, 799, 0]
+    assert len(ANSWER_SLOTS) == 8
+    assert all(tok.convert_ids_to_tokens(int(ids[t])) == str(v) for t, v in slots)
+
+
+def test_nearest_left_edge_hand_computed():
+    from models.toy import nearest_left_edge
+
+    label = np.zeros((100, 200), dtype=np.uint8)
+    label[10:20, 20:40] = 1    # left edge 20 -> 20 * 840 / 200 = 84
+    label[50:60, 100:150] = 2  # left edge 100 -> 420
+    label[70:90, 160:170] = 3  # left edge 160 -> 672
+    assert nearest_left_edge(0, label) == 0
+    assert nearest_left_edge(251, label) == 0 and nearest_left_edge(253, label) == 1  # midpoint 252
+    assert nearest_left_edge(600, label) == 2
+
+
+def test_grounding_report_on_the_shipped_policy():
+    from models.policy import SegZeroPolicy
+    from models.toy import ANSWER_SLOTS, TOY_POLICY_DIR, grounding_report
+
+    ds = SyntheticDataset(6, seed=10_000)
+    scenes = [ds.scene(i) for i in range(len(ds))]
+    rep = grounding_report(SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR)), scenes, batch_size=4)
+    assert list(rep["slot_median_error"]) == list(ANSWER_SLOTS)
+    assert all(0 <= e <= 840 for e in rep["slot_median_error"].values())
+    assert rep["chance"] == pytest.approx(np.mean([1 / len(s.meta["shapes"]) for s, _ in scenes]))
+    assert rep["first_pick"] in {k / 6 for k in range(7)} and rep["scenes"] == 6
+
+
+# ------------------------------------------------------------------------- grounding phase
+
+def test_target_token_mask_hand_computed():
+    from models.toy import target_token_mask
+
+    mask = np.zeros((80, 80), dtype=np.uint8)  # 8 x 8 cells of 10 x 10 pixels
+    mask[0:10, 0:10] = 1   # cell 0 fully
+    mask[0:10, 10:11] = 1  # 10 % of cell 1 (the bar is >= 10 %)
+    mask[20:22, 20:24] = 1  # 8 % of cell 2 * 8 + 2 = 18
+    sel = target_token_mask(mask)
+    assert sel.shape == (64,) and sel.dtype == torch.bool
+    assert sel.nonzero().view(-1).tolist() == [0, 1]
+    small = np.zeros((80, 80), dtype=np.uint8)
+    small[20:22, 20:24] = 1  # no cell reaches 10 %: the most covered one
+    small[35, 35] = 1
+    assert target_token_mask(small).nonzero().view(-1).tolist() == [18]
+
+
+def test_answer_aux_targets_read_the_query_and_the_target():
+    from data.synthetic import COLORS, KINDS, SIZES
+    from models.toy import answer_aux_targets
+
+    ds = SyntheticDataset(40, seed=3, reasoning_fraction=0.0)
+    seen_none = False
+    for s in ds:
+        classes, centre = answer_aux_targets(s)
+        words = s.query.split()
+        shape = s.meta["shapes"][s.meta["target"]]
+        assert classes[0] == (list(COLORS).index(shape["color"]) + 1 if shape["color"] in words else 0)
+        assert classes[1] == (list(KINDS).index(shape["kind"]) + 1 if shape["kind"] in words else 0)
+        assert classes[2] == (list(SIZES).index(shape["size"]) + 1 if shape["size"] in words else 0)
+        assert classes[3:] == [list(COLORS).index(shape["color"]), list(KINDS).index(shape["kind"]),
+                               list(SIZES).index(shape["size"])]
+        ys, xs = np.nonzero(s.mask)
+        assert centre == pytest.approx([xs.mean() / s.mask.shape[1], ys.mean() / s.mask.shape[0]])
+        seen_none |= classes[0] == 0
+    assert seen_none  # some referring queries name no colour ("the star")
+
+
+def test_ground_policy_few_steps(tmp_path):
+    from safetensors.torch import load_file
+
+    from models.policy import SegZeroPolicy
+    from models.toy import TOY_POLICY_DIR, ground_policy
+
+    rec = ground_policy(TOY_POLICY_DIR, tmp_path / "g", steps=2, batch=2, heldout=2, eval_every=1, max_len=64,
+                        log=lambda *_: None)
+    assert json.loads((tmp_path / "g" / "ground.json").read_text())["recipe"]["steps"] == 2
+    assert [h["step"] for h in rec["history"]] == [1]
+    assert set(rec["result"]) >= {"box_iou", "first_pick", "x1_median_error", "per_scene_box_iou"}
+    before = load_file(str(TOY_POLICY_DIR / "model.safetensors"))
+    after = load_file(str(tmp_path / "g" / "model.safetensors"))
+    assert set(after) == set(before)  # the same Qwen2.5-VL: the auxiliary heads are not saved
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    SegZeroPolicy.from_pretrained(str(tmp_path / "g"))
+
+
+def test_aligned_aux_loss_scores_classes_against_the_word_embeddings():
+    from models.policy import SegZeroPolicy
+    from models.toy import _AUX_OUT, TOY_POLICY_DIR, _attribute_word_ids, aux_loss
+
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    tok = policy.processor.tokenizer
+    ids = _attribute_word_ids(tok)
+    assert tok.convert_ids_to_tokens(ids[:3].tolist()) == ["Ġred", "Ġgreen", "Ġblue"] and len(ids) == 15
+    ds = SyntheticDataset(2, seed=5)
+    scenes = [ds.scene(i) for i in range(2)]
+    torch.manual_seed(0)
+    head = torch.nn.Linear(128, _AUX_OUT)
+    head.word_scale = torch.nn.Parameter(torch.tensor(10.0))
+    args = (policy, head, [s for s, _ in scenes], [lab for _, lab in scenes])
+    aligned = aux_loss(*args, aligned=True)
+    aligned.backward()
+    # the class columns of the linear head are unused; the word embeddings get the gradient
+    assert head.weight.grad[1:16].abs().sum() == 0 and head.weight.grad[0].abs().sum() > 0
+    assert policy.model.get_input_embeddings().weight.grad[ids].abs().sum() > 0
+    assert head.word_scale.grad is not None
+    assert not torch.isclose(aligned.detach(), aux_loss(*args).detach())
