@@ -9,6 +9,11 @@ shipped in the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and re
     python -m models.toy policy        # the toy policy checkpoint (see POLICY_RECIPE)
     python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
 
+and examined or taken further by:
+
+    python -m models.toy diagnose [--path DIR]           # where a toy policy fails (grounding_report)
+    python -m models.toy ground --out DIR [--path SRC]   # the grounding phase (GROUNDING_RECIPE)
+
 Each command is deterministic from its seed on one process (torch.set_num_threads(1)) and prints
 its held-out figures at the end; the shipped files carry them (``assets/toy/policy/build.json``,
 the ``result`` metadata of ``assets/toy/sam2.safetensors``).
