@@ -116,12 +116,13 @@ def _prompt_embeddings(model, batch: PolicyBatch, group_size: int) -> torch.Tens
     return embeds.masked_scatter(image_slots.unsqueeze(-1), shared.to(embeds.dtype))
 
 
-def plain_logits(model, batch, response_ids, response_mask, group_size) -> torch.Tensor:
-    """Logits [N, L, V] of the plain path: column t scores response token t given the prompt and
-    y_<t (N rows of [prompt | response], the prompt computed G times).
+def plain_forward(model, batch, response_ids, response_mask, group_size, **model_kwargs):
+    """The model's output on N rows of [prompt | response], the prompt computed G times (the plain
+    path; prompts left-aligned, so response token t sits in column P + t).
 
     One forward over [N, P + L] (positions [3, N, P + L]); the lm head runs on the last L + 1
-    columns only.
+    columns only (``out.logits`` [N, L + 1, V]). ``model_kwargs`` go to the model's forward (e.g.
+    ``output_attentions=True``: attentions over all P + L columns).
     """
     batch = left_align(batch)
     resp_len = response_ids.shape[1]
@@ -135,13 +136,20 @@ def plain_logits(model, batch, response_ids, response_mask, group_size) -> torch
     )  # [N, P+L]
     prompt_embeds = _prompt_embeddings(model, batch, group_size)  # [N, P, hidden]
     inputs_embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(response_ids)], 1)  # [N, P+L, hidden]
-    out = model(
+    return model(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=False,
         logits_to_keep=resp_len + 1,  # hidden states of the last L+1 columns only
+        **model_kwargs,
     )
+
+
+def plain_logits(model, batch, response_ids, response_mask, group_size) -> torch.Tensor:
+    """Logits [N, L, V] of the plain path (:func:`plain_forward`): column t scores response token t
+    given the prompt and y_<t."""
+    out = plain_forward(model, batch, response_ids, response_mask, group_size)
     # column P-1+t predicts response token t: drop the last column's prediction
     return out.logits[:, :-1]  # [N, L, V]
 

@@ -358,7 +358,7 @@ def grounding_losses(policy, heads: dict, samples, labels, *, coordinate_weight:
 
     from grpo import token_logprobs
     from models.batch import left_align
-    from models.forward import _prompt_embeddings, prompt_positions
+    from models.forward import plain_forward
     from models.sft import sft_target, tokenize_targets
 
     model, tok = policy.model, policy.processor.tokenizer
@@ -367,13 +367,7 @@ def grounding_losses(policy, heads: dict, samples, labels, *, coordinate_weight:
     batch = left_align(policy.prepare([s.image for s in samples], [s.query for s in samples]))
     n, length = ids.shape
     prompt_len = batch.input_ids.shape[1]
-    pos, next_pos = prompt_positions(model, batch)
-    resp_pos = next_pos[:, None] + torch.arange(length)  # [B, L]
-    position_ids = torch.cat([pos, resp_pos.unsqueeze(0).expand(3, -1, -1)], 2)  # [3, B, P + L]
-    attention_mask = torch.cat([batch.attention_mask, mask.to(batch.attention_mask.dtype)], 1)
-    embeds = torch.cat([_prompt_embeddings(model, batch, 1), model.get_input_embeddings()(ids)], 1)
-    out = model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                logits_to_keep=length + 1, output_attentions=True, output_hidden_states=True)
+    out = plain_forward(model, batch, ids, mask, 1, output_attentions=True, output_hidden_states=True)
     logp = token_logprobs(out.logits[:, :-1], ids, 1.0)  # [B, L]
 
     coord = torch.zeros(n, length, dtype=torch.bool)  # response tokens that are answer coordinates
