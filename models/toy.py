@@ -105,11 +105,16 @@ def _optimizer_step(opt, loss: torch.Tensor, params, *, max_norm: float, sched=N
         sched.step()
 
 
-def heldout_samples(n: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED):
+def heldout_scenes(n: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED):
+    """The held-out scenes as (sample, label map) pairs (SyntheticDataset.scene)."""
     from data import SyntheticDataset
 
     ds = SyntheticDataset(n, seed=seed)
-    return [ds[i] for i in range(n)]
+    return [ds.scene(i) for i in range(n)]
+
+
+def heldout_samples(n: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED):
+    return [sample for sample, _ in heldout_scenes(n, seed)]
 
 
 def box_iou_report(policy, samples, *, max_new_tokens: int = 96, batch_size: int = 16) -> dict:
@@ -432,7 +437,7 @@ def ground_policy(src: str | os.PathLike, out: str | os.PathLike, *, seed: int =
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, k / steps))))
     data = SyntheticDataset(max(steps * batch, 1), seed=data_seed)
-    held = [SyntheticDataset(heldout, seed=HELDOUT_SEED).scene(i) for i in range(heldout)]
+    held = heldout_scenes(heldout)
     t0, history = time.time(), []
 
     def report() -> dict:
@@ -590,11 +595,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == "diagnose":
-        from data import SyntheticDataset
         from models.policy import SegZeroPolicy
 
-        ds = SyntheticDataset(HELDOUT_SIZE, seed=HELDOUT_SEED)
-        rep = grounding_report(SegZeroPolicy.from_pretrained(args.path), [ds.scene(i) for i in range(len(ds))])
+        rep = grounding_report(SegZeroPolicy.from_pretrained(args.path), heldout_scenes())
         print(json.dumps(rep, indent=1))
     elif args.what == "ground":
         if not args.out:
