@@ -401,24 +401,20 @@ def build_validation(cfg: Config, info):
     """(segmenter, validation source) for the reports and --eval-every, or None without model.sam2.
 
     The source is the held-out synthetic set (val_path 'heldout', the same scenes as the reward
-    report) or any dataset data.open_dataset reads (a real split such as ReasonSeg val). The
-    validation through SAM2 scores single-object answers; with ``task`` multi the reports are the
-    multi-object reward terms (grpo.tracking) and --eval-every validates nothing (said once)."""
+    report) or any dataset data.open_dataset reads (a real split such as ReasonSeg val; with ``task``
+    multi, any that data.open_multi_object_dataset reads). With ``task`` multi the validation scores
+    the object lists through SAM2 (union masks; eval.validate)."""
     if not cfg.model.sam2 or (cfg.data.val_path == "heldout" and cfg.data.heldout_size == 0):
         return None
-    if cfg.train.task == "multi":
-        if info.is_main and cfg.train.eval_every:
-            print("note: --eval-every validates single-object answers through SAM2; with --task multi the "
-                  "held-out reports give the multi-object reward terms instead", flush=True)
-        return None
-    from data import open_dataset
+    from data import open_dataset, open_multi_object_dataset
     from models.pipeline import load_segmenter
 
     segmenter = load_segmenter(cfg.model.sam2, device=info.device)
     if cfg.data.val_path == "heldout":
         source = heldout_synthetic(cfg)(cfg.data.heldout_size, cfg.data.data_seed + 10_000)
     else:
-        source = open_dataset(cfg.data.val_path, seed=cfg.data.data_seed)
+        opener = open_multi_object_dataset if cfg.train.task == "multi" else open_dataset
+        source = opener(cfg.data.val_path, seed=cfg.data.data_seed)
     return segmenter, source
 
 
@@ -439,13 +435,14 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
                            rank=info.rank, world_size=info.world_size, batch_size=16,
                            max_new_tokens=cfg.rollout.max_new_tokens, strict=cfg.reward.strict_format,
                            soft=cfg.reward.soft_accuracy, think=cfg.rollout.think,
-                           limit=cfg.data.val_limit or None)
+                           limit=cfg.data.val_limit or None, task=cfg.train.task)
         policy.model.train()
         tracker.print(format_validation(title, rep))
         tracker.log(step, {k: v for k, v in rep.items() if k != "example"}, phase="val")
         if tracker.is_main:
             row = {"title": title, "step": step, "n": rep["val/n"], "iou_proxy": rep["val/iou_proxy"],
                    "giou": rep["val/giou"], "ciou": rep["val/ciou"], "parse_fail": rep["val/parse_fail"],
+                   **{k[4:]: rep[k] for k in ("val/no_target_acc", "val/target_acc") if k in rep},
                    **{k[4:]: v for k, v in rep.items() if k.startswith("val/reward/")}, "example": rep["example"]}
             with (Path(cfg.train.output_dir) / "heldout.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")

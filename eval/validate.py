@@ -10,6 +10,17 @@ validation set with the policy being trained, and reduces over ranks:
                               unparseable), SPEC 4 convention: the training-side localisation figure
     val/reward/<term>         the five reward terms of the greedy answers (SPEC 4), and their total
 
+With ``task`` "multi" (SPEC 9) the pipeline is models.multi_object.MultiObjectPipeline (the mask is
+the union of one SAM2 mask per listed object; ``[]`` is the empty mask), gIoU / cIoU are over those
+union masks, ``val/iou_proxy`` is rewards.matched_box_iou (Hungarian-matched box IoU summed over
+pairs / max(M, N); 1 for ``[]`` on an empty target), the reward terms are the three multi-object
+terms, and two more figures come from eval.multi_object.target_accuracies:
+
+    val/no_target_acc         percent of empty-target samples answered with an empty mask
+    val/target_acc            percent of the other samples answered with a non-empty mask
+
+(each only when the validation set has such samples).
+
 The predictions of each call are kept in ``output_dir`` (``predictions.jsonl`` merged by rank 0),
 so every figure can be recomputed with ``python evaluate.py --recompute DIR``.
 
@@ -29,30 +40,42 @@ import numpy as np
 
 def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
              batch_size: int = 16, max_new_tokens: int = 1024, strict: bool = True, soft: bool = False,
-             think: bool = True, limit: int | None = None) -> dict[str, float]:
+             think: bool = True, limit: int | None = None, task: str = "single") -> dict[str, float]:
     """Evaluate ``policy`` + ``segmenter`` on ``source`` (module docstring); collective when
     distributed (every rank must call it). ``policy`` needs ``complete(images, queries, *,
     max_new_tokens, greedy)`` (models.policy.SegZeroPolicy; under FSDP2 call this inside
-    ``grpo.parallel.unsharded_for_generation``). ``output_dir`` is emptied first."""
+    ``grpo.parallel.unsharded_for_generation``; with ``task`` "multi" a policy built with
+    task="multi"). ``output_dir`` is emptied first."""
     from eval.loop import evaluate_shard
+    from eval.multi_object import target_accuracies
     from eval.results import merge_predictions, rank_file, read_records, table_from_records
     from grpo.parallel import all_gather_objects, barrier
+    from models.multi_object import MultiObjectPipeline
     from models.pipeline import SegZeroPipeline
-    from rewards import box_iou, score_completions
+    from rewards import box_iou, matched_box_iou, score_completions, score_multi_object
+
+    if task not in ("single", "multi"):
+        raise ValueError(f"task must be 'single' or 'multi', got {task!r}")
 
     output_dir = str(output_dir)
     if rank == 0 and os.path.isdir(output_dir):
         shutil.rmtree(output_dir)
     barrier()
     os.makedirs(output_dir, exist_ok=True)
-    pipeline = SegZeroPipeline(policy, segmenter, max_new_tokens=max_new_tokens)
+    pipeline = (MultiObjectPipeline if task == "multi" else SegZeroPipeline)(policy, segmenter,
+                                                                            max_new_tokens=max_new_tokens)
     evaluate_shard(pipeline, source, output_dir, rank=rank, world_size=world_size, batch_size=batch_size,
                    limit=limit, done=set(), log=None)
     mine = [r for r in read_records(rank_file(output_dir, rank)) if not r.is_bad]
     solutions = [source[r.index].solution for r in mine]
-    rb = score_completions([r.completion or "" for r in mine], solutions, strict=strict, soft=soft, think=think)
-    ious = [box_iou(r.bbox_840, sol["bbox"]) if r.status == "ok" and r.bbox_840 is not None else 0.0
-            for r, sol in zip(mine, solutions)]
+    texts = [r.completion or "" for r in mine]
+    if task == "multi":
+        rb = score_multi_object(texts, solutions)
+        ious = [matched_box_iou(text, sol) if r.status == "ok" else 0.0 for r, text, sol in zip(mine, texts, solutions)]
+    else:
+        rb = score_completions(texts, solutions, strict=strict, soft=soft, think=think)
+        ious = [box_iou(r.bbox_840, sol["bbox"]) if r.status == "ok" and r.bbox_840 is not None else 0.0
+                for r, sol in zip(mine, solutions)]
     local = {"records": mine, "iou": float(sum(ious)), "n": len(mine),
              "terms": {k: float(np.sum(v)) for k, v in rb.terms.items()}}
     parts = all_gather_objects(local)
@@ -62,6 +85,11 @@ def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: 
     out = {"val/giou": float(table["gIoU"]), "val/ciou": float(table["cIoU"]),
            "val/parse_fail": float(table["parse_failure_rate"]) / 100, "val/iou_proxy": sum(p["iou"] for p in parts) / n,
            "val/n": float(n)}
+    if task == "multi":
+        acc = target_accuracies(records)  # each figure only when the set has such samples
+        for key, count in (("no_target_acc", "num_empty_targets"), ("target_acc", "num_targets")):
+            if acc[count]:
+                out[f"val/{key}"] = float(acc[key])
     for k in sorted(local["terms"]):
         out[f"val/reward/{k}"] = sum(p["terms"][k] for p in parts) / n
     out["val/reward/total"] = sum(v for k, v in out.items() if k.startswith("val/reward/"))
@@ -74,10 +102,11 @@ def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: 
 
 
 def format_validation(title: str, rep: dict[str, Any]) -> str:
-    """One line: gIoU, cIoU, box IoU, parse failures, reward terms."""
+    """One line: gIoU, cIoU, box IoU, parse failures, (multi) target accuracies, reward terms."""
     terms = "  ".join(f"{k[11:]}={v:.3f}" for k, v in rep.items() if k.startswith("val/reward/"))
+    acc = "".join(f"{k[4:]}={rep[k]:.1f}  " for k in ("val/no_target_acc", "val/target_acc") if k in rep)
     return (f"[{title}] validation n={int(rep['val/n'])}: gIoU={rep['val/giou']:.1f}  cIoU={rep['val/ciou']:.1f}  "
-            f"box_iou={rep['val/iou_proxy']:.3f}  parse_fail={rep['val/parse_fail']:.2f}  {terms}\n"
+            f"box_iou={rep['val/iou_proxy']:.3f}  parse_fail={rep['val/parse_fail']:.2f}  {acc}{terms}\n"
             f"    example: {str(rep.get('example', ''))[:160]!r}")
 
 

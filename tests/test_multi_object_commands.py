@@ -211,3 +211,6 @@ def test_train_multi_two_ranks_one_step(tmp_path):
     assert last["num_seqs"] == 4 and json.loads((tmp_path / "run" / "config.json").read_text())["train"]["task"] == "multi"
     heldout = [json.loads(x) for x in (tmp_path / "run" / "heldout.jsonl").read_text().splitlines()]
     assert "reward/multi_object_accuracy" in heldout[-1]
+    # validated through the toy SAM2 on the union masks (eval.validate with task multi)
+    assert {"giou", "ciou", "iou_proxy"} <= set(heldout[-1]) and 0.0 <= heldout[-1]["giou"] <= 100.0
+    assert (tmp_path / "run" / "val" / "step_000001" / "predictions.jsonl").exists()

@@ -77,6 +77,53 @@ def test_validation_perfect_and_empty(tmp_path, perfect, giou):
     assert len((tmp_path / "val" / "predictions.jsonl").read_text().splitlines()) == 6  # recomputable
 
 
+class _ObjectsOracle:
+    """complete(): the ground-truth object list (perfect), "[]" (nothing, for every image) or an
+    unparseable text; segment_objects(): the image's ground-truth union mask for every object."""
+
+    def __init__(self, samples, answer: str):
+        from rewards import format_objects_answer
+
+        self.task = "multi"
+        self.answers = {s.image.tobytes(): format_objects_answer(s.solution, reasoning="r") for s in samples}
+        self.masks = {s.image.tobytes(): s.mask.astype(bool) for s in samples}
+        self.answer = answer
+
+    def complete(self, images, queries, *, max_new_tokens, greedy=True):
+        return [{"perfect": self.answers[im.tobytes()], "nothing": "<think> r </think><answer>[]</answer>",
+                 "unparseable": "no answer"}[self.answer] for im in images]
+
+    def segment_objects(self, images, boxes, points, mode="box+points"):
+        return [np.stack([self.masks[im.tobytes()]] * len(b)) if len(b) else np.zeros((0, *im.shape[:2]), bool)
+                for im, b in zip(images, boxes)]
+
+
+@pytest.mark.parametrize("answer", ["perfect", "nothing", "unparseable"])
+def test_validation_multi_object(tmp_path, answer):
+    """Multi-object validation by hand: 8 scenes, 2 of them with an empty target (IoU 1 for "[]")."""
+    from data import MultiObjectSynthetic
+
+    source = MultiObjectSynthetic(8, seed=3)
+    samples = [source[i] for i in range(len(source))]
+    empty = sum(not s.solution for s in samples)
+    assert empty == 2  # the hand-computed figures below rely on it
+    oracle = _ObjectsOracle(samples, answer)
+    rep = validate(oracle, oracle, source, tmp_path / "val", batch_size=3, max_new_tokens=8, task="multi")
+    # reward totals: 7 for the exact list (3 + 3 + 1); "[]" earns format 1 + non-repeat 1 and, as in the
+    # released code, no accuracy even on an empty target; "no answer" only the non-repeat 1 (no sentence repeats)
+    expected = {"perfect": (100.0, 100.0, 0.0, 1.0, 100.0, 100.0, 7.0 * 6 / 8 + 2.0 * 2 / 8),
+                "nothing": (100.0 * 2 / 8, 0.0, 0.0, 2 / 8, 100.0, 0.0, 2.0),
+                "unparseable": (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}[answer]
+    giou, ciou, fail, proxy, no_target, target, total = expected
+    assert rep["val/giou"] == pytest.approx(giou) and rep["val/ciou"] == pytest.approx(ciou)
+    assert rep["val/parse_fail"] == fail and rep["val/iou_proxy"] == pytest.approx(proxy)
+    assert (rep["val/no_target_acc"], rep["val/target_acc"]) == (no_target, target)
+    assert {k[11:] for k in rep if k.startswith("val/reward/")} == {"multi_object_format", "multi_object_accuracy",
+                                                                   "non_repeat", "total"}
+    assert rep["val/reward/total"] == pytest.approx(total)
+    assert len((tmp_path / "val" / "predictions.jsonl").read_text().splitlines()) == 8
+
+
 def test_best_pointer(tmp_path):
     best = BestPointer(tmp_path)
     assert best.update(0, {"val/giou": 40.0, "val/ciou": 41.0}, "start")
@@ -118,14 +165,20 @@ def test_sam2_builder_few_steps(tmp_path):
 
 def test_policy_builder_few_steps(tmp_path):
     from models.policy import load_policy
-    from models.toy import pretrain_policy
+    from models.toy import GROUNDING_RECIPE, POLICY_RECIPE, build_policy
 
-    res = pretrain_policy(tmp_path / "policy", vision_steps=2, steps=2, batch=2, warmup=1, heldout=2, eval_every=0,
-                          max_len=8, log=lambda *_: None)
-    assert 0.0 <= res["box_iou"] <= 1.0
+    recipe = dict(POLICY_RECIPE, vision_steps=2, steps=2, batch=2, warmup=1, max_len=8)
+    grounding = dict(GROUNDING_RECIPE, steps=2, batch=2)
+    res = build_policy(tmp_path / "policy", recipe=recipe, grounding=grounding, heldout=2, eval_every=0,
+                       log=lambda *_: None)
+    assert 0.0 <= res["box_iou"] <= 1.0 and set(res) >= {"first_pick", "per_scene_box_iou"}
     model, processor = load_policy(str(tmp_path / "policy"))
     assert model.config.text_config.hidden_size == 128
-    assert json.loads((tmp_path / "policy" / "build.json").read_text())["recipe"]["steps"] == 2
+    build = json.loads((tmp_path / "policy" / "build.json").read_text())
+    assert build["recipe"]["steps"] == 2 and build["grounding_recipe"]["steps"] == 2
+    assert 0.0 <= build["pretrained"]["result"]["box_iou"] <= 1.0
+    assert build["result"]["per_scene_box_iou"] == res["per_scene_box_iou"]
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]  # the temporary phase folders are gone
 
 
 # ------------------------------------------------------------------------- shipped checkpoints
@@ -153,7 +206,7 @@ def test_shipped_toy_policy_gives_its_build_figures():
     built = build["result"]
     policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
     n = 16  # the first 16 of the 64 held-out scenes (the build prints all 64)
-    rep = box_iou_report(policy, heldout_samples()[:n], max_new_tokens=build["recipe"]["max_len"])
+    rep = box_iou_report(policy, heldout_samples()[:n], max_new_tokens=build["grounding_recipe"]["max_len"])
     expected = built["per_scene_box_iou"][:n]
     assert np.allclose(rep["ious"], expected, atol=2e-3), (rep["ious"], expected)
     assert sum((TOY_POLICY_DIR / f).stat().st_size for f in ("model.safetensors",)) < 8 * 2 ** 20
