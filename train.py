@@ -219,17 +219,26 @@ def build_data(cfg: Config, info):
 
 
 def heldout_synthetic(cfg: Config):
-    """(n, seed) -> the synthetic scenes of the held-out report and of val_path 'heldout': the
-    multi-object scenes with task 'multi', else the query family of a synthetic data_path
-    ("synthetic:N:referring" trains and validates on referring queries only; data.readers)."""
+    """(n, seed) -> the synthetic scenes of the training set (data_path 'synthetic...'), the held-out
+    report and val_path 'heldout', in the query family of a synthetic data_path (data.readers;
+    "synthetic:N:referring" trains and validates on referring queries only): the multi-object
+    scenes with task 'multi' ("synthetic:N:present": no query refers to nothing)."""
     from data import MultiObjectSynthetic, SyntheticDataset
     from data.readers import parse_synthetic_spec
-    from data.synthetic import QUERY_FAMILIES
+    from data.synthetic import MULTI_QUERY_FAMILIES, QUERY_FAMILIES
 
-    if cfg.train.task == "multi":
-        return lambda n, seed: MultiObjectSynthetic(n, seed=seed)
     family = (parse_synthetic_spec(cfg.data.data_path) or (None, "mixed"))[1]
+    if cfg.train.task == "multi":
+        _check_family(family, MULTI_QUERY_FAMILIES, cfg.data.data_path, "multi-object (--task multi)")
+        return lambda n, seed: MultiObjectSynthetic(n, seed=seed, empty_fraction=MULTI_QUERY_FAMILIES[family])
+    _check_family(family, QUERY_FAMILIES, cfg.data.data_path, "single-object")
     return lambda n, seed: SyntheticDataset(n, seed=seed, reasoning_fraction=QUERY_FAMILIES[family])
+
+
+def _check_family(family: str, families: dict, spec: str, mode: str) -> None:
+    if family not in families:
+        raise ValueError(f"config field data_path={spec!r}: {family!r} is not a {mode} query family; "
+                         f"use one of {', '.join(families)}")
 
 
 def read_sample(source, sampler: StepSampler, position: int):

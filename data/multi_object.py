@@ -51,7 +51,7 @@ from data.image import encode_image, resize_to_frame
 from data.parquet import (TRAIN_COLUMNS, TRAIN_SCHEMA, AuthorsTrainParquet, _AtomicParquetWriter, _iter_samples,
                           parquet_files)
 from data.refer import _default_image_dir, annotation_to_mask, load_coco_image
-from data.synthetic import BACKGROUNDS, COLORS, KINDS, MIN_VISIBLE, SIZES, Shape
+from data.synthetic import BACKGROUNDS, COLORS, KINDS, MIN_VISIBLE, MULTI_QUERY_FAMILIES, SIZES, Shape
 from data.types import FRAME, BadSampleError, Sample, SampleSource, check_objects_solution
 
 #: Number words of the "the two circles" queries.
@@ -392,7 +392,9 @@ def open_multi_object_dataset(spec: str | os.PathLike, split: str | None = None,
                               ignore_regions: str = "exclude") -> SampleSource:
     """A dataset in multi-object mode (every sample's ``solution`` is a list of objects).
 
-        "synthetic" | "synthetic:N"               -> MultiObjectSynthetic(N, seed) (N defaults to 1000)
+        "synthetic[:N][:FAMILY]"                  -> MultiObjectSynthetic(N, seed) (N defaults to 1000;
+                                                     FAMILY "mixed" or "present": data.synthetic.
+                                                     MULTI_QUERY_FAMILIES)
         folder with [grefcoco/]grefs(*).json       -> GRefDataset(split_by or "unc", split or "val")
         training-layout parquet, JSON-list solution -> MultiObjectParquet
         anything ``data.open_dataset`` reads        -> SingleAsMultiObject(that reader)
@@ -402,10 +404,11 @@ def open_multi_object_dataset(spec: str | os.PathLike, split: str | None = None,
     spec_str = os.fspath(spec)
     if (synthetic := parse_synthetic_spec(spec_str)) is not None:
         n, family = synthetic
-        if family != "mixed":
-            raise ValueError(f"synthetic spec {spec_str!r}: the multi-object scenes have one query mix; "
-                             f"a query family (referring / reasoning) is a single-object option")
-        return MultiObjectSynthetic(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed)
+        if family not in MULTI_QUERY_FAMILIES:
+            raise ValueError(f"synthetic spec {spec_str!r}: {family!r} is a single-object query family; the "
+                             f"multi-object ones are {', '.join(MULTI_QUERY_FAMILIES)}")
+        return MultiObjectSynthetic(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed,
+                                    empty_fraction=MULTI_QUERY_FAMILIES[family])
     if os.path.isdir(spec_str) and is_gref_root(spec_str):
         return GRefDataset(spec_str, split_by=split_by or "unc", split=split if split is not None else "val",
                            image_dir=image_dir)

@@ -20,7 +20,7 @@ from data.lisa import LisaReasonSeg, check_ignore_regions
 from data.parquet import (REASONSEG_COLUMNS, TRAIN_COLUMNS, AuthorsTrainParquet, ReasonSegParquet,
                           open_parquet, parquet_files)
 from data.refer import ReferDataset
-from data.synthetic import QUERY_FAMILIES, SyntheticDataset
+from data.synthetic import MULTI_QUERY_FAMILIES, QUERY_FAMILIES, SyntheticDataset
 from data.types import SampleSource
 
 DEFAULT_SYNTHETIC_SIZE = 1000
@@ -29,7 +29,9 @@ DEFAULT_SYNTHETIC_SIZE = 1000
 def parse_synthetic_spec(spec: str) -> tuple[int | None, str] | None:
     """"synthetic[:N][:FAMILY]" -> (N or None, FAMILY, default "mixed"); None when ``spec`` does not
     name the synthetic set; ValueError when it does but is malformed. E.g. "synthetic:64:reasoning"
-    -> (64, "reasoning"), "synthetic::referring" or "synthetic:referring" -> (None, "referring")."""
+    -> (64, "reasoning"), "synthetic::referring" or "synthetic:referring" -> (None, "referring").
+    FAMILY is a single-object family (QUERY_FAMILIES) or a multi-object one (MULTI_QUERY_FAMILIES,
+    "present"); each reader refuses the other mode's families."""
     parts = spec.split(":")
     if parts[0] != "synthetic":
         return None
@@ -38,13 +40,14 @@ def parse_synthetic_spec(spec: str) -> tuple[int | None, str] | None:
     if len(parts) > 3:
         raise ValueError(f"bad synthetic spec {spec!r}: expected 'synthetic[:N][:FAMILY]'")
     for part in rest:
-        if part in QUERY_FAMILIES and family is None:
+        if (part in QUERY_FAMILIES or part in MULTI_QUERY_FAMILIES) and family is None:
             family = part
         elif part.isdigit() and n is None:
             n = int(part)
         else:
             raise ValueError(f"bad synthetic spec {spec!r}: {part!r} is neither a sample count N nor a "
-                             f"query family ({', '.join(QUERY_FAMILIES)}); expected 'synthetic[:N][:FAMILY]'")
+                             f"query family ({', '.join(QUERY_FAMILIES | MULTI_QUERY_FAMILIES)}); expected "
+                             "'synthetic[:N][:FAMILY]'")
     return n, family or "mixed"
 
 
@@ -75,6 +78,9 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
     spec_str = os.fspath(spec)
     if (synthetic := parse_synthetic_spec(spec_str)) is not None:
         n, family = synthetic
+        if family not in QUERY_FAMILIES:
+            raise ValueError(f"synthetic spec {spec_str!r}: {family!r} is a multi-object query family (--task multi); "
+                             f"the single-object ones are {', '.join(QUERY_FAMILIES)}")
         return SyntheticDataset(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed,
                                 reasoning_fraction=QUERY_FAMILIES[family])
     if not os.path.exists(spec_str):

@@ -58,6 +58,11 @@ RAMP = 48.0             # amplitude of the background's 2-D colour ramp (see Syn
 #: "referring" and "reasoning" sets hold only that family (a scene with no such query is redrawn).
 QUERY_FAMILIES = {"mixed": 0.5, "referring": 0.0, "reasoning": 1.0}
 
+#: Query families of a multi-object synthetic set (data.multi_object.MultiObjectSynthetic) -> the
+#: fraction of queries that refer to nothing. "present" sets refer to one or more shapes only, like
+#: the authors' multi-object training data (whose accuracy reward gives an empty answer nothing).
+MULTI_QUERY_FAMILIES = {"mixed": 0.2, "present": 0.0}
+
 
 @dataclass
 class Shape:

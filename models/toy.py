@@ -2,17 +2,18 @@
 
 The default training run (grpo.recipe.preset_tiny) starts, like the paper's recipe, from a policy
 that already localises: the paper starts from Qwen2.5-VL-Instruct, the toy run from the toy
-Qwen2.5-VL shape (models.tiny.toy_qwen_config) pretrained by :func:`pretrain_policy` on synthetic
-scenes. Its masks come from a tiny SAM2 trained by :func:`train_sam2` on the same scenes. Both are
+Qwen2.5-VL shape (models.tiny.toy_qwen_config) built by :func:`build_policy` on synthetic scenes:
+:func:`pretrain_policy` (vision tower, then SFT on the answer text), then :func:`ground_policy` (the
+grounding phase, which teaches the query to choose the object). Its masks come from a tiny SAM2 trained by :func:`train_sam2` on the same scenes. Both are
 shipped in the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
 
-    python -m models.toy policy        # the toy policy checkpoint (see POLICY_RECIPE)
+    python -m models.toy policy        # the toy policy checkpoint (POLICY_RECIPE, then GROUNDING_RECIPE)
     python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
 
 and examined or taken further by:
 
     python -m models.toy diagnose [--path DIR]           # where a toy policy fails (grounding_report)
-    python -m models.toy ground --out DIR [--path SRC]   # the grounding phase (GROUNDING_RECIPE)
+    python -m models.toy ground --out DIR [--path SRC]   # the grounding phase alone (GROUNDING_RECIPE)
 
 Each command is deterministic from its seed on one process (torch.set_num_threads(1)) and prints
 its held-out figures at the end; the shipped files carry them (``assets/toy/policy/build.json``,

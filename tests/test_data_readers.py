@@ -227,6 +227,8 @@ def test_open_dataset_dispatch(tmp_path):
         open_dataset(tmp_path / "nothing")
     with pytest.raises(ValueError, match="'many' is neither a sample count N nor a query family"):
         open_dataset("synthetic:many")
+    with pytest.raises(ValueError, match="'present' is a multi-object query family"):
+        open_dataset("synthetic:5:present")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="unknown dataset format"):
         open_dataset(tmp_path / "empty")

@@ -120,6 +120,25 @@ def test_matched_box_iou_proxy():
     assert matched_box_iou("<answer>[]</answer>", gt) == 0.0 and matched_box_iou("x", gt) == 0.0
 
 
+def test_multi_object_query_families():
+    from data import open_multi_object_dataset
+    from train import heldout_synthetic
+
+    present = open_multi_object_dataset("synthetic:40:present", seed=1)
+    mixed = open_multi_object_dataset("synthetic:40", seed=1)
+    assert all(present[i].solution for i in range(40))  # every query refers to one shape or more
+    assert sum(not mixed[i].solution for i in range(40)) >= 4  # about 20 % refer to nothing
+    with pytest.raises(ValueError, match="'referring' is a single-object query family"):
+        open_multi_object_dataset("synthetic:4:referring")
+    # train.py: the training, held-out and validation scenes follow the data_path's family
+    held = heldout_synthetic(build_config({"task": "multi", "data_path": "synthetic:64:present"}))(40, 1)
+    assert [held[i].query for i in range(40)] == [present[i].query for i in range(40)]
+    with pytest.raises(ValueError, match="not a multi-object"):
+        heldout_synthetic(build_config({"task": "multi", "data_path": "synthetic::reasoning"}))
+    with pytest.raises(ValueError, match="not a single-object"):
+        heldout_synthetic(build_config({"data_path": "synthetic:8:present"}))
+
+
 def test_option_mistakes():
     with pytest.raises(ValueError, match="single-object options"):
         evaluate.parse_args(["--task", "multi", "--preset", "tiny", "--output-dir", "x", "--think", "false"])
