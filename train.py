@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=8 train.py --preset seg_zero_3b --model-path DIR --data-path DIR
     python train.py --help                                    # every option, every preset
     python train.py --preset seg_zero_3b --print-config ...   # the resolved configuration, as JSON
-    python train.py --task multi                              # the tiny run on multi-object answers (SPEC 9)
+    torchrun --nproc_per_node=2 train.py --preset tiny_multi  # the toy run on multi-object answers (SPEC 9)
 
 One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B * G, L tokens):
   1. rows      this rank's B samples of the global batch (grpo.parallel.StepSampler)

@@ -59,6 +59,22 @@ def test_tiny_preset_is_the_hard_reward_recipe_from_the_toy_checkpoint():
     assert cfg.train.eval_every > 0 and cfg.data.val_path == "heldout" and cfg.data.heldout_size >= 64
 
 
+def test_tiny_multi_preset_fits_six_objects_and_never_asks_for_nothing():
+    from data import MultiObjectSynthetic
+    from models.sft import sft_target
+    from models.tiny import build_toy_tokenizer
+
+    cfg = build_config(preset="tiny_multi")
+    assert (cfg.train.task, cfg.data.data_path, cfg.model.model_path) == ("multi", "synthetic:4096:present", "toy")
+    assert cfg.train.warmstart_sft_steps > 0 and cfg.train.eval_every > 0
+    # the longest answer of the scenes (6 objects) fits the response budget with its EOS
+    tok = build_toy_tokenizer()
+    scenes = MultiObjectSynthetic(300, seed=0, empty_fraction=0.0, min_shapes=6, max_shapes=6, multi_fraction=1.0)
+    longest = max((scenes[i] for i in range(300)), key=lambda s: len(s.solution))
+    assert len(longest.solution) == 6
+    assert len(tok(sft_target(longest))["input_ids"]) + 1 <= cfg.rollout.max_new_tokens
+
+
 def test_prompt_passes_and_the_micro_batch_note():
     # 2 prompts x G = 8: micro-batches of 4 -> [0-3] [4-7] (prompt 0) [8-11] [12-15] (prompt 1): 4;
     # of 8 -> 2; of 12 -> [0-11] (prompts 0, 1) + [12-15] (prompt 1): 3; of 16 -> 2
