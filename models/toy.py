@@ -19,35 +19,35 @@ Each command is deterministic from its seed on one process (torch.set_num_thread
 its held-out figures at the end; the shipped files carry them (``assets/toy/policy/build.json``,
 the ``result`` metadata of ``assets/toy/sam2.safetensors``).
 
-Measured 2026-11-30 on 2 shared CPU cores (1 torch thread), held-out = SyntheticDataset(64,
-seed=10000), greedy:
+Measured 2026-11-30 and 2026-12-01 on 2 shared CPU cores (1 torch thread), held-out =
+SyntheticDataset(64, seed=10000), greedy:
 
-- toy policy (POLICY_RECIPE, 17 min; 1.46 M parameters, model.safetensors 5.8 MB): box IoU 0.063,
-  2 % of boxes with IoU > 0.5, parse failures 0.03 (after the 800-step vision phase its per-token
-  box error is 36 px and cell-centre error 18 px in the 840 frame; held-out box IoU 0.069 at SFT
-  step 400 and 800). It localises single shapes (a 400-step SFT on single-shape scenes reaches
-  0.24 on single-shape held-out scenes) far better than it grounds a query among distractors.
-  The coordinate tokens and their linear read-out (models.tiny.build_toy_tokenizer,
-  build_toy_qwen) and the long vision phase are what make it localise at all: writing
-  coordinates digit by digit (300 vision steps, 900 SFT steps) gives 0.014, and with a 150-step
-  vision phase the design reaches 0.09 on single shapes.
-  Where it fails (``python -m models.toy diagnose``, :func:`grounding_report`, 8 s): under
-  teacher forcing its first coordinate x1 is nearest to the target's left edge in 34 % of the
-  held-out scenes, chance being 34 % (1 / number of shapes), with a median x1 error of 140 px;
-  given the true x1, y1 its x2, y2 are within a median 41 / 38 px, and given the true box its
-  first point within 8 px. It follows a box it is given but picks the object at random: the
+- toy policy (``python -m models.toy policy``, :func:`build_policy`, about 1 hour; 1.46 M
+  parameters, model.safetensors 5.8 MB): box IoU 0.246, 17 % of boxes with IoU > 0.5, parse
+  failures 0.03, first pick 0.53. Its two phases:
+- pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 17-21 min): box IoU 0.063, 2 % of boxes with
+  IoU > 0.5, parse failures 0.03 (after the 800-step vision phase its per-token box error is 36 px
+  and cell-centre error 18 px in the 840 frame; held-out box IoU 0.069 at SFT step 400 and 800).
+  It localises single shapes (a 400-step SFT on single-shape scenes reaches 0.24 on single-shape
+  held-out scenes) far better than it grounds a query among distractors. The coordinate tokens
+  and their linear read-out (models.tiny.build_toy_tokenizer, build_toy_qwen) and the long vision
+  phase are what make it localise at all: writing coordinates digit by digit (300 vision steps,
+  900 SFT steps) gives 0.014, and with a 150-step vision phase the design reaches 0.09 on single
+  shapes. Where it fails (``python -m models.toy diagnose --path DIR``, :func:`grounding_report`,
+  8 s): under teacher forcing its first coordinate x1 is nearest to the target's left edge in 34 %
+  of the held-out scenes, chance being 34 % (1 / number of shapes), with a median x1 error of
+  140 px; given the true x1, y1 its x2, y2 are within a median 41 / 38 px, and given the true box
+  its first point within 8 px. It follows a box it is given but picks the object at random: the
   query does not steer the first coordinate.
-- grounding phase (``python -m models.toy ground --out DIR``, :func:`ground_policy` with
-  GROUNDING_RECIPE, on the shipped toy policy), 4000 steps (42 min): box IoU 0.063 -> 0.246, IoU
-  > 0.5 in 17 % of the scenes, first pick 0.34 -> 0.53 (chance 0.34), median x1 error 140 ->
-  54 px, parse failures 0.03; box IoU 0.044 / 0.187 / 0.250 at steps 1000 / 2000 / 3000. A
-  2000-step schedule (``--steps 2000``, 20 min) ends at 0.149 (IoU > 0.5: 8 %, first pick 0.50).
-  The default run from the 4000-step checkpoint (``train.py --model-path DIR``, seed 0)
-  validates at gIoU 28.9 -> 29.4, cIoU 34.9 -> 33.7, box IoU 0.246 -> 0.264 after 40 steps, its
-  sampled answers earning the hard box reward 8 % of the time; from the 2000-step checkpoint
-  (seeds 0, 1, 2) at gIoU 26.0 -> 27.0 / 25.9 / 27.5 and box IoU 0.149 -> 0.163 / 0.157 / 0.157,
-  with the hard box reward 2.5-3.9 % of the time (1-1.5 % from the shipped policy). The shipped
-  policy is built without this phase (POLICY_RECIPE).
+- grounding phase (:func:`ground_policy`, GROUNDING_RECIPE, 4000 steps, 42 min; alone on any
+  policy: ``python -m models.toy ground --out DIR --path SRC``): box IoU 0.063 -> 0.246, IoU > 0.5
+  in 17 % of the scenes, first pick 0.34 -> 0.53 (chance 0.34), median x1 error 140 -> 54 px,
+  parse failures 0.03; box IoU 0.044 / 0.187 / 0.250 at steps 1000 / 2000 / 3000. A 2000-step
+  schedule (``--steps 2000``, 20 min) ends at 0.149 (IoU > 0.5: 8 %, first pick 0.50). The
+  default run's validation starts at gIoU 28.9 from the grounded policy (17.9 from the pretrained
+  one), and its sampled answers earn the hard box reward about 9 % of the time (1-1.5 % from the
+  pretrained one); from the 2000-step checkpoint (seeds 0, 1, 2) it goes gIoU 26.0 -> 27.0 /
+  25.9 / 27.5 and box IoU 0.149 -> 0.163 / 0.157 / 0.157.
 - toy SAM2 (SAM2_RECIPE, 21 min; 1.9 M stored parameters in bf16, 3.9 MB): gIoU 41.3, cIoU 50.5
   with the ground-truth box + points (the bar is 90). Its masks follow the prompt (a different mask
   per box and points) but often spill over neighbouring shapes or miss small ones; the best of its
@@ -89,6 +89,7 @@ TOY_SAM2_IMAGE_SIZE = 256
 HELDOUT_SEED = 10_000
 HELDOUT_SIZE = 64
 
+#: the toy policy's pretraining (:func:`pretrain_policy`); :func:`build_policy` follows it with GROUNDING_RECIPE.
 POLICY_RECIPE = dict(seed=0, vision_steps=800, steps=1200, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
                      aux_weight=1.0, single_shape_fraction=0.35, data_seed=20_000, max_len=64)
 
