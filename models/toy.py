@@ -22,10 +22,10 @@ the ``result`` metadata of ``assets/toy/sam2.safetensors``).
 Measured 2026-11-30 and 2026-12-01 on 2 shared CPU cores (1 torch thread), held-out =
 SyntheticDataset(64, seed=10000), greedy:
 
-- toy policy (``python -m models.toy policy``, :func:`build_policy`, about 1 hour; 1.46 M
+- toy policy (``python -m models.toy policy``, :func:`build_policy`, 58 min; 1.46 M
   parameters, model.safetensors 5.8 MB): box IoU 0.246, 17 % of boxes with IoU > 0.5, parse
   failures 0.03, first pick 0.53. Its two phases:
-- pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 17-21 min): box IoU 0.063, 2 % of boxes with
+- pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 17 min): box IoU 0.063, 2 % of boxes with
   IoU > 0.5, parse failures 0.03 (after the 800-step vision phase its per-token box error is 36 px
   and cell-centre error 18 px in the 840 frame; held-out box IoU 0.069 at SFT step 400 and 800).
   It localises single shapes (a 400-step SFT on single-shape scenes reaches 0.24 on single-shape
