@@ -18,9 +18,10 @@ One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B 
                grad clip, optimizer step (grpo.update)
   7. log + checkpoint (grpo.tracking, grpo.checkpoint)
 Validation (``--eval-every K`` with ``--sam2``): the evaluation loop of evaluate.py (policy ->
-answer -> SAM2 -> mask -> gIoU / cIoU, sharded over ranks) on ``--val-path`` at the start, every K
-steps and at the end; logged as phase 'val' in metrics.jsonl and heldout.jsonl; a new best val gIoU
-saves a checkpoint and rewrites best.json. At the end, curves.png (grpo.plot).
+answer -> SAM2 -> mask -> gIoU / cIoU, sharded over ranks; with --task multi one mask per listed
+object, scored as their union) on ``--val-path`` at the start, every K steps and at the end;
+logged as phase 'val' in metrics.jsonl and heldout.jsonl; a new best val gIoU saves a checkpoint
+and rewrites best.json. At the end, curves.png (grpo.plot).
 Departures from the paper: the tiny preset starts from a toy pretrained checkpoint (models.toy)
 instead of Qwen2.5-VL-Instruct and is sized for 2 CPU cores (grpo.recipe.preset_tiny says how).
 Rollouts are seeded per (seed, step, prompt position), so the samples do not depend on the number
