@@ -402,11 +402,8 @@ def open_multi_object_dataset(spec: str | os.PathLike, split: str | None = None,
     from data.readers import DEFAULT_SYNTHETIC_SIZE, open_dataset, parse_synthetic_spec
 
     spec_str = os.fspath(spec)
-    if (synthetic := parse_synthetic_spec(spec_str)) is not None:
+    if (synthetic := parse_synthetic_spec(spec_str, task="multi")) is not None:
         n, family = synthetic
-        if family not in MULTI_QUERY_FAMILIES:
-            raise ValueError(f"synthetic spec {spec_str!r}: {family!r} is a single-object query family; the "
-                             f"multi-object ones are {', '.join(MULTI_QUERY_FAMILIES)}")
         return MultiObjectSynthetic(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed,
                                     empty_fraction=MULTI_QUERY_FAMILIES[family])
     if os.path.isdir(spec_str) and is_gref_root(spec_str):

@@ -26,12 +26,12 @@ from data.types import SampleSource
 DEFAULT_SYNTHETIC_SIZE = 1000
 
 
-def parse_synthetic_spec(spec: str) -> tuple[int | None, str] | None:
+def parse_synthetic_spec(spec: str, task: str | None = None) -> tuple[int | None, str] | None:
     """"synthetic[:N][:FAMILY]" -> (N or None, FAMILY, default "mixed"); None when ``spec`` does not
     name the synthetic set; ValueError when it does but is malformed. E.g. "synthetic:64:reasoning"
     -> (64, "reasoning"), "synthetic::referring" or "synthetic:referring" -> (None, "referring").
     FAMILY is a single-object family (QUERY_FAMILIES) or a multi-object one (MULTI_QUERY_FAMILIES,
-    "present"); each reader refuses the other mode's families."""
+    "present"); with ``task`` "single" or "multi" a family of the other mode is a ValueError."""
     parts = spec.split(":")
     if parts[0] != "synthetic":
         return None
@@ -48,7 +48,13 @@ def parse_synthetic_spec(spec: str) -> tuple[int | None, str] | None:
             raise ValueError(f"bad synthetic spec {spec!r}: {part!r} is neither a sample count N nor a "
                              f"query family ({', '.join(QUERY_FAMILIES | MULTI_QUERY_FAMILIES)}); expected "
                              "'synthetic[:N][:FAMILY]'")
-    return n, family or "mixed"
+    family = family or "mixed"
+    if task is not None:
+        families, other = (MULTI_QUERY_FAMILIES, "single") if task == "multi" else (QUERY_FAMILIES, "multi")
+        if family not in families:
+            raise ValueError(f"synthetic spec {spec!r}: {family!r} is a {other}-object query family, not a "
+                             f"{task}-object one (--task {task}); use one of {', '.join(families)}")
+    return n, family
 
 
 def _is_lisa_folder(folder: str) -> bool:
@@ -76,11 +82,8 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
     """
     check_ignore_regions(ignore_regions)
     spec_str = os.fspath(spec)
-    if (synthetic := parse_synthetic_spec(spec_str)) is not None:
+    if (synthetic := parse_synthetic_spec(spec_str, task="single")) is not None:
         n, family = synthetic
-        if family not in QUERY_FAMILIES:
-            raise ValueError(f"synthetic spec {spec_str!r}: {family!r} is a multi-object query family (--task multi); "
-                             f"the single-object ones are {', '.join(QUERY_FAMILIES)}")
         return SyntheticDataset(DEFAULT_SYNTHETIC_SIZE if n is None else n, seed=seed,
                                 reasoning_fraction=QUERY_FAMILIES[family])
     if not os.path.exists(spec_str):

@@ -468,9 +468,9 @@ def preset_tiny_multi() -> dict:
     Measured 2026-12-01 on 2 shared CPU cores (alongside another job), seed 0, 64 held-out scenes:
     10.5 min in all (the warm start's 300 steps: 4 min); validation gIoU 25.2 at the start of
     GRPO, then 20.4, 17.5, 22.1, 24.1, 25.8 at steps 10-50 and 24.5 at step 60 (cIoU 24.3 ->
-    25.2); matched-box IoU 0.047 ->
-    0.025; the sampled answers earn a mean accuracy reward of 0.016 (of 3). GRPO does not
-    improve it: the toy policy localises too few objects for the accuracy reward to give a signal.
+    25.2); matched-box IoU 0.047 -> 0.025; the sampled answers earn a mean accuracy reward of
+    0.016 (of 3). GRPO does not improve it: the toy policy localises too few objects for the
+    accuracy reward to give a signal.
     """
     d = preset_tiny()
     d.update({

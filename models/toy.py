@@ -4,8 +4,9 @@ The default training run (grpo.recipe.preset_tiny) starts, like the paper's reci
 that already localises: the paper starts from Qwen2.5-VL-Instruct, the toy run from the toy
 Qwen2.5-VL shape (models.tiny.toy_qwen_config) built by :func:`build_policy` on synthetic scenes:
 :func:`pretrain_policy` (vision tower, then SFT on the answer text), then :func:`ground_policy` (the
-grounding phase, which teaches the query to choose the object). Its masks come from a tiny SAM2 trained by :func:`train_sam2` on the same scenes. Both are
-shipped in the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
+grounding phase, which teaches the query to choose the object). Its masks come from a tiny SAM2
+trained by :func:`train_sam2` on the same scenes. Both are shipped in the repository
+(:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
 
     python -m models.toy policy        # the toy policy checkpoint (POLICY_RECIPE, then GROUNDING_RECIPE)
     python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
@@ -70,7 +71,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
