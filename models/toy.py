@@ -765,6 +765,23 @@ def _random_prompts(rng: np.random.Generator, mask: np.ndarray, solution_points,
     return box * scale, pts * scale
 
 
+@torch.no_grad()
+def _mask_iou(low_res: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of each thresholded mask (logits > 0) with the target: low_res [B, 3, h, w] logits,
+    target [B, h, w] in {0, 1} -> [B, 3] (an empty union counts 0)."""
+    hard, t = (low_res > 0).float(), target[:, None]
+    return (hard * t).sum(dim=(2, 3)) / ((hard + t) > 0).float().sum(dim=(2, 3)).clamp(min=1)
+
+
+def _featureless(model, batch: int) -> list[torch.Tensor]:
+    """All-zero backbone features for ``batch`` images, as the toy SAM2's decoder receives them
+    (:func:`_backbone`): d/8 and d/4 channels at S/4 and S/8 (the high-resolution features), d
+    channels at S/16 (the image embedding); d the decoder width, S the image size."""
+    s, d = int(model.image_size), model.sam_mask_decoder.transformer_dim
+    return [torch.zeros(batch, d // 8, s // 4, s // 4), torch.zeros(batch, d // 4, s // 8, s // 8),
+            torch.zeros(batch, d, s // 16, s // 16)]
+
+
 def _loss(low_res: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, reduce: str = "min"):
     """SAM's loss on each of the 3 masks: 20 x focal + 1 x dice (per mask), the best mask's loss is
     kept (``reduce`` "min": min over the 3, as in SAM for ambiguous prompts; "mean": every mask
@@ -791,12 +808,7 @@ def _loss(low_res: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, r
     if reduce not in ("min", "mean"):
         raise ValueError(f"reduce must be 'min' or 'mean', not {reduce!r}")
     best = per_mask.min(dim=1).values if reduce == "min" else per_mask.mean(dim=1)  # [B]
-    with torch.no_grad():
-        hard = (low_res > 0).float()
-        i = (hard * t).sum(dim=(2, 3))
-        u = ((hard + t) > 0).float().sum(dim=(2, 3)).clamp(min=1)
-        actual = i / u  # [B, 3]
-    iou_loss = F.mse_loss(iou_pred, actual)
+    iou_loss = F.mse_loss(iou_pred, _mask_iou(low_res, target))
     return best.mean() + iou_loss, best.mean().item(), iou_loss.item()
 
 
@@ -835,15 +847,11 @@ def train_sam2_prompt_phase(model, *, steps: int = 1000, batch: int = 16, lr: fl
     has to learn it: 1000 steps (about 2 min) reach a best-of-3 box IoU of about 0.7, limited by the
     16-pixel token grid that the scene phase then refines with image features."""
     s = int(model.image_size)
-    d = model.sam_mask_decoder.transformer_dim
     rng = np.random.default_rng(seed)
     model.train()
     params = [p for n, p in model.named_parameters() if n.startswith(("sam_mask_decoder.", "sam_prompt_encoder."))]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    # the backbone's three levels as the decoder receives them: d/8 and d/4 channels at S/4 and S/8
-    # (high-resolution features), d channels at S/16 (the image embedding)
-    feats = [torch.zeros(batch, d // 8, s // 4, s // 4), torch.zeros(batch, d // 4, s // 8, s // 8),
-             torch.zeros(batch, d, s // 16, s // 16)]
+    feats = _featureless(model, batch)
     yy, xx = np.mgrid[0:s // 4, 0:s // 4] * 4 + 2
     t0, best = time.time(), 0.0
     for step in range(steps):
@@ -856,10 +864,7 @@ def train_sam2_prompt_phase(model, *, steps: int = 1000, batch: int = 16, lr: fl
         loss, focal_dice, _ = _loss(low, iou, target, "mean")
         _optimizer_step(opt, loss, params, max_norm=1.0)
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            with torch.no_grad():
-                hard, t = (low > 0).float(), target[:, None]
-                best = float(((hard * t).sum((2, 3)) / ((hard + t) > 0).float().sum((2, 3)).clamp(min=1))
-                             .max(1).values.mean())
+            best = float(_mask_iou(low, target).max(dim=1).values.mean())
             log(f"sam2 prompt phase step {step + 1}/{steps} loss {focal_dice:.4f} best-of-3 box IoU {best:.3f} "
                 f"{time.time() - t0:.0f}s")
     return best

@@ -167,7 +167,7 @@ def test_sam2_builder_few_steps(tmp_path):
 def test_sam2_prompt_phase_teaches_the_prompt_position():
     """The prompt phase makes a random-weight decoder fill the prompted box (best-of-3 IoU ~0.02 at
     initialisation; 0.39 after 250 steps in the build, 0.70 after its 1000)."""
-    from models.toy import _decode, build_toy_sam2_model, train_sam2_prompt_phase
+    from models.toy import _decode, _featureless, build_toy_sam2_model, train_sam2_prompt_phase
 
     model = build_toy_sam2_model(0)
     before = {k: v.clone() for k, v in model.sam_mask_decoder.state_dict().items()}
@@ -178,7 +178,7 @@ def test_sam2_prompt_phase_teaches_the_prompt_position():
     assert any(not torch.equal(v, model.sam_mask_decoder.state_dict()[k]) for k, v in before.items())
     # two fresh boxes on the featureless image: each box's cells score higher than the other box's
     model.eval()
-    feats = [torch.zeros(2, 8, 64, 64), torch.zeros(2, 16, 32, 32), torch.zeros(2, 64, 16, 16)]
+    feats = _featureless(model, 2)  # [2, 8, 64, 64], [2, 16, 32, 32], [2, 64, 16, 16]
     boxes = torch.tensor([[40.0, 40.0, 90.0, 90.0], [150.0, 150.0, 210.0, 200.0]])
     with torch.no_grad():
         low, _ = _decode(model, feats, boxes, None)  # [2, 3, 64, 64] logits, cell centres 4 i + 2
