@@ -3,12 +3,12 @@
 The default training run (grpo.recipe.preset_tiny) starts, like the paper's recipe, from a policy
 that already localises: the paper starts from Qwen2.5-VL-Instruct, the toy run from the toy
 Qwen2.5-VL shape (models.tiny.toy_qwen_config) built by :func:`build_policy` on synthetic scenes:
-:func:`pretrain_policy` (vision tower, then SFT on the answer text), then :func:`ground_policy` (the
-grounding phase, which teaches the query to choose the object). Its masks come from a tiny SAM2
-trained by :func:`train_sam2` on the same scenes. Both are shipped in the repository
-(:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
+:func:`pretrain_policy` (vision tower, then SFT on the answer text), then two rounds of
+:func:`ground_policy` (the grounding phase, which teaches the query to choose the object). Its
+masks come from a tiny SAM2 trained by :func:`train_sam2` on the same scenes. Both are shipped in
+the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
 
-    python -m models.toy policy        # the toy policy checkpoint (POLICY_RECIPE, then GROUNDING_RECIPE)
+    python -m models.toy policy        # the toy policy checkpoint (POLICY_RECIPE, then GROUNDING_ROUNDS)
     python -m models.toy sam2          # the toy SAM2 checkpoint (see SAM2_RECIPE)
 
 and examined or taken further by:
@@ -16,16 +16,19 @@ and examined or taken further by:
     python -m models.toy diagnose [--path DIR]           # where a toy policy fails (grounding_report)
     python -m models.toy ground --out DIR [--path SRC]   # the grounding phase alone (GROUNDING_RECIPE)
 
-Each command is deterministic from its seed on one process (torch.set_num_threads(1)) and prints
-its held-out figures at the end; the shipped files carry them (``assets/toy/policy/build.json``,
-the ``result`` metadata of ``assets/toy/sam2.safetensors``).
+Each command is deterministic from its seed on one process (torch.set_num_threads(1)) for a given
+machine and library versions (:func:`_versions`) and prints its held-out figures at the end; the
+shipped files carry them (``assets/toy/policy/build.json``, the ``result`` metadata of
+``assets/toy/sam2.safetensors``).
 
-Measured 2026-11-30 to 2026-12-02 on 2 shared CPU cores (1 torch thread), held-out =
+Measured 2026-11-30 to 2026-12-06 on 2 shared CPU cores (1 torch thread), held-out =
 SyntheticDataset(64, seed=10000), greedy:
 
-- toy policy (``python -m models.toy policy``, :func:`build_policy`, 58 min; 1.46 M
-  parameters, model.safetensors 5.8 MB): box IoU 0.246, 17 % of boxes with IoU > 0.5, parse
-  failures 0.03, first pick 0.53. Its two phases:
+- toy policy (``python -m models.toy policy``, :func:`build_policy`, about 80 min; 1.46 M
+  parameters, model.safetensors 5.8 MB): box IoU 0.311, 27 % of boxes with IoU > 0.5, parse
+  failures 0.03, first pick 0.56, median x1 error 50 px. Its three phases (the library versions
+  of each in build.json; pretraining and the first round ran with transformers 5.24, the second
+  round with 5.25, which scripts/install.sh now pins):
 - pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 17 min): box IoU 0.063, 2 % of boxes with
   IoU > 0.5, parse failures 0.03 (after the 800-step vision phase its per-token box error is 36 px
   and cell-centre error 18 px in the 840 frame; held-out box IoU 0.069 at SFT step 400 and 800).
@@ -40,22 +43,22 @@ SyntheticDataset(64, seed=10000), greedy:
   140 px; given the true x1, y1 its x2, y2 are within a median 41 / 38 px, and given the true box
   its first point within 8 px. It follows a box it is given but picks the object at random: the
   query does not steer the first coordinate.
-- grounding phase (:func:`ground_policy`, GROUNDING_RECIPE, 4000 steps, 42 min; alone on any
-  policy: ``python -m models.toy ground --out DIR --path SRC``): box IoU 0.063 -> 0.246, IoU > 0.5
-  in 17 % of the scenes, first pick 0.34 -> 0.53 (chance 0.34), median x1 error 140 -> 54 px,
-  parse failures 0.03; box IoU 0.044 / 0.187 / 0.250 at steps 1000 / 2000 / 3000. A 2000-step
-  schedule (``--steps 2000``, 20 min) ends at 0.149 (IoU > 0.5: 8 %, first pick 0.50). The
-  default run's validation starts at gIoU 38.0 from the grounded policy, and its sampled answers
-  earn the hard box reward about 9 % of the time (1-1.5 % from the pretrained one); from the
-  2000-step checkpoint (seeds 0, 1, 2) its box IoU goes 0.149 -> 0.163 / 0.157 / 0.157. (With the
-  toy SAM2 built without its prompt phase, 41.3 gIoU with ground-truth prompts, the validation
-  started at gIoU 28.9 from the grounded policy and 17.9 from the pretrained one.) A second
-  grounding run of 2000 steps on the shipped policy (``python -m models.toy ground --path
-  assets/toy/policy --out DIR --steps 2000 --eval-every 1000``, 20 min) reaches box IoU 0.348
-  (0.217 at its step 1000; the same data_seed, so the same scenes again), IoU > 0.5 in 41 % of
-  the scenes, first pick 0.62, median x1 error 36 px, parse failures 0.03; the default run from it
-  (``--model-path DIR``) validates at gIoU 55.4 / cIoU 52.5 at the start and 54.2 / 47.7 after
-  its 40 steps (box IoU 0.348 -> 0.326).
+- grounding, first round (:func:`ground_policy`, GROUNDING_RECIPE, 4000 steps, 42 min; alone on
+  any policy: ``python -m models.toy ground --out DIR --path SRC``): box IoU 0.063 -> 0.246, IoU
+  > 0.5 in 17 % of the scenes, first pick 0.34 -> 0.53 (chance 0.34), median x1 error 140 ->
+  54 px, parse failures 0.03; box IoU 0.044 / 0.187 / 0.250 at steps 1000 / 2000 / 3000. A
+  2000-step schedule (``--steps 2000``, 20 min) ends at 0.149 (IoU > 0.5: 8 %, first pick 0.50).
+- grounding, second round (GROUNDING_ROUNDS[1]: 2000 steps on new scenes, data_seed 50,000, a new
+  warmup and cosine schedule, 32 min beside another run): box IoU 0.246 -> 0.311 (0.182 at its
+  step 1000), first pick 0.53 -> 0.56, median x1 error 54 -> 50 px. The same round on the first
+  round's scenes again (data_seed 40,000) ends at 0.317 (first pick 0.59) with transformers 5.25
+  and at 0.348 (first pick 0.62) with 5.24.
+
+The default run's validation (toy SAM2) starts at gIoU 48.7 / cIoU 49.4 from the shipped policy,
+38.0 / 38.5 from the first round's checkpoint; its sampled answers (T = 1.0) earn the hard box
+reward 8-11 % of the time in its first 10 steps (about 9 % from the first round's checkpoint,
+1-1.5 % from the pretrained one, whose validation started at gIoU 17.9 with the SAM2 built without
+its prompt phase).
 - toy SAM2 (SAM2_RECIPE, 21 min; 1.9 M stored parameters in bf16, 3.9 MB): gIoU 91.2, cIoU 91.1
   with the ground-truth box + points; prompted with each shape of a scene in turn, its mask
   overlaps the prompted shape most for 54 of 55 prompts (16 held-out scenes). Two phases: the
@@ -97,7 +100,7 @@ TOY_SAM2_IMAGE_SIZE = 256
 HELDOUT_SEED = 10_000
 HELDOUT_SIZE = 64
 
-#: the toy policy's pretraining (:func:`pretrain_policy`); :func:`build_policy` follows it with GROUNDING_RECIPE.
+#: the toy policy's pretraining (:func:`pretrain_policy`); :func:`build_policy` follows it with GROUNDING_ROUNDS.
 POLICY_RECIPE = dict(seed=0, vision_steps=800, steps=1200, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
                      aux_weight=1.0, single_shape_fraction=0.35, data_seed=20_000, max_len=64)
 
@@ -317,6 +320,9 @@ def _attribute_word_ids(tokenizer) -> torch.Tensor:
 GROUNDING_RECIPE = dict(steps=4000, batch=8, lr=1e-3, warmup=30, coordinate_weight=3.0, attention_weight=1.0,
                         answer_aux_weight=1.0, attention_layers=(2, 3), attention_heads=(0, 1), data_seed=40_000,
                         max_len=64)
+#: the grounding rounds of the shipped toy policy (:func:`build_policy`): GROUNDING_RECIPE, then a
+#: second, shorter round on new scenes with its own warmup and cosine schedule.
+GROUNDING_ROUNDS = (GROUNDING_RECIPE, dict(GROUNDING_RECIPE, steps=2000, data_seed=50_000))
 _ANSWER_AUX_QUERY = 7 + 8 + 3      # the query's colour / kind / size word (0 = none)
 _ANSWER_AUX_TARGET = 6 + 7 + 2 + 2  # the target's colour / kind / size class and its centre
 
@@ -485,7 +491,7 @@ def ground_policy(src: str | os.PathLike, out: str | os.PathLike, *, seed: int =
                   attention_weight=attention_weight, answer_aux_weight=answer_aux_weight,
                   attention_layers=list(attention_layers), attention_heads=list(attention_heads), data_seed=data_seed,
                   max_len=max_len, threads=torch.get_num_threads())
-    record = {"source": str(src), "recipe": recipe, "result": result, "history": history}
+    record = {"source": str(src), "recipe": recipe, "versions": _versions(), "result": result, "history": history}
     (out / "ground.json").write_text(json.dumps(record, indent=1) + "\n")
     log(f"grounded toy policy -> {out}: held-out box IoU {result['box_iou']:.3f}, first pick {result['first_pick']:.2f} "
         f"({result['seconds']} s)")
@@ -587,48 +593,72 @@ def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, v
     recipe = dict(seed=seed, vision_steps=vision_steps, steps=steps, batch=batch, lr=lr, vision_lr=vision_lr,
                   warmup=warmup, aux_weight=aux_weight, single_shape_fraction=single_shape_fraction,
                   data_seed=data_seed, max_len=max_len, threads=torch.get_num_threads())
-    (out / "build.json").write_text(json.dumps({"recipe": recipe, "result": result, "history": history},
+    (out / "build.json").write_text(json.dumps({"recipe": recipe, "versions": _versions(), "result": result,
+                                                "history": history},
                                                indent=1) + "\n")
     log(f"toy policy -> {out}: held-out box IoU {result['box_iou']:.3f}, IoU>0.5 {result['iou_gt_0.5']:.2f}, "
         f"parse failures {result['parse_fail']:.2f} ({result['seconds']} s)")
     return result
 
 
-def build_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, recipe: dict | None = None,
-                 grounding: dict | None = None, eval_every: int = 400, heldout: int = HELDOUT_SIZE,
-                 log=print) -> dict:
-    """The shipped toy policy: :func:`pretrain_policy` with ``recipe`` (default POLICY_RECIPE), then
-    :func:`ground_policy` on its checkpoint with ``grounding`` (default GROUNDING_RECIPE).
+def _versions() -> dict:
+    """The library versions a toy checkpoint phase ran with. With one torch thread a phase is
+    deterministic on a given machine and set of versions; across versions the rounding differs and
+    so do the weights (the second grounding round of the shipped policy, run from the same
+    checkpoint with transformers 5.24 and then 5.25, ended at held-out box IoU 0.348 and 0.317)."""
+    import transformers
 
-    Both phases run in a temporary folder beside ``out``; ``out`` is replaced only when both are
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+
+
+def build_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, recipe: dict | None = None,
+                 grounding: list[dict] | tuple[dict, ...] | None = None, eval_every: int = 400,
+                 heldout: int = HELDOUT_SIZE, log=print) -> dict:
+    """The shipped toy policy: :func:`pretrain_policy` with ``recipe`` (default POLICY_RECIPE), then
+    one :func:`ground_policy` round per recipe of ``grounding`` (default GROUNDING_ROUNDS), each on
+    the checkpoint of the one before, each with its own warmup and cosine schedule.
+
+    Every phase runs in a temporary folder beside ``out``; ``out`` is replaced only when all are
     done, so an interrupted build leaves the previous checkpoint whole. ``build.json`` records the
-    two recipes (``recipe``, ``grounding_recipe``), the pretrained checkpoint's held-out report and
-    history (``pretrained``), and the final checkpoint's (``result``, ``history``; per-scene box IoU
-    included, which the tests compare against). Returns the final result.
+    recipes (``recipe``, ``grounding_recipes``), the pretrained checkpoint's held-out report and
+    history (``pretrained``), each grounding round's (``rounds``; each phase with the library
+    ``versions`` it ran with), and the final checkpoint's (``result``, ``history``; per-scene box
+    IoU included, which the tests compare against). Returns the final result.
     """
     recipe = dict(POLICY_RECIPE if recipe is None else recipe)
-    grounding = dict(GROUNDING_RECIPE if grounding is None else grounding)
+    rounds = [dict(r) for r in (GROUNDING_ROUNDS if grounding is None else grounding)]
+    if not rounds:
+        raise ValueError("build_policy: give at least one grounding recipe")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-build-") as tmp:
-        sft_dir, final_dir = Path(tmp) / "pretrained", Path(tmp) / "final"
-        pretrain_policy(sft_dir, eval_every=eval_every, heldout=heldout, log=log, **recipe)
-        pretrained = json.loads((sft_dir / "build.json").read_text())
-        grounded = ground_policy(sft_dir, final_dir, eval_every=eval_every, heldout=heldout, log=log, **grounding)
-        (final_dir / "ground.json").unlink()
-        record = {"recipe": pretrained["recipe"], "grounding_recipe": grounded["recipe"],
-                  "pretrained": {"result": pretrained["result"], "history": pretrained["history"]},
-                  "result": grounded["result"] | {"heldout": pretrained["result"]["heldout"]},
-                  "history": grounded["history"]}
-        (final_dir / "build.json").write_text(json.dumps(record, indent=1) + "\n")
+        src = Path(tmp) / "pretrained"
+        pretrain_policy(src, eval_every=eval_every, heldout=heldout, log=log, **recipe)
+        pretrained = json.loads((src / "build.json").read_text())
+        grounded = []
+        for k, kw in enumerate(rounds):
+            dst = Path(tmp) / f"grounded-{k}"
+            grounded.append(ground_policy(src, dst, eval_every=eval_every, heldout=heldout, log=log, **kw))
+            (dst / "ground.json").unlink()
+            src = dst
+        record = {"recipe": pretrained["recipe"], "grounding_recipes": [g["recipe"] for g in grounded],
+                  "pretrained": {k: pretrained[k] for k in ("versions", "result", "history")},
+                  "rounds": [{"versions": g["versions"], "history": g["history"],
+                              "result": {k: v for k, v in g["result"].items() if k != "answers"}}
+                             for g in grounded],
+                  "result": grounded[-1]["result"] | {"heldout": pretrained["result"]["heldout"]},
+                  "history": grounded[-1]["history"]}
+        (src / "build.json").write_text(json.dumps(record, indent=1) + "\n")
         old = Path(tmp) / "previous"
         if out.exists():
             out.rename(old)
-        final_dir.rename(out)
+        src.rename(out)
     result = record["result"]
-    log(f"toy policy -> {out}: held-out box IoU {record['pretrained']['result']['box_iou']:.3f} after "
-        f"pretraining, {result['box_iou']:.3f} after grounding (IoU > 0.5: {result['iou_gt_0.5']:.2f}, first pick "
-        f"{result['first_pick']:.2f}, parse failures {result['parse_fail']:.2f})")
+    rounds_iou = ", ".join(f"{g['result']['box_iou']:.3f} after grounding round {k + 1}"
+                           for k, g in enumerate(grounded))
+    log(f"toy policy -> {out}: held-out box IoU {record['pretrained']['result']['box_iou']:.3f} after pretraining, "
+        f"{rounds_iou} (IoU > 0.5: {result['iou_gt_0.5']:.2f}, first pick {result['first_pick']:.2f}, parse failures "
+        f"{result['parse_fail']:.2f})")
     return result
 
 
@@ -642,7 +672,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="policy: the SFT steps; ground: the grounding steps; sam2: the steps on scenes")
     p.add_argument("--prompt-steps", type=int, default=None, help="sam2: the prompt phase's steps (0: none)")
-    p.add_argument("--grounding-steps", type=int, default=None, help="policy: the grounding phase's steps")
+    p.add_argument("--grounding-steps", type=int, nargs="+", default=None,
+                   help="policy: the steps of each grounding round (one number per round of GROUNDING_ROUNDS)")
+    p.add_argument("--data-seed", type=int, default=None, help="ground: the seed of the grounding scenes")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the shipped files: 1)")
     p.add_argument("--eval-every", type=int, default=400)
     args = p.parse_args(argv)
@@ -658,13 +690,18 @@ def main(argv: list[str] | None = None) -> None:
         kw = dict(GROUNDING_RECIPE)
         if args.steps:
             kw["steps"] = args.steps
+        if args.data_seed is not None:
+            kw["data_seed"] = args.data_seed
         ground_policy(args.path, args.out, eval_every=args.eval_every, **kw)
     elif args.what == "policy":
-        recipe, grounding = dict(POLICY_RECIPE), dict(GROUNDING_RECIPE)
+        recipe, grounding = dict(POLICY_RECIPE), [dict(r) for r in GROUNDING_ROUNDS]
         if args.steps:
             recipe["steps"] = args.steps
         if args.grounding_steps:
-            grounding["steps"] = args.grounding_steps
+            if len(args.grounding_steps) != len(grounding):
+                p.error(f"--grounding-steps: give one number per grounding round ({len(grounding)})")
+            for r, n in zip(grounding, args.grounding_steps):
+                r["steps"] = n
         build_policy(args.out or TOY_POLICY_DIR, recipe=recipe, grounding=grounding, eval_every=args.eval_every)
     else:
         kw = dict(SAM2_RECIPE)

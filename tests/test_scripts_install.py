@@ -43,10 +43,11 @@ def test_install_then_nothing_to_install_until_something_changes(tmp_path):
     first = install(venv)
     assert first.returncode == 0, first.stderr
     assert pip_calls(log) == ["-m pip install -q --upgrade pip setuptools wheel",
-                              "-m pip install -q torch==2.14.1 torchvision==0.29.1",
+                              "-m pip install -q torch==2.14.1 torchvision==0.29.1 transformers==5.25.0",
                               "-m pip install -q --no-build-isolation -e .[test]"]
     assert "installed: torch" in first.stdout
-    assert (venv / ".seg-zero-install").read_text().startswith(f"{ROOT} torch==2.14.1 torchvision==0.29.1 ")
+    assert (venv / ".seg-zero-install").read_text().startswith(
+        f"{ROOT} torch==2.14.1 torchvision==0.29.1 transformers==5.25.0 ")
 
     log.unlink()
     again = install(venv)  # up to date: no pip at all
@@ -57,7 +58,12 @@ def test_install_then_nothing_to_install_until_something_changes(tmp_path):
     log.unlink()
     other = install(venv, TORCH_VERSION="2.99.0")  # another torch pin: installs again
     assert other.returncode == 0, other.stderr
-    assert "-m pip install -q torch==2.99.0 torchvision==0.29.1" in pip_calls(log)
+    assert "-m pip install -q torch==2.99.0 torchvision==0.29.1 transformers==5.25.0" in pip_calls(log)
+
+    log.unlink()
+    other = install(venv, TORCH_VERSION="2.99.0", TRANSFORMERS_VERSION="5.99.0")  # another transformers pin
+    assert other.returncode == 0, other.stderr
+    assert "-m pip install -q torch==2.99.0 torchvision==0.29.1 transformers==5.99.0" in pip_calls(log)
 
 
 def test_ci_runs_exactly_the_readme_test_command():

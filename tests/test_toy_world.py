@@ -192,14 +192,17 @@ def test_policy_builder_few_steps(tmp_path):
     from models.toy import GROUNDING_RECIPE, POLICY_RECIPE, build_policy
 
     recipe = dict(POLICY_RECIPE, vision_steps=2, steps=2, batch=2, warmup=1, max_len=8)
-    grounding = dict(GROUNDING_RECIPE, steps=2, batch=2)
+    grounding = [dict(GROUNDING_RECIPE, steps=2, batch=2), dict(GROUNDING_RECIPE, steps=1, batch=2, data_seed=7)]
     res = build_policy(tmp_path / "policy", recipe=recipe, grounding=grounding, heldout=2, eval_every=0,
                        log=lambda *_: None)
     assert 0.0 <= res["box_iou"] <= 1.0 and set(res) >= {"first_pick", "per_scene_box_iou"}
     model, processor = load_policy(str(tmp_path / "policy"))
     assert model.config.text_config.hidden_size == 128
     build = json.loads((tmp_path / "policy" / "build.json").read_text())
-    assert build["recipe"]["steps"] == 2 and build["grounding_recipe"]["steps"] == 2
+    assert build["recipe"]["steps"] == 2
+    assert [(r["steps"], r["data_seed"]) for r in build["grounding_recipes"]] == [(2, 40_000), (1, 7)]
+    assert len(build["rounds"]) == 2
+    assert build["rounds"][-1]["result"]["per_scene_box_iou"] == res["per_scene_box_iou"]
     assert 0.0 <= build["pretrained"]["result"]["box_iou"] <= 1.0
     assert build["result"]["per_scene_box_iou"] == res["per_scene_box_iou"]
     assert [p.name for p in tmp_path.iterdir()] == ["policy"]  # the temporary phase folders are gone
@@ -230,7 +233,7 @@ def test_shipped_toy_policy_gives_its_build_figures():
     built = build["result"]
     policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
     n = 16  # the first 16 of the 64 held-out scenes (the build prints all 64)
-    rep = box_iou_report(policy, heldout_samples()[:n], max_new_tokens=build["grounding_recipe"]["max_len"])
+    rep = box_iou_report(policy, heldout_samples()[:n], max_new_tokens=build["grounding_recipes"][-1]["max_len"])
     expected = built["per_scene_box_iou"][:n]
     assert np.allclose(rep["ious"], expected, atol=2e-3), (rep["ious"], expected)
     assert sum((TOY_POLICY_DIR / f).stat().st_size for f in ("model.safetensors",)) < 8 * 2 ** 20
