@@ -103,7 +103,41 @@ def load_policy(
     )
     if attn_implementation == "sdpa":
         use_windowed_vision_attention(model)  # one attention call per vision block, not per window
-    return model.to(device).eval(), processor
+    model = model.to(device)
+    if device == "cpu":
+        own_aligned_storage(model)
+    return model.eval(), processor
+
+
+#: byte alignment of the storage that CPU kernels get their fastest (and reproducible) path on
+_ALIGNMENT = 64
+
+
+def own_aligned_storage(model: torch.nn.Module) -> int:
+    """Copy every parameter and buffer of ``model`` whose data does not start on a 64-byte boundary
+    into fresh storage (which torch allocates aligned); returns how many were copied.
+
+    ``from_pretrained`` can leave CPU weights as views into the buffer the checkpoint file was read
+    into (transformers 5.25: every tensor of a safetensors file at the same offset, 24 bytes past a
+    64-byte boundary). CPU matmul kernels round differently for operands at such addresses (the
+    response log-probs of the tiny model move by 1e-6), so the same weights would compute different
+    numbers here than when models.weights loads them into FSDP2 shards. With owned, aligned storage
+    both paths compute the same numbers bit for bit, and the model no longer holds the file's
+    buffer.
+    """
+    copied = 0
+    with torch.no_grad():
+        for module in model.modules():
+            for name, t in list(module._parameters.items()) + list(module._buffers.items()):
+                if t is None or t.device.type != "cpu" or t.data_ptr() % _ALIGNMENT == 0:
+                    continue
+                fresh = t.detach().clone(memory_format=torch.contiguous_format)
+                if name in module._parameters:
+                    t.data = fresh  # keeps the Parameter object, so tied weights stay tied
+                else:
+                    module._buffers[name] = fresh
+                copied += 1
+    return copied
 
 
 def _check_pixels(min_pixels: int | None, max_pixels: int | None) -> None:

@@ -52,6 +52,47 @@ def test_meta_build_and_file_by_file_load_equal_from_pretrained(tiny_ckpt):
         assert torch.equal(got[name], value), name
 
 
+def test_own_aligned_storage_moves_misaligned_views_and_keeps_ties():
+    from models.loading import own_aligned_storage
+
+    base = torch.arange(40, dtype=torch.float32)
+    lin = torch.nn.Linear(4, 4, bias=False)
+    lin.weight = torch.nn.Parameter(base[6:22].view(4, 4))  # 24 bytes past the buffer's start
+    tied = torch.nn.Module()
+    tied.a, tied.b = lin, torch.nn.Linear(4, 4, bias=False)
+    tied.b.weight = lin.weight
+    tied.register_buffer("table", base[1:5])
+    assert lin.weight.data_ptr() % 64 == 24
+    assert own_aligned_storage(tied) == 2  # the shared weight once, the buffer
+    assert lin.weight.data_ptr() % 64 == 0 and tied.table.data_ptr() % 64 == 0
+    assert tied.b.weight is tied.a.weight
+    assert torch.equal(lin.weight, torch.arange(6, 22, dtype=torch.float32).view(4, 4))
+    assert torch.equal(tied.table, torch.arange(1, 5, dtype=torch.float32))
+    assert own_aligned_storage(tied) == 0
+
+
+def test_load_policy_computes_what_the_meta_build_computes(tiny_ckpt):
+    """The from_pretrained path (load_policy) and the meta build + file-by-file load give the same
+    response log-probs bit for bit: load_policy's CPU weights are in owned, 64-byte-aligned storage."""
+    import numpy as np
+
+    from models.loading import config_from_file, load_policy
+    from models.policy import SegZeroPolicy
+
+    full = SegZeroPolicy(*load_policy(str(tiny_ckpt), device="cpu"))
+    assert all(p.data_ptr() % 64 == 0 for p in full.model.parameters())
+    model = build_on_meta(config_from_file(tiny_ckpt / "config.json"))
+    materialize(model, "cpu")
+    load_weights(model, tiny_ckpt)
+    meta = SegZeroPolicy(model.eval(), full.processor)
+    rs = np.random.RandomState(0)
+    batch = full.prepare([rs.randint(0, 256, (840, 840, 3), dtype=np.uint8)], ["the red circle"])
+    ids = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(full.logprobs(batch, ids, mask, 2), meta.logprobs(batch, ids, mask, 2))
+
+
 def test_sharded_files_and_index_are_read_in_order(tmp_path, tiny_ckpt):
     from models.loading import config_from_file
 
