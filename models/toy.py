@@ -28,9 +28,7 @@ SyntheticDataset(64, seed=10000), greedy:
   parameters, model.safetensors 5.8 MB): box IoU 0.311, 27 % of boxes with IoU > 0.5, parse
   failures 0.03, first pick 0.56, median x1 error 50 px. Its three phases (the library versions
   of each in build.json; pretraining and the first round ran with transformers 5.24, the second
-  round with 5.25, which scripts/install.sh now pins, and with the weights it loaded at unaligned
-  addresses, before models.loading.own_aligned_storage: a rebuild with the code as it is rounds
-  differently from that round on):
+  round with 5.25, which scripts/install.sh now pins):
 - pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 17 min): box IoU 0.063, 2 % of boxes with
   IoU > 0.5, parse failures 0.03 (after the 800-step vision phase its per-token box error is 36 px
   and cell-centre error 18 px in the 840 frame; held-out box IoU 0.069 at SFT step 400 and 800).
@@ -609,9 +607,8 @@ def _versions() -> dict:
     """The library versions a toy checkpoint phase ran with. With one torch thread a phase is
     deterministic on a given machine and set of versions; across versions the rounding can differ
     and so do the weights: the second grounding round, run from the same checkpoint on the same
-    scenes with transformers 5.24 and then 5.25, ended at held-out box IoU 0.348 and 0.317 (5.25
-    loaded the weights at unaligned addresses, which CPU kernels round differently;
-    models.loading.load_policy now copies them into aligned storage)."""
+    scenes with transformers 5.24 and then 5.25, ended at held-out box IoU 0.348 and 0.317 (the
+    5.25 run gives the same figures with and without models.loading.own_aligned_storage)."""
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
