@@ -35,6 +35,7 @@ with an error (exit code 1) and exports nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -49,8 +50,8 @@ from eval.validate import BestPointer
 from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
 from grpo.checkpoint import (TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint,
                              step_dir_name)
-from grpo.parallel import (StepSampler, all_reduce_sum, init_distributed, peak_memory_bytes,
-                           seed_everything, shard_model, shutdown, unsharded_for_generation)
+from grpo.parallel import (StepSampler, all_reduce_sum, gathered_between_steps, init_distributed,
+                           peak_memory_bytes, seed_everything, shard_model, shutdown, unsharded_for_generation)
 from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
 from grpo.tracking import PhaseTimer, Tracker, filter_jsonl
 from grpo.update import UpdateConfig
@@ -173,9 +174,9 @@ def grpo_steps(cfg: Config, info, policy: SegZeroPolicy, ref, optimizer, train_s
         )
         with timer("reference"):  # 5. frozen-reference log-probs [N, L]
             if ref is not None:
-                with torch.no_grad():
+                with gathered(cfg, ref), torch.no_grad():
                     buffer.ref_logp = make_logprob_fn(ref, cfg, entropy=False)(buffer)[0]
-        with timer("update"):  # 6. clipped surrogate + KL - entropy, ppo_epochs x mini-batches steps
+        with timer("update"), gathered(cfg, policy.logprobs, optimizer):  # 6. clipped surrogate + KL - entropy
             metrics = update(policy.logprobs, optimizer, buffer, cfg, update_cfg)
         metrics["parse_fail"] = parse_failure_rate(scores, info.device)
         yield step, {**metrics, **timer.metrics()}
@@ -187,7 +188,7 @@ def sft_steps(cfg: Config, info, policy: SegZeroPolicy, optimizer, train_set, sa
     for step in steps:
         timer = PhaseTimer(sync_cuda=info.device.type == "cuda")
         samples = [read_sample(train_set, sampler, p) for p in sampler.positions(step)]
-        with timer("update"):
+        with timer("update"), gathered(cfg, policy.logprobs, optimizer):
             metrics = sft_step(policy, samples, optimizer, think=cfg.rollout.think,
                                micro_batch_size=cfg.grpo.micro_batch_size,
                                max_grad_norm=cfg.optim.max_grad_norm, max_new_tokens=cfg.rollout.max_new_tokens)
@@ -359,6 +360,11 @@ def score(cfg: Config, texts: list[str], solutions: list):
         return score_multi_object(texts, solutions)
     return score_completions(texts, solutions, strict=cfg.reward.strict_format, soft=cfg.reward.soft_accuracy,
                              think=cfg.rollout.think)
+
+
+def gathered(cfg: Config, model, optimizer=None):
+    """grpo.parallel.gathered_between_steps when ``parallel.gather_once``, else nothing."""
+    return gathered_between_steps(model, optimizer) if cfg.parallel.gather_once else contextlib.nullcontext()
 
 
 def make_logprob_fn(model, cfg: Config, entropy: bool):

@@ -198,6 +198,47 @@ def unsharded_for_generation(model: nn.Module) -> Iterator[None]:
             m.set_reshard_after_forward(m is not model, recurse=False)  # root: False (shard_model)
 
 
+@contextmanager
+def gathered_between_steps(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Iterator[None]:
+    """Keep each FSDP2 module of ``model`` gathered from its first forward in the block until the
+    next optimizer step (or the end of the block): one all-gather per module per optimizer step,
+    not one per forward and one per backward of every micro-batch.
+
+    Inside the block every FSDP module has ``reshard_after_forward`` and ``reshard_after_backward``
+    False; a step post-hook on ``optimizer`` reshards them all after each ``optimizer.step()``, so
+    the next forward gathers the updated weights (gathered parameters are copies of the shards and
+    would otherwise go stale). Gradients are still reduce-scattered after each backward, in the
+    same order, so the result is bit-for-bit that of plain FSDP2. Costs the memory of one full copy
+    of the (bf16 under mixed precision) parameters during the block, as generation does; worth it
+    when collectives, not compute, bound a step (small models, gloo). No-op for a model that is not
+    sharded. ``optimizer`` None: a frozen model (the reference's forwards).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not mods:
+        yield
+        return
+
+    def reshard_all(*_args) -> None:
+        for m in mods:
+            m.reshard()
+
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.set_reshard_after_backward(False, recurse=False)
+    handle = optimizer.register_step_post_hook(reshard_all) if optimizer is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        reshard_all()
+        for m in mods:
+            m.set_reshard_after_forward(m is not model, recurse=False)  # root: False (shard_model)
+            m.set_reshard_after_backward(True, recurse=False)
+
+
 def unwrapped_class(model: nn.Module) -> type:
     """The model's own class (FSDP2 swaps in a subclass named FSDP<cls>)."""
     from torch.distributed.fsdp import FSDPModule

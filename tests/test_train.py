@@ -74,6 +74,24 @@ def test_two_ranks_equal_one_rank_after_one_step(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.dist
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_gather_once_computes_plain_fsdp_bit_for_bit(tmp_path, nproc):
+    # two optimizer steps per rollout (two mini-batches) and a KL term: the gathered parameters must
+    # be dropped after each optimizer step and gathered again, and the reference pass gathers too
+    common = SMALL + ["--max-steps", "2", "--num-mini-batches", "2", "--kl-coef", "0.5", "--lr", "1e-2"]
+    run(common + ["--gather-once", "false", "--output-dir", tmp_path / "plain"], nproc=nproc)
+    run(common + ["--gather-once", "true", "--output-dir", tmp_path / "gathered"], nproc=nproc)
+    plain, gathered = weights(tmp_path / "plain"), weights(tmp_path / "gathered")
+    for k in plain:
+        assert torch.equal(plain[k], gathered[k]), k
+    rows = [[{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "tokens_per_s", "peak_memory"))}
+             for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("plain", "gathered")]
+    assert rows[0] == rows[1]
+    assert rows[0][-1]["optimizer_steps"] == 2 and rows[0][-1]["kl"] > 0 and rows[0][0]["grad_norm"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.dist
 def test_bf16_step_on_two_ranks_has_ratio_one_and_logs_the_sampler_mismatch(tmp_path):
     # --mixed-precision on CPU + gloo: bf16 rollout, reference and training forward, fp32 gradient
     # reduction and master weights (the GPU precision path); pi_old = the training forward itself
