@@ -14,6 +14,7 @@ the repository (:data:`TOY_POLICY_DIR`, :data:`TOY_SAM2_PATH`) and rebuilt by:
 and examined or taken further by:
 
     python -m models.toy diagnose [--path DIR]           # where a toy policy fails (grounding_report)
+    python -m models.toy diagnose --samples 8            # ... and what GRPO's samples see (sampling_report)
     python -m models.toy ground --out DIR [--path SRC]   # the grounding phase alone (GROUNDING_RECIPE)
 
 Each command is deterministic from its seed on one process (torch.set_num_threads(1)) for a given
@@ -202,6 +203,9 @@ def grounding_report(policy, scenes, *, batch_size: int = 16) -> dict:
 
     Returns:
         slot_median_error: {slot: median |predicted - true|} in the 840 frame, over the scenes.
+        slot_median_std: {slot: median over the scenes of the standard deviation of the slot's
+            distribution over the coordinate values (softmax at temperature 1, renormalised over
+            the coordinate tokens)}: how widely sampling at T = 1 spreads that coordinate.
         first_pick: fraction of scenes whose predicted x1 is nearest to the TARGET's visible left
             edge among the scene's shapes (:func:`nearest_left_edge`): how often the first
             coordinate picks the right object.
@@ -214,6 +218,8 @@ def grounding_report(policy, scenes, *, batch_size: int = 16) -> dict:
     tok = policy.processor.tokenizer
     coord_ids = torch.tensor(tok.convert_tokens_to_ids([str(v) for v in range(TOY_COORDINATES)]))
     errors: list[list[int]] = [[] for _ in ANSWER_SLOTS]
+    stds: list[list[float]] = [[] for _ in ANSWER_SLOTS]
+    values = torch.arange(TOY_COORDINATES, dtype=torch.float64)  # [V_c]
     picks, chance = [], []
     policy.model.eval()
     for start in range(0, len(scenes), batch_size):
@@ -223,15 +229,69 @@ def grounding_report(policy, scenes, *, batch_size: int = 16) -> dict:
                                      policy.pad_token_id)  # [B, L]
         with torch.no_grad():
             batch = policy.prepare([s.image for s in samples], [s.query for s in samples])
-            pred = plain_logits(policy.model, batch, ids, mask, 1)[..., coord_ids].argmax(-1)  # [B, L] values
+            coord_logits = plain_logits(policy.model, batch, ids, mask, 1)[..., coord_ids]  # [B, L, V_c]
+        pred = coord_logits.argmax(-1)  # [B, L] values
         for r, (sample, label) in enumerate(chunk):
             slots = coordinate_slots(tok, ids[r][mask[r].bool()])
             for k, (t, value) in enumerate(slots[:len(ANSWER_SLOTS)]):
                 errors[k].append(abs(int(pred[r, t]) - value))
+                p = coord_logits[r, t].double().softmax(-1)  # [V_c]
+                mean = (p * values).sum()
+                stds[k].append(float(((p * (values - mean) ** 2).sum()).sqrt()))
             picks.append(nearest_left_edge(int(pred[r, slots[0][0]]), label) == sample.meta["target"])
             chance.append(1 / int(label.max()))
     return {"slot_median_error": {n: float(np.median(e)) for n, e in zip(ANSWER_SLOTS, errors) if e},
+            "slot_median_std": {n: round(float(np.median(e)), 1) for n, e in zip(ANSWER_SLOTS, stds) if e},
             "first_pick": float(np.mean(picks)), "chance": float(np.mean(chance)), "scenes": len(scenes)}
+
+
+def sampling_report(policy, scenes, *, group_size: int = 8, temperature: float = 1.0, seed: int = 0,
+                    batch_size: int = 8, max_new_tokens: int = 96) -> dict:
+    """What GRPO's samples see: ``group_size`` answers sampled at ``temperature`` per scene against
+    the greedy answer, scored by box IoU with the target's box (0 when unparseable).
+
+    ``scenes``: (sample, label map) pairs. Sampling uses one generator per scene, seeded by
+    (seed, scene index), so the report does not depend on ``batch_size``'s grouping of the samples
+    (the greedy answers may, by float rounding: batches of different shapes round differently).
+
+    Returns: greedy_box_iou, sampled_box_iou (mean over all samples), greedy_hit / sampled_hit
+    (fraction with IoU > 0.5, the hard bbox reward), greedy_miss_sample_hits (fraction of scenes
+    whose greedy answer misses while at least one sample hits: where GRPO can teach the greedy
+    answer something), mixed_groups (fraction of scenes whose samples both hit and miss: the groups
+    whose box reward has a nonzero group-relative advantage), greedy_pick / sampled_pick (fraction
+    of answers whose x1 is nearest the target's left edge, :func:`nearest_left_edge`).
+    """
+    from rewards import box_iou, parse_answer
+
+    def score(text: str, sample, label) -> tuple[float, bool]:
+        parsed = parse_answer(text)
+        if parsed.bbox is None:
+            return 0.0, False
+        return box_iou(parsed.bbox, sample.solution["bbox"]), nearest_left_edge(parsed.bbox[0], label) == sample.meta["target"]
+
+    greedy, sampled = [], []  # [(iou, pick)] per scene; [[(iou, pick)] * G] per scene
+    policy.model.eval()
+    with torch.no_grad():
+        for start in range(0, len(scenes), batch_size):
+            chunk = scenes[start:start + batch_size]
+            images, queries = [s.image for s, _ in chunk], [s.query for s, _ in chunk]
+            gens = [torch.Generator().manual_seed(seed * 1_000_003 + start + k) for k in range(len(chunk))]
+            g_texts = policy.complete(images, queries, max_new_tokens=max_new_tokens)
+            s_texts = policy.rollout(images, queries, group_size, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, generator=gens).texts
+            for k, (sample, label) in enumerate(chunk):
+                greedy.append(score(g_texts[k], sample, label))
+                sampled.append([score(t, sample, label) for t in s_texts[k * group_size:(k + 1) * group_size]])
+    g_iou = np.array([x[0] for x in greedy])  # [S]
+    s_iou = np.array([[x[0] for x in row] for row in sampled])  # [S, G]
+    s_hit = s_iou > 0.5
+    return {"scenes": len(scenes), "group_size": group_size, "temperature": temperature,
+            "greedy_box_iou": float(g_iou.mean()), "sampled_box_iou": float(s_iou.mean()),
+            "greedy_hit": float((g_iou > 0.5).mean()), "sampled_hit": float(s_hit.mean()),
+            "greedy_miss_sample_hits": float(((g_iou <= 0.5) & s_hit.any(1)).mean()),
+            "mixed_groups": float((s_hit.any(1) & ~s_hit.all(1)).mean()),
+            "greedy_pick": float(np.mean([x[1] for x in greedy])),
+            "sampled_pick": float(np.mean([[x[1] for x in row] for row in sampled]))}
 
 
 #: per image-token targets of the vision pretraining: is-shape 1, colour 6, kind 7, size 2, the
@@ -678,6 +738,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grounding-steps", type=int, nargs="+", default=None,
                    help="policy: the steps of each grounding round (one number per round of GROUNDING_ROUNDS)")
     p.add_argument("--data-seed", type=int, default=None, help="ground: the seed of the grounding scenes")
+    p.add_argument("--samples", type=int, default=0,
+                   help="diagnose: also sample this many answers per scene (sampling_report; 0: none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="diagnose --samples: the sampling temperature")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the shipped files: 1)")
     p.add_argument("--eval-every", type=int, default=400)
     args = p.parse_args(argv)
@@ -685,7 +748,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "diagnose":
         from models.policy import SegZeroPolicy
 
-        rep = grounding_report(SegZeroPolicy.from_pretrained(args.path), heldout_scenes())
+        policy = SegZeroPolicy.from_pretrained(args.path)
+        rep = grounding_report(policy, heldout_scenes())
+        if args.samples:
+            rep["sampling"] = sampling_report(policy, heldout_scenes(), group_size=args.samples,
+                                              temperature=args.temperature)
         print(json.dumps(rep, indent=1))
     elif args.what == "ground":
         if not args.out:

@@ -315,6 +315,37 @@ def test_grounding_report_on_the_shipped_policy():
     assert rep["first_pick"] in {k / 6 for k in range(7)} and rep["scenes"] == 6
 
 
+def test_grounding_report_spread_of_each_slot():
+    from models.policy import SegZeroPolicy
+    from models.toy import ANSWER_SLOTS, TOY_POLICY_DIR, grounding_report
+
+    ds = SyntheticDataset(2, seed=10_000)
+    rep = grounding_report(SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR)), [ds.scene(i) for i in range(2)])
+    assert list(rep["slot_median_std"]) == list(ANSWER_SLOTS)
+    # a distribution over 0..840 has a standard deviation of at most 420 (half at each end)
+    assert all(0 < v <= 420 for v in rep["slot_median_std"].values())
+
+
+def test_sampling_report_at_a_vanishing_temperature_is_the_greedy_report():
+    from models.policy import SegZeroPolicy
+    from models.toy import TOY_POLICY_DIR, box_iou_report, sampling_report
+
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    ds = SyntheticDataset(4, seed=10_000)
+    scenes = [ds.scene(i) for i in range(4)]
+    greedy = box_iou_report(policy, [s for s, _ in scenes], batch_size=4)
+    rep = sampling_report(policy, scenes, group_size=2, temperature=1e-4, batch_size=4)
+    assert rep["greedy_box_iou"] == pytest.approx(greedy["box_iou"])
+    assert rep["greedy_hit"] == pytest.approx(greedy["iou_gt_0.5"])
+    # every sample is the greedy answer: the same figures, no group with both a hit and a miss
+    assert rep["sampled_box_iou"] == pytest.approx(rep["greedy_box_iou"])
+    assert rep["sampled_hit"] == rep["greedy_hit"] and rep["sampled_pick"] == rep["greedy_pick"]
+    assert rep["greedy_miss_sample_hits"] == 0 and rep["mixed_groups"] == 0
+    hot = sampling_report(policy, scenes, group_size=2, temperature=1.0, batch_size=4)
+    assert hot == sampling_report(policy, scenes, group_size=2, temperature=1.0, batch_size=4)  # seeded
+    assert hot["sampled_box_iou"] != rep["sampled_box_iou"]  # T = 1 samples other answers
+
+
 # ------------------------------------------------------------------------- grounding phase
 
 def test_target_token_mask_hand_computed():
