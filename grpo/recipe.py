@@ -430,13 +430,13 @@ def preset_tiny() -> dict:
     On the way the validation moves by a few points (seed 1: gIoU 45.9 at step 100). The rewards
     use the text only, so the policy's trajectory and box IoU do not depend on the SAM2.
     The schedule was chosen on these same held-out scenes, after others from the same policy: 40
-    steps at lr 1e-4 ended at gIoU 55.0 / 48.8 / 47.1
-    (mean +1.6, range -1.6 to +6.3), cIoU mean -0.6, box IoU mean -0.001, with sampled rewards that
-    did not rise; 150 steps at lr 1e-4 (one process) validated at gIoU 54.6 / 47.8 / 47.7 at steps
-    50 / 100 / 150 (box IoU 0.325 / 0.291 / 0.282) as the KL grew to 0.07; temperature 0.7 and 16
-    prompts per step (40 steps, lr 1e-4, seed 0) ended at gIoU 53.7 and 42.6. From the toy
-    policy's first grounding round alone (box IoU 0.246; models.toy) 40 steps at lr 1e-4 gained
-    +5.6 gIoU and +0.010 box IoU on average over 3 seeds, and lr 3e-4 collapsed it.
+    steps at lr 1e-4 ended at gIoU 55.0 / 48.8 / 47.1 (mean +1.6, range -1.6 to +6.3), cIoU mean
+    -0.6, box IoU mean -0.001, with sampled rewards that did not rise; 150 steps at lr 1e-4 (one
+    process) validated at gIoU 54.6 / 47.8 / 47.7 at steps 50 / 100 / 150 (box IoU 0.325 / 0.291 /
+    0.282) as the KL grew to 0.07; temperature 0.7 and 16 prompts per step (40 steps, lr 1e-4, seed
+    0) ended at gIoU 53.7 and 42.6. From the toy policy's first grounding round alone (box IoU
+    0.246; models.toy) 40 steps at lr 1e-4 gained +5.6 gIoU and +0.010 box IoU on average over 3
+    seeds, and lr 3e-4 collapsed it.
     Met: wall time (with little margin), parse failures, end-to-end gIoU / cIoU >= 50 (every
     seed), the toy SAM2 (gIoU 91.2 with ground-truth prompts), a sampled reward and a validation
     gIoU that rise in every seed. Not met: GRPO adding +5 gIoU (+4.2) and +0.05 box IoU (+0.009),
@@ -472,7 +472,8 @@ def preset_tiny_multi() -> dict:
     What it does: the shipped toy policy writes the single-object answer, so a warm start of
     ``warmstart_sft_steps`` SFT steps (lr 1e-3) on the training scenes first teaches it the object
     list; then 60 GRPO steps at lr 1e-4, validated every 10, with the multi-object rewards (format +
-    Hungarian-matched accuracy + non-repeat), otherwise as in ``tiny``. The scenes (``synthetic:4096:present``, data.multi_object.MultiObjectSynthetic:
+    Hungarian-matched accuracy + non-repeat), otherwise as in ``tiny``. The scenes
+    (``synthetic:4096:present``, data.multi_object.MultiObjectSynthetic:
     3-6 shapes, 2-3 colours) hold queries that refer to one shape or several ("every red shape",
     "the two circles") but never to nothing, like the authors' multi-object training data: the
     released accuracy reward gives the empty answer 0 even on an empty target, so GRPO on scenes

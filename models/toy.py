@@ -748,10 +748,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "diagnose":
         from models.policy import SegZeroPolicy
 
-        policy = SegZeroPolicy.from_pretrained(args.path)
-        rep = grounding_report(policy, heldout_scenes())
+        policy, scenes = SegZeroPolicy.from_pretrained(args.path), heldout_scenes()
+        rep = grounding_report(policy, scenes)
         if args.samples:
-            rep["sampling"] = sampling_report(policy, heldout_scenes(), group_size=args.samples,
+            rep["sampling"] = sampling_report(policy, scenes, group_size=args.samples,
                                               temperature=args.temperature)
         print(json.dumps(rep, indent=1))
     elif args.what == "ground":
