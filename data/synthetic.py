@@ -204,6 +204,51 @@ def scene_queries(shapes: list[Shape], masks: list[np.ndarray]) -> list[tuple[st
     return out
 
 
+#: The query templates of :func:`scene_queries`, as :func:`query_template` names them.
+QUERY_TEMPLATES = (
+    "kind", "colour kind", "size kind", "size colour kind", "colour",             # referring
+    "corners", "largest / smallest", "largest / smallest of a colour",             # reasoning
+    "extreme position", "relation", "same colour",
+)
+_REFERRING_WORDS = {"size": ("small", "large"), "colour": tuple(COLORS), "kind": KINDS}
+
+
+def query_template(text: str) -> str:
+    """The template of a synthetic query (one of :data:`QUERY_TEMPLATES`): e.g. "the small red
+    circle" -> "size colour kind", "the shape to the left of the blue star" -> "relation".
+
+    Raises ValueError for a text :func:`scene_queries` does not write.
+    """
+    words = text.split()
+    if len(words) < 2 or words[0] != "the":
+        raise ValueError(f"not a synthetic query: {text!r}")
+    if text.startswith("the shape with the ") and text.endswith(" corners") and words[4] in ("most", "fewest"):
+        return "corners"
+    if text.startswith("the shape with the same colour as the "):
+        return "same colour"
+    if text.startswith(("the shape to the left of the ", "the shape to the right of the ",
+                        "the shape above the ", "the shape below the ")):
+        return "relation"
+    if len(words) == 3 and words[2] == "shape":
+        if words[1] in ("leftmost", "rightmost", "topmost", "bottom-most"):
+            return "extreme position"
+        if words[1] in ("largest", "smallest"):
+            return "largest / smallest"
+        if words[1] in COLORS:
+            return "colour"
+    if len(words) == 4 and words[1] in ("largest", "smallest") and words[2] in COLORS and words[3] == "shape":
+        return "largest / smallest of a colour"
+    attrs = []
+    for word in words[1:]:
+        attr = next((a for a, vocab in _REFERRING_WORDS.items() if word in vocab), None)
+        if attr is None:
+            raise ValueError(f"not a synthetic query: {text!r}")
+        attrs.append(attr)
+    if attrs in (["kind"], ["colour", "kind"], ["size", "kind"], ["size", "colour", "kind"]):
+        return " ".join(attrs)
+    raise ValueError(f"not a synthetic query: {text!r}")
+
+
 class SyntheticDataset:
     """A SampleSource of ``num_samples`` procedurally drawn scenes (see the module docstring).
 

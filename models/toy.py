@@ -15,6 +15,8 @@ and examined or taken further by:
 
     python -m models.toy diagnose [--path DIR]           # where a toy policy fails (grounding_report)
     python -m models.toy diagnose --samples 8            # ... and what GRPO's samples see (sampling_report)
+    python -m models.toy diagnose --by-query --probe 256 # ... per query template (query_report) and
+                                                         # what the image tokens carry (vision_probe)
     python -m models.toy ground --out DIR [--path SRC]   # the grounding phase alone (GROUNDING_RECIPE)
 
 Each command is deterministic from its seed on one process (torch.set_num_threads(1)) for a given
@@ -102,6 +104,8 @@ TOY_SAM2_IMAGE_SIZE = 256
 #: default run's held-out set (train.py build_data: data_seed 0 + 10,000).
 HELDOUT_SEED = 10_000
 HELDOUT_SIZE = 64
+#: the scenes the image-token probes of ``diagnose --probe`` are fitted on (:func:`vision_probe`)
+PROBE_SEED = 30_000
 
 #: the toy policy's pretraining (:func:`pretrain_policy`); :func:`build_policy` follows it with GROUNDING_ROUNDS.
 POLICY_RECIPE = dict(seed=0, vision_steps=800, steps=1200, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
@@ -292,6 +296,96 @@ def sampling_report(policy, scenes, *, group_size: int = 8, temperature: float =
             "mixed_groups": float((s_hit.any(1) & ~s_hit.all(1)).mean()),
             "greedy_pick": float(np.mean([x[1] for x in greedy])),
             "sampled_pick": float(np.mean([[x[1] for x in row] for row in sampled]))}
+
+
+def query_report(policy, scenes, *, batch_size: int = 16) -> dict:
+    """Greedy box IoU of the toy policy per query template and per number of shapes: which
+    queries it grounds.
+
+    ``scenes``: (sample, label map) pairs of synthetic scenes. Each sample is scored as in
+    :func:`box_iou_report`; the rows are grouped by data.synthetic.query_template and by the
+    scene's shape count.
+
+    Returns: by_template {template: {"scenes", "box_iou", "hit" (IoU > 0.5)}} in the order of
+    data.synthetic.QUERY_TEMPLATES (templates without a scene left out), by_shapes {count: the
+    same}, and the overall box_iou.
+    """
+    from data.synthetic import QUERY_TEMPLATES, query_template
+
+    samples = [s for s, _ in scenes]
+    ious = box_iou_report(policy, samples, batch_size=batch_size)["ious"]
+
+    def rows(keys: list, order) -> dict:
+        out = {}
+        for key in order:
+            sel = np.array([iou for k, iou in zip(keys, ious) if k == key])
+            if sel.size:
+                out[key] = {"scenes": int(sel.size), "box_iou": round(float(sel.mean()), 4),
+                            "hit": round(float((sel > 0.5).mean()), 4)}
+        return out
+
+    templates = [query_template(s.query) for s in samples]
+    counts = [len(s.meta["shapes"]) for s in samples]
+    return {"box_iou": float(np.mean(ious)) if ious else 0.0, "by_template": rows(templates, QUERY_TEMPLATES),
+            "by_shapes": rows(counts, sorted(set(counts)))}
+
+
+def vision_probe(policy, train_scenes, test_scenes, *, steps: int = 300, lr: float = 0.05, seed: int = 0) -> dict:
+    """What the toy policy's image tokens say: linear probes of their colour, kind and size.
+
+    The image tokens are the vision tower's outputs as the language model receives them
+    (models.forward.image_embeddings, [64, hidden] per scene, frozen). A token belongs to the
+    shape that fills most of its cell (:func:`token_targets`; background tokens are left out).
+    For each attribute a linear classifier (softmax regression, full-batch Adam ``lr``, ``steps``
+    steps, seeded) is fitted on the tokens of ``train_scenes`` and scored on those of
+    ``test_scenes``; ``majority`` is the test accuracy of always answering the most frequent
+    training class. A probe near its majority baseline means the tokens do not carry that
+    attribute, so a query naming it cannot be grounded.
+
+    Returns {attribute: {"accuracy", "majority", "classes", "test_tokens"}} for colour, kind, size.
+    """
+    import torch.nn.functional as F
+
+    from data.synthetic import COLORS, KINDS, SIZES
+    from models.forward import image_embeddings
+
+    def tokens(scenes):
+        feats, targets = [], []
+        policy.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(scenes), 16):
+                chunk = scenes[start:start + 16]
+                batch = policy.prepare([s.image for s, _ in chunk], [s.query for s, _ in chunk])
+                feats.append(torch.cat(image_embeddings(policy.model, batch)).float())  # [B * 64, hidden]
+                targets += [token_targets(s, label) for s, label in chunk]
+        return torch.cat(feats), {k: torch.cat([t[k] for t in targets]) for k in ("color", "kind", "size")}
+
+    x_train, y_train = tokens(train_scenes)
+    x_test, y_test = tokens(test_scenes)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    out = {}
+    for name, key, classes in (("colour", "color", len(COLORS)), ("kind", "kind", len(KINDS)), ("size", "size", len(SIZES))):
+        keep_train, keep_test = y_train[key] >= 0, y_test[key] >= 0
+        xs, ys = x_train[keep_train], y_train[key][keep_train]
+        gen = torch.Generator().manual_seed(seed)
+        probe = torch.nn.Linear(xs.shape[1], classes)
+        with torch.no_grad():
+            probe.weight.copy_(torch.randn(probe.weight.shape, generator=gen) * 0.01)
+            probe.bias.zero_()
+        opt = torch.optim.Adam(probe.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(probe(xs), ys).backward()
+            opt.step()
+        with torch.no_grad():
+            pred = probe(x_test[keep_test]).argmax(-1)
+        truth = y_test[key][keep_test]
+        majority = int(torch.bincount(ys, minlength=classes).argmax())
+        out[name] = {"accuracy": round(float((pred == truth).float().mean()), 4),
+                     "majority": round(float((truth == majority).float().mean()), 4),
+                     "classes": classes, "test_tokens": int(keep_test.sum())}
+    return out
 
 
 #: per image-token targets of the vision pretraining: is-shape 1, colour 6, kind 7, size 2, the
@@ -741,6 +835,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=0,
                    help="diagnose: also sample this many answers per scene (sampling_report; 0: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="diagnose --samples: the sampling temperature")
+    p.add_argument("--scenes", type=int, default=HELDOUT_SIZE,
+                   help="diagnose: the held-out scenes SyntheticDataset(N, seed=10000); the first 64 are the "
+                        "default run's")
+    p.add_argument("--by-query", action="store_true",
+                   help="diagnose: also the greedy box IoU per query template and shape count (query_report)")
+    p.add_argument("--probe", type=int, default=0,
+                   help="diagnose: also probe the image tokens for colour / kind / size, fitted on this many "
+                        "training scenes (vision_probe; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the shipped files: 1)")
     p.add_argument("--eval-every", type=int, default=400)
     args = p.parse_args(argv)
@@ -748,11 +850,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "diagnose":
         from models.policy import SegZeroPolicy
 
-        policy, scenes = SegZeroPolicy.from_pretrained(args.path), heldout_scenes()
+        policy, scenes = SegZeroPolicy.from_pretrained(args.path), heldout_scenes(args.scenes)
         rep = grounding_report(policy, scenes)
         if args.samples:
             rep["sampling"] = sampling_report(policy, scenes, group_size=args.samples,
                                               temperature=args.temperature)
+        if args.by_query:
+            rep["queries"] = query_report(policy, scenes)
+        if args.probe:
+            from data import SyntheticDataset
+
+            probe_data = SyntheticDataset(args.probe, seed=PROBE_SEED)
+            rep["probe"] = vision_probe(policy, [probe_data.scene(i) for i in range(args.probe)], scenes)
         print(json.dumps(rep, indent=1))
     elif args.what == "ground":
         if not args.out:

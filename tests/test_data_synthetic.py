@@ -136,3 +136,27 @@ def test_query_family_sets_hold_only_their_family():
     mixed = [open_dataset("synthetic:24")[i].meta["family"] for i in range(24)]
     assert {"referring", "reasoning"} <= set(mixed)
     assert [open_dataset("synthetic:24:mixed")[i].meta["family"] for i in range(24)] == mixed
+
+
+def test_query_template_names_every_query_the_generator_writes():
+    from data.synthetic import QUERY_TEMPLATES, query_template
+
+    hand = {
+        "the star": "kind", "the red star": "colour kind", "the large hexagon": "size kind",
+        "the small green triangle": "size colour kind", "the purple shape": "colour",
+        "the shape with the most corners": "corners", "the shape with the fewest corners": "corners",
+        "the largest shape": "largest / smallest", "the smallest red shape": "largest / smallest of a colour",
+        "the bottom-most shape": "extreme position", "the leftmost shape": "extreme position",
+        "the shape to the left of the blue circle": "relation", "the shape below the small star": "relation",
+        "the shape with the same colour as the red star": "same colour",
+    }
+    assert {q: query_template(q) for q in hand} == hand and set(hand.values()) == set(QUERY_TEMPLATES)
+    referring = set(QUERY_TEMPLATES[:5])
+    ds = SyntheticDataset(200, seed=11)
+    for i in range(len(ds)):
+        s = ds[i]
+        assert (query_template(s.query) in referring) == (s.meta["family"] == "referring"), s.query
+    for bad in ("the", "a red star", "the red blue star", "the star circle", "the large shape", "the shape",
+                "the small red", "the shape with the many corners"):
+        with pytest.raises(ValueError, match="not a synthetic query"):
+            query_template(bad)

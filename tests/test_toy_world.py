@@ -346,6 +346,56 @@ def test_sampling_report_at_a_vanishing_temperature_is_the_greedy_report():
     assert hot["sampled_box_iou"] != rep["sampled_box_iou"]  # T = 1 samples other answers
 
 
+def test_query_report_groups_the_greedy_box_iou_by_template_and_shape_count():
+    from data.synthetic import QUERY_TEMPLATES, query_template
+    from models.policy import SegZeroPolicy
+    from models.toy import TOY_POLICY_DIR, box_iou_report, query_report
+
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    ds = SyntheticDataset(8, seed=10_000)
+    scenes = [ds.scene(i) for i in range(8)]
+    rep = query_report(policy, scenes, batch_size=4)
+    ious = box_iou_report(policy, [s for s, _ in scenes], batch_size=4)["ious"]
+    assert rep["box_iou"] == pytest.approx(np.mean(ious))
+    templates = [query_template(s.query) for s, _ in scenes]
+    assert list(rep["by_template"]) == [t for t in QUERY_TEMPLATES if t in templates]
+    for name, groups, keys in (("template", rep["by_template"], templates),
+                               ("shapes", rep["by_shapes"], [len(s.meta["shapes"]) for s, _ in scenes])):
+        assert sum(g["scenes"] for g in groups.values()) == 8, name
+        for key, g in groups.items():
+            mine = [iou for k, iou in zip(keys, ious) if k == key]
+            assert g["scenes"] == len(mine)
+            assert g["box_iou"] == pytest.approx(np.mean(mine), abs=1e-4)
+            assert g["hit"] == pytest.approx(np.mean([i > 0.5 for i in mine]), abs=1e-4)
+
+
+def test_vision_probe_reads_colour_and_size_from_the_shipped_image_tokens():
+    from models.policy import SegZeroPolicy
+    from models.toy import TOY_POLICY_DIR, vision_probe
+
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    train = [SyntheticDataset(32, seed=30_000).scene(i) for i in range(32)]
+    test = [SyntheticDataset(16, seed=10_000).scene(i) for i in range(16)]
+    rep = vision_probe(policy, train, test, steps=200)
+    assert list(rep) == ["colour", "kind", "size"]
+    assert [rep[k]["classes"] for k in rep] == [6, 7, 2]
+    assert len({r["test_tokens"] for r in rep.values()}) == 1 and rep["colour"]["test_tokens"] > 50
+    # the toy policy's vision phase taught the tokens their shape's colour and size (models.toy)
+    assert rep["colour"]["accuracy"] > 0.9 > 0.5 > rep["colour"]["majority"]
+    assert rep["size"]["accuracy"] > rep["size"]["majority"] + 0.1
+    assert rep == vision_probe(policy, train, test, steps=200)  # seeded
+
+
+def test_diagnose_command_prints_every_requested_report(capsys):
+    from models.toy import main
+
+    main(["diagnose", "--scenes", "4", "--by-query", "--probe", "8"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["scenes"] == 4 and "sampling" not in rep
+    assert sum(g["scenes"] for g in rep["queries"]["by_template"].values()) == 4
+    assert list(rep["probe"]) == ["colour", "kind", "size"]
+
+
 # ------------------------------------------------------------------------- grounding phase
 
 def test_target_token_mask_hand_computed():
