@@ -357,6 +357,12 @@ def test_query_report_groups_the_greedy_box_iou_by_template_and_shape_count():
     rep = query_report(policy, scenes, batch_size=4)
     ious = box_iou_report(policy, [s for s, _ in scenes], batch_size=4)["ious"]
     assert rep["box_iou"] == pytest.approx(np.mean(ious))
+    assert 0 <= rep["picked"] <= 1 and len(rep["picked_median_error"]) == 4
+    assert rep["target_median_width"] == np.median([s.solution["bbox"][2] - s.solution["bbox"][0] for s, _ in scenes])
+    n_picked = round(rep["picked"] * 8)
+    assert n_picked >= 1 and rep["picked"] == n_picked / 8
+    assert rep["picked_box_iou"] * n_picked + (rep["missed_box_iou"] or 0) * (8 - n_picked) == pytest.approx(
+        sum(ious), abs=1e-3)  # every answer of these scenes parses
     templates = [query_template(s.query) for s, _ in scenes]
     assert list(rep["by_template"]) == [t for t in QUERY_TEMPLATES if t in templates]
     for name, groups, keys in (("template", rep["by_template"], templates),
