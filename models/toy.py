@@ -357,6 +357,7 @@ def query_report(policy, scenes, *, batch_size: int = 16) -> dict:
 
     templates = [query_template(s.query) for s in samples]
     counts = [len(s.meta["shapes"]) for s in samples]
+
     def mean(xs: list) -> float | None:
         return round(float(np.mean(xs)), 4) if xs else None
 
@@ -886,6 +887,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.what == "diagnose":
         from models.policy import SegZeroPolicy
+
+        if args.scenes < 1 or args.probe < 0 or args.samples < 0:
+            p.error("diagnose: --scenes must be >= 1, --probe and --samples >= 0")
 
         policy, scenes = SegZeroPolicy.from_pretrained(args.path), heldout_scenes(args.scenes)
         rep = grounding_report(policy, scenes)

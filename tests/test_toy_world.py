@@ -400,6 +400,10 @@ def test_diagnose_command_prints_every_requested_report(capsys):
     assert rep["scenes"] == 4 and "sampling" not in rep
     assert sum(g["scenes"] for g in rep["queries"]["by_template"].values()) == 4
     assert list(rep["probe"]) == ["colour", "kind", "size"]
+    for bad in (["--scenes", "0"], ["--probe", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["diagnose", *bad])
+    assert "--scenes must be >= 1" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- grounding phase
