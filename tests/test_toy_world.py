@@ -187,11 +187,60 @@ def test_sam2_prompt_phase_teaches_the_prompt_position():
     assert inside[0] > outside[0] and inside[1] > outside[1]
 
 
+def test_aux_loss_weights_the_kind_cross_entropy():
+    import torch.nn.functional as F
+
+    from models.forward import image_embeddings
+    from models.policy import SegZeroPolicy
+    from models.toy import _AUX_OUT, TOY_POLICY_DIR, aux_loss, token_targets
+
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    ds = SyntheticDataset(2, seed=10_000)
+    samples, labels = zip(*[ds.scene(i) for i in range(2)])
+    head = torch.nn.Linear(policy.model.config.text_config.hidden_size, _AUX_OUT)
+    with torch.no_grad():
+        one = aux_loss(policy, head, samples, labels)
+        three = aux_loss(policy, head, samples, labels, kind_weight=3.0)
+        batch = policy.prepare([s.image for s in samples], [s.query for s in samples])
+        kind_logits = head(torch.cat(image_embeddings(policy.model, batch)))[:, 7:14]
+    kinds = torch.cat([token_targets(s, lab)["kind"] for s, lab in zip(samples, labels)])
+    assert (kinds >= 0).sum() > 0
+    assert float(three - one) == pytest.approx(2 * float(F.cross_entropy(kind_logits, kinds, ignore_index=-100)),
+                                               rel=1e-5)
+
+
+def test_vision_report_of_a_constant_head_hand_computed():
+    from data.types import FRAME
+    from models.policy import SegZeroPolicy
+    from models.toy import _AUX_OUT, TOY_POLICY_DIR, token_targets, vision_report
+
+    policy = SegZeroPolicy.from_pretrained(str(TOY_POLICY_DIR))
+    ds = SyntheticDataset(3, seed=10_000)
+    scenes = [ds.scene(i) for i in range(3)]
+    head = torch.nn.Linear(policy.model.config.text_config.hidden_size, _AUX_OUT)
+    with torch.no_grad():  # every token answers: colour 1, kind 2, size 0, box (0.25, 0.25, 0.75, 0.75), centre (0.5, 0.5)
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[1 + 1] = head.bias[7 + 2] = head.bias[14 + 0] = 1.0
+        head.bias[16:20] = torch.tensor([0.25, 0.25, 0.75, 0.75])
+        head.bias[20:22] = 0.5
+    rep = vision_report(policy, head, scenes, batch_size=2)
+    t = [token_targets(s, lab) for s, lab in scenes]
+    rows = torch.cat([x["is_shape"] for x in t]) > 0
+    box, centre = torch.cat([x["box"] for x in t])[rows], torch.cat([x["centre"] for x in t])
+    assert rep["shape_tokens"] == int(rows.sum()) > 0
+    assert rep["box_error"] == pytest.approx(
+        float((torch.tensor([0.25, 0.25, 0.75, 0.75]) - box).abs().mean()) * FRAME, abs=0.06)
+    assert rep["centre_error"] == pytest.approx(float((0.5 - centre).abs().mean()) * FRAME, abs=0.06)
+    for name, key, cls in (("colour", "color", 1), ("kind", "kind", 2), ("size", "size", 0)):
+        assert rep[name] == pytest.approx(float((torch.cat([x[key] for x in t])[rows] == cls).float().mean()), abs=1e-4)
+
+
 def test_policy_builder_few_steps(tmp_path):
     from models.policy import load_policy
     from models.toy import GROUNDING_RECIPE, POLICY_RECIPE, build_policy
 
-    recipe = dict(POLICY_RECIPE, vision_steps=2, steps=2, batch=2, warmup=1, max_len=8)
+    recipe = dict(POLICY_RECIPE, vision_steps=2, steps=2, batch=2, warmup=1, max_len=8, kind_weight=2.0)
     grounding = [dict(GROUNDING_RECIPE, steps=2, batch=2), dict(GROUNDING_RECIPE, steps=1, batch=2, data_seed=7)]
     res = build_policy(tmp_path / "policy", recipe=recipe, grounding=grounding, heldout=2, eval_every=0,
                        log=lambda *_: None)
@@ -199,7 +248,8 @@ def test_policy_builder_few_steps(tmp_path):
     model, processor = load_policy(str(tmp_path / "policy"))
     assert model.config.text_config.hidden_size == 128
     build = json.loads((tmp_path / "policy" / "build.json").read_text())
-    assert build["recipe"]["steps"] == 2
+    assert build["recipe"]["steps"] == 2 and build["recipe"]["kind_weight"] == 2.0
+    assert set(build["pretrained"]["vision"]) == {"box_error", "centre_error", "colour", "kind", "size", "shape_tokens"}
     assert [(r["steps"], r["data_seed"]) for r in build["grounding_recipes"]] == [(2, 40_000), (1, 7)]
     assert len(build["rounds"]) == 2
     assert build["rounds"][-1]["result"]["per_scene_box_iou"] == res["per_scene_box_iou"]
