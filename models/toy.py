@@ -376,6 +376,26 @@ def query_report(policy, scenes, *, batch_size: int = 16) -> dict:
             "target_median_width": float(np.median([s.solution["bbox"][2] - s.solution["bbox"][0] for s in samples]))}
 
 
+def image_tokens(policy, scenes, *, batch_size: int = 16) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The image tokens of ``scenes`` ((sample, label map) pairs) as the language model receives
+    them (models.forward.image_embeddings, eval mode, no grad) and their :func:`token_targets`:
+    (features [S * 64, hidden], {target: the scenes' targets concatenated, [S * 64, ...]}). The
+    policy's train / eval mode is left as it was."""
+    from models.forward import image_embeddings
+
+    feats, targets = [], []
+    was_training = policy.model.training
+    policy.model.eval()
+    with torch.no_grad():
+        for start in range(0, len(scenes), batch_size):
+            chunk = scenes[start:start + batch_size]
+            batch = policy.prepare([s.image for s, _ in chunk], [s.query for s, _ in chunk])
+            feats.append(torch.cat(image_embeddings(policy.model, batch)).float())  # [B * 64, hidden]
+            targets += [token_targets(s, label) for s, label in chunk]
+    policy.model.train(was_training)
+    return torch.cat(feats), {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
+
+
 def vision_probe(policy, train_scenes, test_scenes, *, steps: int = 300, lr: float = 0.05, seed: int = 0) -> dict:
     """What the toy policy's image tokens say: linear probes of their colour, kind and size.
 
@@ -393,21 +413,9 @@ def vision_probe(policy, train_scenes, test_scenes, *, steps: int = 300, lr: flo
     import torch.nn.functional as F
 
     from data.synthetic import COLORS, KINDS, SIZES
-    from models.forward import image_embeddings
 
-    def tokens(scenes):
-        feats, targets = [], []
-        policy.model.eval()
-        with torch.no_grad():
-            for start in range(0, len(scenes), 16):
-                chunk = scenes[start:start + 16]
-                batch = policy.prepare([s.image for s, _ in chunk], [s.query for s, _ in chunk])
-                feats.append(torch.cat(image_embeddings(policy.model, batch)).float())  # [B * 64, hidden]
-                targets += [token_targets(s, label) for s, label in chunk]
-        return torch.cat(feats), {k: torch.cat([t[k] for t in targets]) for k in ("color", "kind", "size")}
-
-    x_train, y_train = tokens(train_scenes)
-    x_test, y_test = tokens(test_scenes)
+    x_train, y_train = image_tokens(policy, train_scenes)
+    x_test, y_test = image_tokens(policy, test_scenes)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     out = {}
@@ -518,20 +526,10 @@ def vision_report(policy, head: torch.nn.Module, scenes, *, batch_size: int = 16
     the accuracy of the head's class on the shape tokens; shape_tokens: how many there were.
     """
     from data.types import FRAME
-    from models.forward import image_embeddings
 
-    outs, targets = [], []
-    was_training = policy.model.training
-    policy.model.eval()
+    feats, cat = image_tokens(policy, scenes, batch_size=batch_size)
     with torch.no_grad():
-        for start in range(0, len(scenes), batch_size):
-            chunk = scenes[start:start + batch_size]
-            batch = policy.prepare([s.image for s, _ in chunk], [s.query for s, _ in chunk])
-            outs.append(head(torch.cat(image_embeddings(policy.model, batch))))  # [B * 64, _AUX_OUT]
-            targets += [token_targets(s, label) for s, label in chunk]
-    policy.model.train(was_training)
-    out = torch.cat(outs)
-    cat = {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
+        out = head(feats)  # [S * 64, _AUX_OUT]
     rows = cat["is_shape"] > 0
 
     def accuracy(cols: slice, key: str) -> float:
@@ -738,8 +736,8 @@ def ground_policy(src: str | os.PathLike, out: str | os.PathLike, *, seed: int =
 def pretrain_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, seed: int = 0, vision_steps: int = 300,
                     steps: int = 3000, batch: int = 8, lr: float = 1e-3, vision_lr: float = 2e-3,
                     warmup: int = 100, aux_weight: float = 1.0, kind_weight: float = 1.0,
-                    single_shape_fraction: float = 0.2, data_seed: int = 20_000, max_len: int = 96, eval_every: int = 500,
-                    heldout: int = HELDOUT_SIZE, log=print) -> dict:
+                    single_shape_fraction: float = 0.2, data_seed: int = 20_000, max_len: int = 96,
+                    eval_every: int = 500, heldout: int = HELDOUT_SIZE, log=print) -> dict:
     """Pretrain the toy Qwen2.5-VL to localise (the toy stand-in for Qwen2.5-VL-Instruct).
 
     1. Vision tower first (``vision_steps`` steps of 16 scenes, AdamW ``vision_lr``): a temporary
@@ -866,9 +864,10 @@ def build_policy(out: str | os.PathLike = TOY_POLICY_DIR, *, recipe: dict | None
     Every phase runs in a temporary folder beside ``out``; ``out`` is replaced only when all are
     done, so an interrupted build leaves the previous checkpoint whole. ``build.json`` records the
     recipes (``recipe``, ``grounding_recipes``), the pretrained checkpoint's held-out report,
-    vision-phase report (:func:`vision_report`) and history (``pretrained``), each grounding round's (``rounds``; each phase with the library
-    ``versions`` it ran with), and the final checkpoint's (``result``, ``history``; per-scene box
-    IoU included, which the tests compare against). Returns the final result.
+    vision-phase report (:func:`vision_report`) and history (``pretrained``), each grounding
+    round's (``rounds``; each phase with the library ``versions`` it ran with), and the final
+    checkpoint's (``result``, ``history``; per-scene box IoU included, which the tests compare
+    against). Returns the final result.
     """
     recipe = dict(POLICY_RECIPE if recipe is None else recipe)
     rounds = [dict(r) for r in (GROUNDING_ROUNDS if grounding is None else grounding)]
