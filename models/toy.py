@@ -18,86 +18,78 @@ and examined or taken further by:
     python -m models.toy diagnose --by-query --probe 256 # ... per query template (query_report) and
                                                          # what the image tokens carry (vision_probe)
     python -m models.toy ground --out DIR [--path SRC]   # the grounding phase alone (GROUNDING_RECIPE)
-    python -m models.toy policy --out DIR --vision-steps 2400 --kind-weight 5
-                                                         # a variant of the policy build (see below)
+    python -m models.toy policy --out DIR --vision-steps 800 --kind-weight 1 --threads 1
+                                                         # the kind-weight-1 variant (see below)
 
-Each command is deterministic from its seed on one process (torch.set_num_threads(1)) for a given
-machine and library versions (:func:`_versions`) and prints its held-out figures at the end; the
-shipped files carry them (``assets/toy/policy/build.json``, the ``result`` metadata of
-``assets/toy/sam2.safetensors``).
+Each command is deterministic from its seed on one process for a given machine, library versions
+(:func:`_versions`) and torch thread count (:data:`BUILD_THREADS`: the policy was built with 2, the
+SAM2 with 1; ``--threads``) and prints its held-out figures at the end; the shipped files carry them
+(``assets/toy/policy/build.json``, the ``result`` metadata of ``assets/toy/sam2.safetensors``).
 
-Measured 2026-11-30 to 2026-12-06 on 2 shared CPU cores (1 torch thread), held-out =
-SyntheticDataset(64, seed=10000), greedy:
+Measured 2026-11-30 to 2026-12-07 on 2 shared CPU cores, held-out = SyntheticDataset(64,
+seed=10000), greedy:
 
-- toy policy (``python -m models.toy policy``, :func:`build_policy`, about 80 min; 1.46 M
-  parameters, model.safetensors 5.8 MB): box IoU 0.311, 27 % of boxes with IoU > 0.5, parse
-  failures 0.03, first pick 0.56, median x1 error 50 px. Its three phases (the library versions
-  of each in build.json; pretraining and the first round ran with transformers 5.24, the second
-  round with 5.25, which scripts/install.sh now pins):
-- pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 17 min): box IoU 0.063, 2 % of boxes with
-  IoU > 0.5, parse failures 0.03 (after the 800-step vision phase its per-token box error is 36 px
-  and cell-centre error 18 px in the 840 frame; held-out box IoU 0.069 at SFT step 400 and 800).
+- toy policy (``python -m models.toy policy``, :func:`build_policy`, 2 torch threads, 103 min;
+  1.46 M parameters, model.safetensors 5.8 MB, transformers 5.25): box IoU 0.322, 27 % of boxes
+  with IoU > 0.5, parse failures 0.05 at 64 new tokens (0.02 at the default run's 96), first pick
+  0.58, median x1 error 47 px. Its three phases:
+- pretraining (:func:`pretrain_policy`, POLICY_RECIPE, 35 min): a 2400-step vision phase with the
+  kind's loss weighted 5x (23 min; per-token box error 36 px and cell-centre error 17 px in the 840
+  frame; its head reads the colour of 98 % of the held-out shape tokens, the size class of 95 %,
+  the kind of 50 %), then 1200 SFT steps: box IoU 0.087, 3 % of boxes with IoU > 0.5, parse
+  failures 0.03 (0.063 / 0.089 at SFT step 400 / 800). With an 800-step vision phase and kind
+  weight 1 (``--vision-steps 800 --kind-weight 1``, 1 thread, 17 min) the pretraining ends at
+  0.063 and its head reads the kind of 18 % of the tokens.
   It localises single shapes (a 400-step SFT on single-shape scenes reaches 0.24 on single-shape
   held-out scenes) far better than it grounds a query among distractors. The coordinate tokens
   and their linear read-out (models.tiny.build_toy_tokenizer, build_toy_qwen) and the long vision
   phase are what make it localise at all: writing coordinates digit by digit (300 vision steps,
   900 SFT steps) gives 0.014, and with a 150-step vision phase the design reaches 0.09 on single
-  shapes. Where it fails (``python -m models.toy diagnose --path DIR``, :func:`grounding_report`,
-  8 s): under teacher forcing its first coordinate x1 is nearest to the target's left edge in 34 %
-  of the held-out scenes, chance being 34 % (1 / number of shapes), with a median x1 error of
-  140 px; given the true x1, y1 its x2, y2 are within a median 41 / 38 px, and given the true box
-  its first point within 8 px. It follows a box it is given but picks the object at random: the
-  query does not steer the first coordinate.
-- grounding, first round (:func:`ground_policy`, GROUNDING_RECIPE, 4000 steps, 42 min; alone on
-  any policy: ``python -m models.toy ground --out DIR --path SRC``): box IoU 0.063 -> 0.246, IoU
-  > 0.5 in 17 % of the scenes, first pick 0.34 -> 0.53 (chance 0.34), median x1 error 140 ->
-  54 px, parse failures 0.03; box IoU 0.044 / 0.187 / 0.250 at steps 1000 / 2000 / 3000. A
-  2000-step schedule (``--steps 2000``, 20 min) ends at 0.149 (IoU > 0.5: 8 %, first pick 0.50).
+  shapes. Where the pretrained policy fails (``python -m models.toy diagnose --path DIR``,
+  :func:`grounding_report`, 8 s; measured on the 800-step, kind-weight-1 pretraining): under
+  teacher forcing its first coordinate x1 is nearest to the target's left edge in 34 % of the
+  held-out scenes, chance being 34 % (1 / number of shapes), with a median x1 error of 140 px;
+  given the true x1, y1 its x2, y2 are within a median 41 / 38 px, and given the true box its
+  first point within 8 px. It follows a box it is given but picks the object at random: the query
+  does not steer the first coordinate.
+- grounding, first round (:func:`ground_policy`, GROUNDING_RECIPE, 4000 steps, 45 min; alone on
+  any policy: ``python -m models.toy ground --out DIR --path SRC``): box IoU 0.087 -> 0.322, IoU
+  > 0.5 in 30 % of the scenes, first pick 0.58, median x1 error 45 px; box IoU 0.085 / 0.186 /
+  0.320 at steps 1200 / 2000 / 3200. From the 800-step, kind-weight-1 pretraining the same round
+  ends at 0.246 (0.073 / 0.187 / 0.222 at the same steps; first pick 0.34 -> 0.53, 42 min, 1
+  thread), and a 2000-step schedule (``--steps 2000``, 20 min) at 0.149.
 - grounding, second round (GROUNDING_ROUNDS[1]: 2000 steps on new scenes, data_seed 50,000, a new
-  warmup and cosine schedule, 32 min beside another run): box IoU 0.246 -> 0.311 (0.182 at its
-  step 1000), first pick 0.53 -> 0.56, median x1 error 54 -> 50 px. The same round on the first
-  round's scenes again (data_seed 40,000) ends at 0.317 (first pick 0.59) with transformers 5.25
-  and at 0.348 (first pick 0.62) with 5.24. A third round on the shipped policy (2000 steps,
-  data_seed 60,000) ends at 0.303 (0.278 at its step 1000; first pick 0.56): the recipe levels
-  off near 0.31.
+  warmup and cosine schedule, 23 min): box IoU 0.322 -> 0.322 (0.240 / 0.301 at its steps 800 /
+  1600), first pick 0.58, median x1 error 47 px. From the kind-weight-1 policy's first round it
+  took 0.246 to 0.311 (first pick 0.56), and a third round of it ended at 0.303: the grounding
+  rounds level off near 0.31-0.32 on these 64 scenes.
 - where the shipped policy fails (``python -m models.toy diagnose --scenes 256 --by-query --probe
   256``: :func:`query_report`, :func:`vision_probe`; 256 held-out scenes, the first 64 the usual
-  ones): box IoU 0.304. Two causes, measured apart:
-  - its image tokens hardly carry a shape's kind: linear probes read the colour of 98.8 % of the
-    shape tokens (majority class 19.7 %), the size class of 95.5 % (72.6 %), the kind of 32.0 %
-    (17.2 %). Queries that need the kind are grounded worst: box IoU 0.20 for "the star", 0.24 "the
-    red star", 0.15 "the shape with the most corners", 0.07 "the shape with the same colour as the
-    red star", against 0.42 for "the purple shape", 0.36 "the leftmost shape", 0.35 for the
-    relations.
-  - where it does pick the target (x1 nearest the target's left edge: 61 % of the scenes), its box
-    is off by a median 30 / 34 / 37 / 34 px (x1, y1, x2, y2) on boxes a median 142 px wide: box
-    IoU 0.40 (0.16 where it picks another shape): about the precision of the image tokens after
-    the vision phase (per-token box error 36 px, above), each a cell of 105 x 105 px of the 840
-    frame.
-  The kind can be learnt, slowly: the vision phase alone with the kind's loss weighted 5x
-  (``--kind-weight 5``; 16 scenes per step, lr 2e-3, its kind head scored on 32 held-out scenes'
-  shape tokens) reads the kind of 16 / 24 / 28 / 35 / 44 / 51 % of the tokens at steps 200 / 800 /
-  1000 / 1600 / 2000 / 2400 (18 % at 800 steps with weight 1, as shipped; a 448 x 448 view merged
-  4 x 4 into the same 64 tokens: 21 % at 400 steps, 3x slower), its per-token box error 40 px.
-  A full build with such a vision phase (``python -m models.toy policy --vision-steps 2400
-  --kind-weight 5 --threads 2``, 103 min on 2 threads: pretraining 35 min, rounds 45 and 23 min)
-  localises better and gives GRPO less to gain. Its vision phase ends with a kind accuracy of 50 %
-  (box error 36 px); held-out box IoU 0.087 after pretraining, 0.322 after the first round (0.085 /
-  0.186 / 0.320 at steps 1200 / 2000 / 3200), 0.322 after the second (parse failures 0.05 at 64
-  new tokens); on the 256 scenes box IoU 0.357 (the shipped policy: 0.304), the target picked in 69 % of
-  them (61 %), kind probe 49.8 %, "the star" 0.32 (0.20), "the red star" 0.37 (0.24), "the purple
-  shape" 0.48 (0.42), the picked boxes off by the same 30-34 px. The default run from it validated
-  at gIoU 52.7 / cIoU 56.8 / box IoU 0.327 at the start (the shipped policy: 48.7 / 49.4 / 0.311) and
-  ended, seeds 0 / 1 / 2, at gIoU 53.8 / 51.2 / 52.4 (mean -0.2), cIoU 54.1 / 50.1 / 53.7 (mean
-  -4.2), box IoU 0.308 / 0.293 / 0.317 (mean -0.021), while its sampled rewards rose in seed 0 only
-  (bbox_iou 0.127 -> 0.208; 0.148 -> 0.162, 0.133 -> 0.131), 8.0-8.5 min each. So it is not the
-  shipped policy: at the default schedule GRPO gains nothing on it.
+  ones; 1 min): box IoU 0.357 (the kind-weight-1 policy: 0.304). Two causes, measured apart:
+  - its image tokens carry a shape's kind only half the time: linear probes read the colour of
+    98.8 % of the shape tokens (majority class 19.7 %), the size class of 96.6 % (72.6 %), the kind
+    of 49.8 % (17.2 %; the kind-weight-1 policy: 32.0 %). Queries that need the kind are still
+    grounded worst: box IoU 0.32 for "the star" (0.20 with kind weight 1), 0.37 "the red star"
+    (0.24), 0.19 "the shape with the most corners" (0.15), 0.17 "the shape with the same colour as
+    the red star" (0.07), against 0.48 for "the purple shape" (0.42), 0.35 "the leftmost shape",
+    0.39 for the relations. By the number of shapes: 0.39 / 0.40 / 0.34 / 0.25 for 2 / 3 / 4 / 5.
+  - where it does pick the target (x1 nearest the target's left edge: 69 % of the scenes; 61 %
+    with kind weight 1), its box is off by a median 30 / 33 / 34 / 33 px (x1, y1, x2, y2) on boxes a
+    median 142 px wide: box IoU 0.44 (0.19 where it picks another shape): about the precision of
+    the image tokens after the vision phase (per-token box error 36 px, above), each a cell of 105
+    x 105 px of the 840 frame. The longer, kind-weighted vision phase did not change it.
+  The kind is learnt slowly: the vision phase alone with the kind's loss weighted 5x (16 scenes per
+  step, lr 2e-3, its kind head scored on 32 held-out scenes' shape tokens) reads the kind of 16 /
+  24 / 28 / 35 / 44 / 51 % of the tokens at steps 200 / 800 / 1000 / 1600 / 2000 / 2400 (18 % at 800
+  steps with weight 1; a 448 x 448 view merged 4 x 4 into the same 64 tokens: 21 % at 400 steps, 3x
+  slower).
 
-The default run's validation (toy SAM2) starts at gIoU 48.7 / cIoU 49.4 from the shipped policy,
-38.0 / 38.5 from the first round's checkpoint; its sampled answers (T = 1.0) earn the hard box
-reward 8-11 % of the time in its first 10 steps (about 9 % from the first round's checkpoint,
-1-1.5 % from the pretrained one, whose validation started at gIoU 17.9 with the SAM2 built without
-its prompt phase).
+The default run's validation (toy SAM2) starts at gIoU 52.7 / cIoU 56.8 from the shipped policy
+(on 256 held-out scenes 60.4 / 60.9; the kind-weight-1 policy: 48.7 / 49.4, on 256 scenes 51.0 /
+50.0), 38.0 / 38.5 from the kind-weight-1 policy's first round; its sampled answers (T = 1.0) earn
+the hard box reward 13-15 % of the time in its first 10 steps (8-11 % from the kind-weight-1 policy,
+about 9 % from its first round, 1-1.5 % from its pretrained checkpoint, whose validation started
+at gIoU 17.9 with the SAM2 built without its prompt phase).
 - toy SAM2 (SAM2_RECIPE, 21 min; 1.9 M stored parameters in bf16, 3.9 MB): gIoU 91.2, cIoU 91.1
   with the ground-truth box + points; prompted with each shape of a scene in turn, its mask
   overlaps the prompted shape most for 54 of 55 prompts (16 held-out scenes). Two phases: the
@@ -142,8 +134,11 @@ HELDOUT_SIZE = 64
 PROBE_SEED = 30_000
 
 #: the toy policy's pretraining (:func:`pretrain_policy`); :func:`build_policy` follows it with GROUNDING_ROUNDS.
-POLICY_RECIPE = dict(seed=0, vision_steps=800, steps=1200, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
-                     aux_weight=1.0, single_shape_fraction=0.35, data_seed=20_000, max_len=64)
+POLICY_RECIPE = dict(seed=0, vision_steps=2400, steps=1200, batch=8, lr=1e-3, vision_lr=2e-3, warmup=50,
+                     aux_weight=1.0, kind_weight=5.0, single_shape_fraction=0.35, data_seed=20_000, max_len=64)
+#: the torch threads each shipped file was built with (``python -m models.toy policy`` / ``sam2``
+#: default to them: results differ, slightly, with the thread count)
+BUILD_THREADS = {"policy": 2, "sam2": 1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -930,7 +925,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-steps", type=int, default=None, help="sam2: the prompt phase's steps (0: none)")
     p.add_argument("--vision-steps", type=int, default=None, help="policy: the steps of the vision phase")
     p.add_argument("--kind-weight", type=float, default=None,
-                   help="policy: the weight of the kind's cross-entropy in the vision loss (POLICY_RECIPE: 1)")
+                   help="policy: the weight of the kind's cross-entropy in the vision loss (POLICY_RECIPE: 5)")
     p.add_argument("--grounding-steps", type=int, nargs="+", default=None,
                    help="policy: the steps of each grounding round (one number per round of GROUNDING_ROUNDS)")
     p.add_argument("--data-seed", type=int, default=None, help="ground: the seed of the grounding scenes")
@@ -945,10 +940,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe", type=int, default=0,
                    help="diagnose: also probe the image tokens for colour / kind / size, fitted on this many "
                         "training scenes (vision_probe; 0: none)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the shipped files: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: those the shipped file was built with, BUILD_THREADS; 1 for "
+                        "ground and diagnose)")
     p.add_argument("--eval-every", type=int, default=400)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or BUILD_THREADS.get(args.what, 1))
     if args.what == "diagnose":
         from models.policy import SegZeroPolicy
 
