@@ -945,7 +945,9 @@ def main(argv: list[str] | None = None) -> None:
                         "ground and diagnose)")
     p.add_argument("--eval-every", type=int, default=400)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads or BUILD_THREADS.get(args.what, 1))
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads if args.threads is not None else BUILD_THREADS.get(args.what, 1))
     if args.what == "diagnose":
         from models.policy import SegZeroPolicy
 
@@ -979,6 +981,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.steps:
             recipe["steps"] = args.steps
         if args.vision_steps is not None:
+            if args.vision_steps < 0:
+                p.error("--vision-steps must be >= 0")
             recipe["vision_steps"] = args.vision_steps
         if args.kind_weight is not None:
             if not args.kind_weight >= 0:

@@ -454,6 +454,12 @@ def test_diagnose_command_prints_every_requested_report(capsys):
         with pytest.raises(SystemExit):
             main(["diagnose", *bad])
     assert "--scenes must be >= 1" in capsys.readouterr().err
+    for what, bad, message in (("diagnose", ["--threads", "0"], "--threads must be >= 1"),
+                               ("policy", ["--vision-steps", "-1"], "--vision-steps must be >= 0"),
+                               ("policy", ["--kind-weight", "-1"], "--kind-weight must be >= 0")):
+        with pytest.raises(SystemExit):
+            main([what, "--out", "unused", *bad])
+        assert message in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- grounding phase
