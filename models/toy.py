@@ -449,9 +449,11 @@ def vision_probe(policy, train_scenes, test_scenes, *, steps: int = 300, lr: flo
     return out
 
 
-#: per image-token targets of the vision pretraining: is-shape 1, colour 6, kind 7, size 2, the
-#: shape's box 4, the token's centre 2
-_AUX_OUT = 1 + 6 + 7 + 2 + 4 + 2
+#: the columns of the vision pretraining's head (:func:`aux_loss`), one block per image-token
+#: target: is-shape 1, colour 6, kind 7, size 2, the owning shape's box 4, the token's centre 2
+AUX_COLUMNS = {"is_shape": slice(0, 1), "color": slice(1, 7), "kind": slice(7, 14), "size": slice(14, 16),
+               "box": slice(16, 20), "centre": slice(20, 22)}
+_AUX_OUT = AUX_COLUMNS["centre"].stop
 GRID = 8  # the toy view is 8 x 8 merged image tokens (models.tiny.TOY_PIXELS)
 
 
@@ -512,15 +514,17 @@ def aux_loss(policy, head: torch.nn.Module, samples, labels, batch=None, *, alig
     shape_rows = cat["is_shape"] > 0
     if aligned:
         words = policy.model.get_input_embeddings().weight[_attribute_word_ids(policy.processor.tokenizer)]  # [15, hidden]
-        out = torch.cat([out[:, :1], head.word_scale * F.normalize(feats, dim=-1) @ F.normalize(words, dim=-1).T,
-                         out[:, 16:]], 1)  # same columns as the linear head: 1 + 6 + 7 + 2 + 4 + 2
-    loss = F.binary_cross_entropy_with_logits(out[:, 0], cat["is_shape"])
-    loss = loss + F.cross_entropy(out[:, 1:7], cat["color"], ignore_index=-100)
-    loss = loss + kind_weight * F.cross_entropy(out[:, 7:14], cat["kind"], ignore_index=-100)
-    loss = loss + F.cross_entropy(out[:, 14:16], cat["size"], ignore_index=-100)
+        out = torch.cat([out[:, AUX_COLUMNS["is_shape"]],
+                         head.word_scale * F.normalize(feats, dim=-1) @ F.normalize(words, dim=-1).T,
+                         out[:, AUX_COLUMNS["box"].start:]], 1)  # the columns of AUX_COLUMNS
+    col = AUX_COLUMNS
+    loss = F.binary_cross_entropy_with_logits(out[:, col["is_shape"]].squeeze(1), cat["is_shape"])
+    loss = loss + F.cross_entropy(out[:, col["color"]], cat["color"], ignore_index=-100)
+    loss = loss + kind_weight * F.cross_entropy(out[:, col["kind"]], cat["kind"], ignore_index=-100)
+    loss = loss + F.cross_entropy(out[:, col["size"]], cat["size"], ignore_index=-100)
     if shape_rows.any():
-        loss = loss + 10 * F.smooth_l1_loss(out[shape_rows, 16:20], cat["box"][shape_rows], beta=0.05)
-    loss = loss + 10 * F.smooth_l1_loss(out[:, 20:22], cat["centre"], beta=0.05)
+        loss = loss + 10 * F.smooth_l1_loss(out[shape_rows, col["box"]], cat["box"][shape_rows], beta=0.05)
+    loss = loss + 10 * F.smooth_l1_loss(out[:, col["centre"]], cat["centre"], beta=0.05)
     return loss
 
 
@@ -539,13 +543,15 @@ def vision_report(policy, head: torch.nn.Module, scenes, *, batch_size: int = 16
         out = head(feats)  # [S * 64, _AUX_OUT]
     rows = cat["is_shape"] > 0
 
-    def accuracy(cols: slice, key: str) -> float:
-        return round(float((out[rows, cols].argmax(-1) == cat[key][rows]).float().mean()), 4)
+    col = AUX_COLUMNS
 
-    return {"box_error": round(float((out[rows, 16:20] - cat["box"][rows]).abs().mean()) * FRAME, 1),
-            "centre_error": round(float((out[:, 20:22] - cat["centre"]).abs().mean()) * FRAME, 1),
-            "colour": accuracy(slice(1, 7), "color"), "kind": accuracy(slice(7, 14), "kind"),
-            "size": accuracy(slice(14, 16), "size"), "shape_tokens": int(rows.sum())}
+    def accuracy(key: str) -> float:
+        return round(float((out[rows, col[key]].argmax(-1) == cat[key][rows]).float().mean()), 4)
+
+    return {"box_error": round(float((out[rows, col["box"]] - cat["box"][rows]).abs().mean()) * FRAME, 1),
+            "centre_error": round(float((out[:, col["centre"]] - cat["centre"]).abs().mean()) * FRAME, 1),
+            "colour": accuracy("color"), "kind": accuracy("kind"), "size": accuracy("size"),
+            "shape_tokens": int(rows.sum())}
 
 
 def _attribute_word_ids(tokenizer) -> torch.Tensor:
