@@ -15,7 +15,7 @@ The options that name what train.py names are spelt as train.py spells them (``-
 The default training run's policy with the shipped toy SAM2 on held-out synthetic scenes (any CPU
 machine, no download; ``--preset tiny`` without ``--model-path`` uses the random tiny policy)::
 
-    python evaluate.py --preset tiny --model-path runs/tiny/hf_export --data-path synthetic:64 \\
+    python evaluate.py --preset tiny --model-path runs/tiny/hf_export --data-path synthetic:256 \\
         --data-seed 10000 --output-dir runs/eval-tiny
 
 The authors' ReasonSeg parquet (val: 200 rows, test: 779), the released Seg-Zero-7B, 8 GPUs::
