@@ -187,6 +187,17 @@ def test_sam2_prompt_phase_teaches_the_prompt_position():
     assert inside[0] > outside[0] and inside[1] > outside[1]
 
 
+def test_aux_head_columns_tile_the_targets():
+    from data.synthetic import COLORS, KINDS, SIZES
+    from models.toy import _AUX_OUT, AUX_COLUMNS
+
+    widths = {k: c.stop - c.start for k, c in AUX_COLUMNS.items()}
+    assert widths == {"is_shape": 1, "color": len(COLORS), "kind": len(KINDS), "size": len(SIZES), "box": 4,
+                      "centre": 2} == {"is_shape": 1, "color": 6, "kind": 7, "size": 2, "box": 4, "centre": 2}
+    starts = [c.start for c in AUX_COLUMNS.values()]
+    assert starts == [0, 1, 7, 14, 16, 20] and _AUX_OUT == 22  # contiguous, in this order
+
+
 def test_aux_loss_weights_the_kind_cross_entropy():
     import torch.nn.functional as F
 
