@@ -504,8 +504,9 @@ def preset_tiny_multi() -> dict:
     (models.toy), seed 0: 8.4 min alone; validation
     gIoU 18.0 at the start of GRPO, then 13.8, 15.7, 15.0, 15.0, 14.6 at steps 10-50 and 13.2 at
     step 60 (cIoU 20.3 -> 16.8); matched-box IoU 0.081 -> 0.066; the sampled answers earn a mean
-    accuracy reward of 0.025 (of 3). GRPO does not improve it from either policy: the toy policy localises too few
-    objects for the accuracy reward to give a signal, and the toy SAM2 follows its prompts, so
+    accuracy reward of 0.025 (of 3). GRPO does not improve it from either policy: the toy policy
+    localises too few objects for the accuracy reward to give a signal, and the toy SAM2 follows
+    its prompts, so
     boxes that miss give masks that miss. The default run's schedule (150 steps at lr 3e-5, one
     process, seed 0) does not either: gIoU 16.0 at the start of GRPO, then 17.6, 15.4, 17.5, 17.0,
     14.6 at steps 25-125 and 14.7 at step 150 (cIoU 17.2 -> 15.4, matched-box IoU 0.060 -> 0.048).

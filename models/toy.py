@@ -84,9 +84,9 @@ seed=10000), greedy:
   steps with weight 1; a 448 x 448 view merged 4 x 4 into the same 64 tokens: 21 % at 400 steps, 3x
   slower).
 
-The default run's validation (toy SAM2) starts at gIoU 52.7 / cIoU 56.8 from the shipped policy
-(on 256 held-out scenes 60.4 / 60.9; the kind-weight-1 policy: 48.7 / 49.4, on 256 scenes 51.0 /
-50.0), 38.0 / 38.5 from the kind-weight-1 policy's first round; its sampled answers (T = 1.0) earn
+The default run's validation (toy SAM2, 256 held-out scenes) starts at gIoU 60.4 / cIoU 60.9 from
+the shipped policy (on the first 64 of them 52.7 / 56.8; the kind-weight-1 policy: 51.0 / 50.0, on
+64 scenes 48.7 / 49.4), 38.0 / 38.5 on 64 scenes from the kind-weight-1 policy's first round; its sampled answers (T = 1.0) earn
 the hard box reward 13-15 % of the time in its first 10 steps (8-11 % from the kind-weight-1 policy,
 about 9 % from its first round, 1-1.5 % from its pretrained checkpoint, whose validation started
 at gIoU 17.9 with the SAM2 built without its prompt phase).
@@ -512,12 +512,12 @@ def aux_loss(policy, head: torch.nn.Module, samples, labels, batch=None, *, alig
     t = [token_targets(s, lab) for s, lab in zip(samples, labels)]
     cat = {k: torch.cat([x[k] for x in t]) for k in t[0]}
     shape_rows = cat["is_shape"] > 0
+    col = AUX_COLUMNS
     if aligned:
         words = policy.model.get_input_embeddings().weight[_attribute_word_ids(policy.processor.tokenizer)]  # [15, hidden]
-        out = torch.cat([out[:, AUX_COLUMNS["is_shape"]],
+        out = torch.cat([out[:, col["is_shape"]],
                          head.word_scale * F.normalize(feats, dim=-1) @ F.normalize(words, dim=-1).T,
-                         out[:, AUX_COLUMNS["box"].start:]], 1)  # the columns of AUX_COLUMNS
-    col = AUX_COLUMNS
+                         out[:, col["box"].start:]], 1)  # the columns of AUX_COLUMNS
     loss = F.binary_cross_entropy_with_logits(out[:, col["is_shape"]].squeeze(1), cat["is_shape"])
     loss = loss + F.cross_entropy(out[:, col["color"]], cat["color"], ignore_index=-100)
     loss = loss + kind_weight * F.cross_entropy(out[:, col["kind"]], cat["kind"], ignore_index=-100)
