@@ -294,7 +294,9 @@ class MultiObjectSynthetic:
     come from a small per-scene palette (2-3 colours) so that colours repeat; each shape keeps at
     least ``data.synthetic.MIN_VISIBLE`` of its pixels visible. The query (:func:`scene_multi_queries`)
     is drawn so that about ``empty_fraction`` of the samples refer to nothing, ``multi_fraction``
-    of the others to two or more shapes, the rest to one. Each object is a shape's VISIBLE pixels.
+    of the others to two or more shapes, the rest to one. Each object is a shape's VISIBLE pixels;
+    the solution lists the objects left to right (by box x1, then y1), so that an answer copied from
+    it is a function of the scene (the accuracy reward's matching ignores the order).
     ``meta``: ``targets`` (shape indices), ``shapes``, ``family`` ("none", "one", "several"),
     ``num_objects``. Sample ``i`` depends on (seed, i) only.
     """
@@ -365,10 +367,14 @@ class MultiObjectSynthetic:
             pool = pool or [q for q in queries if q[1]]
             text, targets = pool[int(rng.integers(len(pool)))]
             masks = [label == t + 1 for t in targets]
+            solution = objects_from_masks(masks)
+            order = sorted(range(len(targets)), key=lambda k: solution[k]["bbox_2d"][:2])  # left to right
+            targets, masks = [targets[k] for k in order], [masks[k] for k in order]
+            solution = [solution[k] for k in order]
             image = self._paint(rng, shapes, label)
             family = "none" if not targets else ("one" if len(targets) == 1 else "several")
             return Sample(id=self.ids[index], image=image, query=text, mask=union_mask(masks, label.shape),
-                          solution=objects_from_masks(masks),
+                          solution=solution,
                           meta={"targets": targets, "shapes": [s.as_dict() for s in shapes], "family": family,
                                 "num_objects": len(targets)})
         raise RuntimeError(f"could not draw a scene for sample {index} (seed {self.seed}) in 100 attempts")

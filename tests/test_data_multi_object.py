@@ -159,6 +159,8 @@ def test_synthetic_multi_object_samples():
         assert len(s.solution) == s.meta["num_objects"] == len(s.meta["targets"])
         assert s.mask.dtype == np.uint8 and s.mask.shape == s.image.shape[:2]
         assert bool(s.mask.any()) == bool(s.solution)
+        corners = [o["bbox_2d"][:2] for o in s.solution]
+        assert corners == sorted(corners)  # listed left to right (x1, then y1)
         h, w = s.mask.shape
         for (x, y) in points:  # each point lies on the union mask (back in the original frame)
             assert s.mask[min(int(y * h / 840), h - 1), min(int(x * w / 840), w - 1)]
