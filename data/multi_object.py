@@ -369,8 +369,7 @@ class MultiObjectSynthetic:
             masks = [label == t + 1 for t in targets]
             solution = objects_from_masks(masks)
             order = sorted(range(len(targets)), key=lambda k: solution[k]["bbox_2d"][:2])  # left to right
-            targets, masks = [targets[k] for k in order], [masks[k] for k in order]
-            solution = [solution[k] for k in order]
+            targets, solution = [targets[k] for k in order], [solution[k] for k in order]  # the union ignores it
             image = self._paint(rng, shapes, label)
             family = "none" if not targets else ("one" if len(targets) == 1 else "several")
             return Sample(id=self.ids[index], image=image, query=text, mask=union_mask(masks, label.shape),

@@ -86,10 +86,10 @@ seed=10000), greedy:
 
 The default run's validation (toy SAM2, 256 held-out scenes) starts at gIoU 60.4 / cIoU 60.9 from
 the shipped policy (on the first 64 of them 52.7 / 56.8; the kind-weight-1 policy: 51.0 / 50.0, on
-64 scenes 48.7 / 49.4), 38.0 / 38.5 on 64 scenes from the kind-weight-1 policy's first round; its sampled answers (T = 1.0) earn
-the hard box reward 13-15 % of the time in its first 10 steps (8-11 % from the kind-weight-1 policy,
-about 9 % from its first round, 1-1.5 % from its pretrained checkpoint, whose validation started
-at gIoU 17.9 with the SAM2 built without its prompt phase).
+64 scenes 48.7 / 49.4), 38.0 / 38.5 on 64 scenes from the kind-weight-1 policy's first round; its
+sampled answers (T = 1.0) earn the hard box reward 13-15 % of the time in its first 10 steps (8-11 %
+from the kind-weight-1 policy, about 9 % from its first round, 1-1.5 % from its pretrained
+checkpoint, whose validation started at gIoU 17.9 with the SAM2 built without its prompt phase).
 - toy SAM2 (SAM2_RECIPE, 21 min; 1.9 M stored parameters in bf16, 3.9 MB): gIoU 91.2, cIoU 91.1
   with the ground-truth box + points; prompted with each shape of a scene in turn, its mask
   overlaps the prompted shape most for 54 of 55 prompts (16 held-out scenes). Two phases: the
