@@ -24,6 +24,10 @@ covers the tokens up to and including the first EOS). The host looks at the batc
 ``check_every`` steps only: it stops when every row finished, and with ``compact=True`` (default)
 ``index_select``s the working set (cache, mask, positions, next tokens) down to the active rows;
 ``compact=False`` keeps finished rows (masked). The result is trimmed to the longest response.
+``check_every`` defaults to 16 on an accelerator, where each look is a host sync that stalls the
+queue, and to 1 on CPU, where it costs nothing and finished rows leave the batch at once (measured
+on the toy policy, 2 CPU cores: 0.65-0.69 s against 0.77 s per rollout of 8 x 8 rows); the tokens
+are the same either way (tested).
 Why the engine is built this way, and what it measures: docs/ENGINE.md.
 
 Departure from transformers' ``generate``: none in the distribution (the greedy test compares
@@ -116,7 +120,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    check_every: int = 16,
+    check_every: int | None = None,
     compact: bool = True,
 ) -> Generation:
     """Decode ``group_size`` responses for each prompt of ``batch`` from one shared prefill.
@@ -127,9 +131,11 @@ def generate(
     finishes at the first of any of them, as transformers' ``generate`` does with a list: the
     Qwen2.5-VL-Instruct checkpoints list ``<|im_end|>`` and ``<|endoftext|>``).
     """
-    _check_args(group_size, max_new_tokens, temperature, top_p, check_every)
     batch = left_align(batch)
     device = batch.device
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 16
+    _check_args(group_size, max_new_tokens, temperature, top_p, check_every)
     num_prompts, prompt_len = batch.input_ids.shape
     num_rows = num_prompts * group_size
     if isinstance(generator, Sequence) and len(generator) != num_prompts:

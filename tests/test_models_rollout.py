@@ -205,6 +205,33 @@ def test_all_finished_stops_early(tiny_policy):
     assert len(sizes) == 1 + 3  # prefill, then decode steps 1..3 before the check after step 3
 
 
+def test_cpu_default_checks_every_step_with_the_same_tokens(tiny_policy):
+    """On CPU the default ``check_every`` is 1: with EOS forced the decode stops right after the
+    prefill; otherwise the tokens are those of checking every 16 steps."""
+    batch = tiny_policy.prepare(random_images(2), QUERIES)
+    model, eos = tiny_policy.model, tiny_policy.eos_token_id
+    sizes = []
+    with boosted_logit(model, eos, 1e4, sizes):  # EOS forced
+        generate(model, batch, 3, max_new_tokens=50, eos_token_id=eos, pad_token_id=tiny_policy.pad_token_id,
+                 generator=torch.Generator().manual_seed(0))
+    assert len(sizes) == 1  # the prefill only
+    outs, decode_rows = [], []
+    for every in (None, 16):
+        sizes = []
+        with boosted_logit(model, eos, 3.0, sizes):  # rows stop at different steps
+            outs.append(generate(model, batch, 4, max_new_tokens=40, eos_token_id=eos,
+                                 pad_token_id=tiny_policy.pad_token_id, temperature=0.8,
+                                 generator=torch.Generator().manual_seed(3), check_every=every))
+        decode_rows.append(sum(sizes[1:]))  # rows run through the decode steps
+    default, sparse = outs
+    assert len(set(default.response_mask.sum(-1).tolist())) > 1
+    torch.testing.assert_close(default.response_ids, sparse.response_ids, atol=0, rtol=0)
+    torch.testing.assert_close(default.response_mask, sparse.response_mask, atol=0, rtol=0)
+    on = default.response_mask.bool()
+    torch.testing.assert_close(default.logp[on], sparse.logp[on], atol=1e-5, rtol=0)
+    assert decode_rows[0] < decode_rows[1]  # finished rows left the batch sooner
+
+
 def test_one_generator_per_prompt_makes_samples_independent_of_the_batch(tiny_policy):
     """Prompt b of a batched rollout with generators [g_0, g_1] draws exactly what a rollout of
     prompt b alone with g_b draws: how the trainer batches a rank's prompts and still samples what
