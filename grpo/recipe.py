@@ -417,7 +417,10 @@ def preset_tiny() -> dict:
     gloo collectives).
 
     Measured 2026-12-07 on 2 CPU cores, seeds 0, 1, 2 (--seed):
-      wall time ........................ 9.0 / 8.8 / 8.9 min (150 steps, 4 validations)
+      wall time ........................ 8.6 min (seed 0; 150 steps, 4 validations); 9.0 / 8.8 / 8.9
+                                         min with the rollout's check_every at 16 instead of
+                                         its CPU default 1 (the same figures), as the longer
+                                         runs below were timed
       validation (256 held-out scenes, greedy, toy SAM2), start -> steps 50, 100, 150:
         seed 0: gIoU 60.4 -> 61.6, 58.4, 61.5
         seed 1: gIoU 60.4 -> 61.7, 63.1, 64.4
@@ -489,41 +492,57 @@ def preset_tiny_multi() -> dict:
 
     What it does: the shipped toy policy writes the single-object answer, so a warm start of
     ``warmstart_sft_steps`` SFT steps (lr 1e-3) on the training scenes first teaches it the object
-    list; then 80 GRPO steps at the default run's lr 3e-5, validated every 20 on 128 held-out
-    scenes, with the multi-object rewards (format + Hungarian-matched accuracy + non-repeat),
-    otherwise as in ``tiny``. The scenes (``synthetic:4096:present``,
-    data.multi_object.MultiObjectSynthetic: 3-6 shapes, 2-3 colours, objects listed left to right)
-    hold queries that refer to one shape or several ("every red shape", "the two circles") but
-    never to nothing, like the authors' multi-object training data: the released accuracy reward
-    gives the empty answer 0 even on an empty target, so GRPO on scenes with empty targets unlearns
-    the empty answer (measured: no-target accuracy 16.7 % -> 0 % in 10 steps). 256 new tokens hold
-    a list of 6 objects (223 toy tokens); at 160 the longest answers are cut, and GRPO learns to
-    list one object only.
+    list (the same warm start for every seed); then 80 GRPO steps at the default run's lr 3e-5,
+    validated every 20 on 128 held-out scenes, with the multi-object rewards (format +
+    Hungarian-matched accuracy + non-repeat), otherwise as in ``tiny`` but for the sampling
+    temperature. The scenes (``synthetic:4096:present``, data.multi_object.MultiObjectSynthetic:
+    3-6 shapes, 2-3 colours, objects listed left to right) hold queries that refer to one shape or
+    several ("every red shape", "the two circles") but never to nothing, like the authors'
+    multi-object training data: the released accuracy reward gives the empty answer 0 even on an
+    empty target, so GRPO on scenes with empty targets unlearns the empty answer (measured:
+    no-target accuracy 16.7 % -> 0 % in 10 steps). 256 new tokens hold a list of 6 objects (223 toy
+    tokens); at 160 the longest answers are cut, and GRPO learns to list one object only.
+    Departure from the released config: temperature 0.7 (theirs 1.0). At 1.0 the warm-started
+    policy's sampled lists fail to parse in 13 % of the rows (1-2 % at 0.7), so the group
+    advantages mostly teach the list format, which its greedy answers already have (0 parse
+    failures), and the held-out gIoU does not rise in 80 steps (below).
 
-    Measured 2026-12-07 on 2 CPU cores from the shipped toy policy, seed 0, alone: 9.6 min;
-    validation gIoU 29.9 at the start of GRPO, then 32.1, 31.3, 31.9 at steps 20-60 and 30.7 at
-    step 80 (cIoU 33.7 -> 33.2, 36.2-37.5 in between); matched-box IoU 0.140 -> 0.139; the greedy
-    lists earn a mean accuracy reward of 0.155 (of 3) at the start. GRPO holds the warm start but
-    barely moves it: the policy lists two objects for every colour or size query (whose targets
-    number 2.25 / 2.57 on average) and localises them poorly (mask IoU 0.39 / 0.34 on colour /
-    size queries, 0.21 on kind queries), so the accuracy reward gives little signal. Longer runs
-    raise it, unevenly: 300 steps (``--max-steps 300 --eval-every 50``; 25.3 min with the warm
-    start) validate at gIoU 32.2, 32.3, 32.0, 24.9, 27.8, 35.4 (seed 0) and 30.9, 32.4, 35.4, 33.1,
-    31.9, 33.5 (seed 1) at steps 50-300: end mean 34.5 (+4.6), cIoU 38.3 / 37.7, matched-box IoU
-    0.161 / 0.156; the sampled lists' parse failures fall from 10-12 % to 5 % and their accuracy
-    reward moves from 0.045-0.047 to 0.048-0.059 (first vs last 25 steps). What was measured
-    on the way (64 held-out scenes unless said): the objects in the shapes' drawing order instead
-    of left to right gave a warm start at gIoU 24.0 (matched-box IoU 0.093), which 60 steps at lr
-    1e-4 took to 19.0; left to right it starts at 30.7 (0.141), and lr 1e-4 takes it to 20.7 in 10
-    steps and 18.6 in 20 (the sampled lists failed to parse in 3-27 % of the rows of each step); a
-    1000-step warm start starts lower (26.3), and lr 3e-5 then gives 27.5, 27.2, 28.7, 29.7 at
-    steps 10-40.
+    Measured 2026-12-07 on 2 CPU cores, seeds 0, 1, 2 (--seed): 10.3 min alone (seed 2, warm start
+    included; 6.6 min for the GRPO steps and validations of seed 1); validation gIoU from 29.9 at
+    the start of GRPO (cIoU 33.7, matched-box IoU 0.140) at steps 20, 40, 60, 80:
+        seed 0: 30.3, 32.4, 32.5, 34.2   (cIoU 38.9, matched-box IoU 0.157)
+        seed 1: 30.7, 32.6, 34.0, 34.1   (cIoU 39.6, 0.150)
+        seed 2: 30.3, 28.9, 31.6, 32.7   (cIoU 36.2, 0.145)
+    an end mean of 33.7 (+3.7; cIoU 38.2: +4.5; matched-box IoU 0.151: +0.011); `evaluate.py --task
+    multi` on seed 0's export gives 34.2 / 38.9, its last validation. GRPO moves where the listed
+    boxes lie, not how many it lists: mask IoU on queries with 2 targets 0.347 -> 0.383-0.391 and
+    with 3 or more 0.287 -> 0.317-0.368 (1 target: 0.247 -> 0.260-0.264), while the greedy lists
+    hold 1.24 / 2.0 / 1.95 objects for 1 / 2 / 3+ targets before and after. The sampled lists' mean
+    accuracy reward stays near 0.05-0.07 (of 3) and about half of the groups earn the same reward
+    in every sample (no advantage). The policy localises the objects of a list poorly (matched-box
+    IoU 0.14-0.16; the single-object policy's box IoU is 0.357): it lists two objects for every
+    colour or size query and fares worst on queries that name a kind (mask IoU 0.21 at the start).
+    At temperature 1.0 (seed 0, the rest the same; 9.6 min): 32.1, 31.3, 31.9, 30.7 (cIoU 33.7 ->
+    33.2, matched-box IoU 0.140 -> 0.139); 300 steps at 1.0 (``--temperature 1.0 --max-steps 300
+    --eval-every 50``, 25.3 min) rise unevenly: 32.2, 32.3, 32.0, 24.9, 27.8, 35.4 (seed 0) and
+    30.9, 32.4, 35.4, 33.1, 31.9, 33.5 (seed 1) at steps 50-300, while the sampled lists' parse
+    failures fall from 10-12 % to 5 %. At 0.7, seed 0's run continued to 300 steps (``--resume
+    --max-steps 300 --eval-every 40``) validates at 31.7, 34.0, 34.5, 34.8, 37.6, 36.1 at steps 120,
+    160, 200, 240, 280, 300 (cIoU 40.2, matched-box IoU 0.159 at 300).
+    What was measured on the way (64 held-out scenes, temperature 1.0): the objects in the shapes'
+    drawing order instead of left to right gave a warm start at gIoU 24.0 (matched-box IoU 0.093),
+    which 60 steps at lr 1e-4 took to 19.0; left to right it starts at 30.7 (0.141), and lr 1e-4
+    takes it to 20.7 in 10 steps and 18.6 in 20 (the sampled lists failed to parse in 3-27 % of the
+    rows of each step); a 1000-step warm start starts lower (26.3), and lr 3e-5 then gives 27.5,
+    27.2, 28.7, 29.7 at steps 10-40. Scenes painted with the single-object scenes' background
+    ramp (data.synthetic.SyntheticDataset._paint) instead of a flat background gave a lower warm
+    start (128 scenes: gIoU 27.1, matched-box IoU 0.104, parse failures 4 %).
     """
     d = preset_tiny()
     d.update({
         "train.task": "multi", "data.data_path": "synthetic:4096:present", "rollout.max_new_tokens": 256,
         "train.warmstart_sft_steps": 300, "train.max_steps": 80, "optim.lr": 3e-5, "train.eval_every": 20,
-        "data.heldout_size": 128,
+        "data.heldout_size": 128, "rollout.temperature": 0.7,
         "train.output_dir": "runs/tiny-multi",
     })
     return d

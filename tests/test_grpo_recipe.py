@@ -67,6 +67,7 @@ def test_tiny_multi_preset_fits_six_objects_and_never_asks_for_nothing():
     cfg = build_config(preset="tiny_multi")
     assert (cfg.train.task, cfg.data.data_path, cfg.model.model_path) == ("multi", "synthetic:4096:present", "toy")
     assert cfg.train.warmstart_sft_steps > 0 and cfg.train.eval_every > 0
+    assert cfg.rollout.temperature == 0.7  # the departure its docstring measures (the default run samples at 1.0)
     # the longest answer of the scenes (6 objects) fits the response budget with its EOS
     tok = build_toy_tokenizer()
     scenes = MultiObjectSynthetic(300, seed=0, empty_fraction=0.0, min_shapes=6, max_shapes=6, multi_fraction=1.0)
