@@ -25,9 +25,8 @@ covers the tokens up to and including the first EOS). The host looks at the batc
 ``index_select``s the working set (cache, mask, positions, next tokens) down to the active rows;
 ``compact=False`` keeps finished rows (masked). The result is trimmed to the longest response.
 ``check_every`` defaults to 16 on an accelerator, where each look is a host sync that stalls the
-queue, and to 1 on CPU, where it costs nothing and finished rows leave the batch at once (measured
-on the toy policy, 2 CPU cores: 0.65-0.69 s against 0.77 s per rollout of 8 x 8 rows); the tokens
-are the same either way (tested).
+queue, and to 1 on CPU, where it costs nothing and finished rows leave the batch at once; the
+tokens are the same either way (tested).
 Why the engine is built this way, and what it measures: docs/ENGINE.md.
 
 Departure from transformers' ``generate``: none in the distribution (the greedy test compares
