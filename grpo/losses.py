@@ -16,8 +16,15 @@ and including EOS) and 0 on padding.
 
    clip_eps_high > clip_eps is the asymmetric "clip-higher" of DAPO (arXiv 2503.14476, eq. 10);
    clip_eps_high = 0 means clip_eps_high = clip_eps (symmetric, the paper).
-   Departure: the log-ratio clamp to [-20, 20] only guards exp against overflow; ratios that large
-   are clipped anyway whenever the clip is active for that sign of A.
+   Departure: the log-ratio is clamped to [-20, 20] before exp. Besides guarding exp against
+   overflow, the clamp ZEROES THE GRADIENT of every token with |logp - old_logp| > 20 (clamp passes
+   no gradient outside its range): a second, silent clip. Where the PPO clip binds the gradient is
+   0 anyway; the clamp adds the tokens where it does not: A < 0 with log ratio > 20 (the unclipped
+   term -A * ratio, whose gradient -A * ratio > |A| e^20 becomes 0) and A > 0 with log ratio < -20
+   (gradient -A * ratio, of size below A e^-20, becomes 0). ``clipped`` (and so clipfrac) does not
+   count these tokens. The clamp cannot bind with one optimizer step per rollout, where
+   old_logp = logp.detach() and the log ratio is exactly 0; with several steps it binds only on a
+   token whose probability moved by a factor above e^20 (4.9e8) since sampling.
 
 2. KL penalty to the reference, per token: kl_estimate(logp, ref_logp, kl_estimator), k3 by default
    (GRPO eq. 4), added to the loss as ``kl_coef * KL`` (GRPO's beta; 5e-3 in the Seg-Zero recipe).
@@ -25,7 +32,8 @@ and including EOS) and 0 on padding.
 3. Entropy bonus: ``- entropy_coef * H`` (the released Seg-Zero code subtracts 1e-3 x entropy; the
    paper is silent; default here 0).
 
-4. Aggregation over tokens (``aggregate``), the same for every term, three ways (``aggregation``):
+4. Aggregation over tokens (``aggregate``), the same for every term of the loss, three ways
+   (``aggregation``; default "seq-mean-token-mean", the recipe's):
 
        "token-mean"              sum_{i,t} m_it l_it / T            T = number of valid tokens
                                  (DAPO, arXiv 2503.14476, eq. 8: each response weighs by its length)
@@ -42,6 +50,13 @@ and including EOS) and 0 on padding.
    (mini-)batch over all micro-batches and ranks, so that the micro-batch losses, each divided by
    the same constant, SUM to the full-batch loss, and so do their gradients. When the counts are
    omitted the local ones are used (one full batch in one pass).
+
+   What ``grpo_loss`` logs: the loss's own terms (policy_loss, kl, entropy) follow ``aggregation``,
+   so that loss = policy_loss + kl_coef x kl - entropy_coef x entropy holds in every mode (under
+   "seq-mean-token-sum-norm" they are therefore scaled by mean length / L_max, like the loss); the
+   pure diagnostics (clipfrac, approx_kl_old, tis_weight) are token means whatever
+   ``aggregation``, sum_{i,t} m_it x_it / T with the same global T, so clipfrac is the fraction of
+   the valid tokens whose clip binds. Every logged value sums over micro-batches and ranks.
 
 5. Optional truncated importance sampling (TIS; Yao et al. 2025, "Your Efficient RL Framework
    Secretly Brings You Off-Policy RL Training"): the samples were drawn by the sampler, whose
@@ -108,7 +123,7 @@ def truncated_is_weight(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap:
 def aggregate(
     per_token_loss: torch.Tensor,
     mask: torch.Tensor,
-    aggregation: str = "token-mean",
+    aggregation: str = "seq-mean-token-mean",
     *,
     num_tokens: float | int | torch.Tensor | None = None,
     num_seqs: float | int | torch.Tensor | None = None,
@@ -155,7 +170,7 @@ def grpo_loss(
     entropy_coef: float = 0.0,
     clip_eps: float = 0.2,
     clip_eps_high: float = 0.0,
-    aggregation: str = "token-mean",
+    aggregation: str = "seq-mean-token-mean",
     num_tokens: float | int | torch.Tensor | None = None,
     num_seqs: float | int | torch.Tensor | None = None,
     max_new_tokens: float | int | torch.Tensor | None = None,
@@ -163,12 +178,17 @@ def grpo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = policy + kl_coef * kl - entropy_coef * entropy, every term aggregated by ``aggregation``.
 
-    Returns (loss, terms); terms holds detached 0-dim tensors, each aggregated the same way
-    and with the same normalisers as the loss (so they too sum over micro-batches and ranks to the full-batch
-    value): "loss", "policy_loss", "kl" (k-estimate to the reference, when ref_logp is given),
-    "entropy" (when given), "clipfrac" (fraction of clipped tokens), "approx_kl_old" (k3 of the
-    current policy against old_logp, a diagnostic of how far the update moved) and "tis_weight"
-    (the mean importance weight, when ``is_weight`` is given).
+    Shapes: logp, old_logp, ref_logp, mask, entropy, is_weight [N, L]; adv [N] or [N, L].
+    Returns (loss, terms); terms holds detached 0-dim tensors, each a sum over this micro-batch
+    divided by GLOBAL counts, so that each sums over micro-batches and ranks to its full-batch value:
+      "loss", "policy_loss", "kl" (k-estimate to the reference, when ref_logp is given),
+          "entropy" (when given)   aggregated by ``aggregation``: the numbers the loss is made of,
+          loss = policy_loss + kl_coef * kl - entropy_coef * entropy;
+      "clipfrac", "approx_kl_old", "tis_weight"   token means whatever ``aggregation``:
+          sum_{i,t} m_it x_it / num_tokens (module doc, 4), x_it being 1 where the clip binds and 0
+          elsewhere (so clipfrac is the fraction of the valid tokens that are clipped), k3 of the
+          current policy against old_logp (how far the update moved) and the importance weight
+          (when ``is_weight`` is given).
     ref_logp may be None only when kl_coef == 0; entropy may be None only when entropy_coef == 0.
     ``is_weight`` [N, L] (e.g. ``truncated_is_weight``) multiplies the per-token policy-gradient
     loss (module doc, 5); None: no weight.
@@ -179,8 +199,11 @@ def grpo_loss(
         raise ValueError(f"entropy_coef={entropy_coef} needs entropy, got None")
     counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_new_tokens=max_new_tokens)
 
-    def agg(values: torch.Tensor) -> torch.Tensor:
+    def agg(values: torch.Tensor) -> torch.Tensor:  # the loss's aggregation
         return aggregate(values, mask, aggregation, **counts)
+
+    def token_mean(values: torch.Tensor) -> torch.Tensor:  # the diagnostics' (global T)
+        return aggregate(values.detach(), mask, "token-mean", num_tokens=num_tokens)
 
     per_token_pg, clipped = clipped_surrogate(logp, old_logp, adv, clip_eps, clip_eps_high)
     if is_weight is not None:
@@ -199,9 +222,9 @@ def grpo_loss(
         loss = loss - entropy_coef * mean_entropy
         terms["entropy"] = mean_entropy.detach()
     with torch.no_grad():
-        terms["clipfrac"] = agg(clipped.to(per_token_pg.dtype))
-        terms["approx_kl_old"] = agg(kl_estimate(logp, old_logp, "k3"))
+        terms["clipfrac"] = token_mean(clipped.to(per_token_pg.dtype))
+        terms["approx_kl_old"] = token_mean(kl_estimate(logp, old_logp, "k3"))
         if is_weight is not None:
-            terms["tis_weight"] = agg(is_weight.to(per_token_pg.dtype))
+            terms["tis_weight"] = token_mean(is_weight.to(per_token_pg.dtype))
     terms["loss"] = loss.detach()
     return loss, terms

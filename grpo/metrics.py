@@ -8,7 +8,10 @@ Update metrics (loss terms, clipfrac, KL, entropy, grad norm, skipped steps) are
 ``grpo.update.grpo_update``, which merges both into one flat dict.
 
 Reduction: every mean is a ratio of all-reduced SUMS (so 2 ranks with half the rows each report
-exactly what 1 rank with all rows reports); minima and maxima use MIN / MAX. Without an initialised
+what 1 rank with all rows reports, up to the order of float64 additions); minima and maxima use
+MAX (of x and of -x). Standard deviations are unbiased and two-pass: all-reduce the sum and the count,
+then all-reduce sum_i (x_i - mean)^2 around the global mean, std = sqrt(that / (n - 1)) (no
+cancellation of sum x^2 - n mean^2 when |mean| >> std). Without an initialised
 torch.distributed process group the functions are purely local. Every rank gets the same dict.
 """
 from __future__ import annotations
@@ -42,15 +45,14 @@ def zero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> tupl
     return tied, int(groups.numel())
 
 
-def _mean_std(total: float, total_sq: float, count: float) -> tuple[float, float]:
-    """Mean and unbiased std from a sum, a sum of squares and a count (NaN std when count < 2)."""
+def _mean_std(total: float, sq_dev: float, count: float) -> tuple[float, float]:
+    """Mean total / count and unbiased std sqrt(sq_dev / (count - 1)), sq_dev being the sum of
+    squared deviations from that mean (two-pass; NaN mean when count is 0, NaN std when count < 2)."""
     if count <= 0:
         return math.nan, math.nan
-    mean = total / count
     if count < 2:
-        return mean, math.nan
-    var = max(total_sq - count * mean * mean, 0.0) / (count - 1)
-    return mean, math.sqrt(var)
+        return total / count, math.nan
+    return total / count, math.sqrt(sq_dev / (count - 1))
 
 
 def rollout_metrics(buffer, process_group=None) -> dict[str, float]:
@@ -60,10 +62,9 @@ def rollout_metrics(buffer, process_group=None) -> dict[str, float]:
     lengths = buffer.response_mask.double().sum(-1)  # [N] valid tokens per response
     tied, num_groups = zero_variance_groups(buffer.rewards, buffer.group_ids)
     term_names = sorted(buffer.reward_terms)  # same order on every rank
-    sums = torch.tensor(
+    sums = torch.tensor(  # pass 1: sums and counts
         [
-            float(buffer.num_seqs), float(rewards.sum()), float(rewards.square().sum()),
-            float(adv.sum()), float(adv.square().sum()), float(lengths.sum()),
+            float(buffer.num_seqs), float(rewards.sum()), float(adv.sum()), float(lengths.sum()),
             float(tied), float(num_groups),
         ]
         + [float(buffer.reward_terms[k].double().sum()) for k in term_names],
@@ -71,6 +72,14 @@ def rollout_metrics(buffer, process_group=None) -> dict[str, float]:
         device=buffer.rewards.device,
     )
     all_reduce(sums, "sum", process_group)
+    n, r_sum, a_sum, len_sum, tied_sum, groups_sum, *term_sums = sums.tolist()
+    r_mean, a_mean = (r_sum / n, a_sum / n) if n else (0.0, 0.0)
+    sq_devs = torch.tensor(  # pass 2: squared deviations from the global means
+        [float((rewards - r_mean).square().sum()), float((adv - a_mean).square().sum())],
+        dtype=torch.float64,
+        device=buffer.rewards.device,
+    )
+    all_reduce(sq_devs, "sum", process_group)
     big = float("inf")
     extremes = torch.tensor(  # [max length, -min length] in one MAX reduction
         [float(lengths.max()) if lengths.numel() else -big, -float(lengths.min()) if lengths.numel() else -big],
@@ -78,9 +87,8 @@ def rollout_metrics(buffer, process_group=None) -> dict[str, float]:
         device=buffer.rewards.device,
     )
     all_reduce(extremes, "max", process_group)
-    n, r_sum, r_sq, a_sum, a_sq, len_sum, tied_sum, groups_sum, *term_sums = sums.tolist()
-    reward_mean, reward_std = _mean_std(r_sum, r_sq, n)
-    adv_mean, adv_std = _mean_std(a_sum, a_sq, n)
+    reward_mean, reward_std = _mean_std(r_sum, sq_devs[0].item(), n)
+    adv_mean, adv_std = _mean_std(a_sum, sq_devs[1].item(), n)
     out = {
         "reward_mean": reward_mean,
         "reward_std": reward_std,

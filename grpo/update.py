@@ -9,7 +9,7 @@
                 loss = grpo_loss(..., global counts)          grpo.losses (module docstring)
                 loss.backward()                               grads accumulate
             grad_norm = clip_grad_norm_(params, max_grad_norm)
-            if loss and grad_norm are finite: optimizer.step()   else: skip, and report it
+            if loss and grad_norm are finite: optimizer.step()   else: skip, and count it
             optimizer.zero_grad()
 
 The normalisation contract. Each micro-batch loss is divided by counts of the WHOLE mini-batch
@@ -159,9 +159,14 @@ def grpo_update(
 
     logprob_fn(mb) -> (logp [n, L], entropy [n, L] or None): current-policy log-probs (with grad)
     of mb.response_ids, at cfg.temperature. Returns a flat dict of python floats, the same on every
-    rank: the loss terms, clipfrac and KLs averaged over the optimizer steps, grad_norm (mean over
-    steps), optimizer_steps, skipped_steps, rollout_logp_diff_mean / _max (when
-    buffer.rollout_logp is given) and the rollout metrics of grpo.metrics.rollout_metrics.
+    rank: the terms of grpo.losses.grpo_loss, each the mean over the optimizer steps (skipped ones
+    included) of its value on the step's whole mini-batch over all ranks ("loss" and "policy_loss"
+    aggregated by cfg.aggregation; "kl", "entropy", "clipfrac", "approx_kl_old", "tis_weight" token
+    means over the mini-batch's valid tokens whatever cfg.aggregation); grad_norm (the
+    pre-clipping global norm, mean over the APPLIED steps; NaN when every step was skipped);
+    optimizer_steps (applied), skipped_steps (non-finite loss or gradient norm, no update);
+    rollout_logp_diff_mean / _max (when buffer.rollout_logp is given) and the rollout metrics of
+    grpo.metrics.rollout_metrics.
     ``buffer.old_logp`` None means pi_old = this update's own forward (module docstring); that
     needs exactly one optimizer step.
     """
@@ -187,7 +192,7 @@ def grpo_update(
                                     process_group).item()
 
     totals: dict[str, float] = {}
-    grad_norms: list[float] = []
+    grad_norms: list[float] = []  # of the applied steps
     skipped = 0
     diff_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum |delta logp|, valid tokens]
     diff_max = torch.zeros(1, dtype=torch.float64, device=device)
@@ -233,16 +238,16 @@ def grpo_update(
             grad_norm = float(_grad_norm(params, cfg.max_grad_norm))
             if math.isfinite(step_values["loss"]) and math.isfinite(grad_norm):
                 optimizer.step()
+                grad_norms.append(grad_norm)
             else:
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
-            grad_norms.append(grad_norm)
             for name, value in step_values.items():
                 totals[name] = totals.get(name, 0.0) + value
 
     num_steps = cfg.ppo_epochs * cfg.num_mini_batches
     out = {name: value / num_steps for name, value in totals.items()}
-    out["grad_norm"] = sum(grad_norms) / num_steps
+    out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan  # applied steps only
     out["optimizer_steps"] = float(num_steps - skipped)
     out["skipped_steps"] = float(skipped)
     if buffer.rollout_logp is not None:

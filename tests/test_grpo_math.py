@@ -117,6 +117,19 @@ def test_clipped_surrogate_hand_computed():
     torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 1.5, -0.5, 0.0]]))
 
 
+def test_log_ratio_clamp_zeroes_the_gradient_beyond_20():
+    # A = -1, log ratio 19: unclipped term -A * ratio = e^19 is the larger one, gradient e^19;
+    # log ratio 25 -> clamped to 20: loss e^20, gradient 0 (not e^25), and not counted as clipped.
+    # A = +1, log ratio -25 -> clamped to -20: loss -e^-20 (unclipped), gradient 0 (not -e^-25).
+    logp = torch.tensor([[19.0, 25.0, -25.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[-1.0, -1.0, 1.0]], dtype=torch.float64)
+    loss, clipped = clipped_surrogate(logp, torch.zeros(1, 3, dtype=torch.float64), adv)
+    torch.testing.assert_close(loss, torch.tensor([[math.exp(19), math.exp(20), -math.exp(-20)]], dtype=torch.float64))
+    assert clipped.tolist() == [[False, False, False]]
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[math.exp(19), 0.0, 0.0]], dtype=torch.float64))
+
+
 def test_clipped_surrogate_asymmetric_and_per_sequence_adv():
     # clip_eps_high 0.28: ratio 1.5, A = 1 -> max(-1.5, -1.28) = -1.28; adv [N] broadcast over L
     loss, _ = clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([1.0]),
@@ -153,7 +166,10 @@ def test_aggregate_hand_computed():
     assert aggregate(LOSS, MASK, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 6)
     assert aggregate(LOSS, MASK, "seq-mean-token-sum-norm", max_new_tokens=5).item() == pytest.approx(1.0)
     # global counts: 10 / 8 tokens elsewhere in the batch
-    assert aggregate(LOSS, MASK, num_tokens=8).item() == pytest.approx(1.25)
+    assert aggregate(LOSS, MASK, "token-mean", num_tokens=8).item() == pytest.approx(1.25)
+    # the default is the recipe's seq-mean-token-mean: 3.0; global count of 4 sequences: 6 / 4
+    assert aggregate(LOSS, MASK).item() == pytest.approx(3.0)
+    assert aggregate(LOSS, MASK, num_seqs=4).item() == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
@@ -172,7 +188,7 @@ def test_aggregate_errors():
     with pytest.raises(AssertionError, match="aggregation must be one of"):
         aggregate(LOSS, MASK, "sum")
     with pytest.raises(AssertionError, match="num_tokens must be > 0"):
-        aggregate(LOSS, MASK, num_tokens=0)
+        aggregate(LOSS, MASK, "token-mean", num_tokens=0)
 
 
 # ---- objective ----------------------------------------------------------------------------------
@@ -183,11 +199,85 @@ def test_grpo_loss_hand_computed():
     logp = torch.full((2, 2), -1.0)
     mask = torch.tensor([[1, 1], [1, 0]])
     entropy = torch.tensor([[0.5, 0.5], [1.0, 9.0]])
-    loss, terms = grpo_loss(logp, logp, logp, torch.tensor([1.0, -1.0]), mask, entropy=entropy, entropy_coef=0.1)
+    args = (logp, logp, logp, torch.tensor([1.0, -1.0]), mask)
+    loss, terms = grpo_loss(*args, entropy=entropy, entropy_coef=0.1, aggregation="token-mean")
     assert loss.item() == pytest.approx(-0.4)
     assert terms["policy_loss"].item() == pytest.approx(-1 / 3)
     assert terms["entropy"].item() == pytest.approx(2 / 3)
     assert terms["kl"].item() == 0 and terms["clipfrac"].item() == 0 and terms["approx_kl_old"].item() == 0
+    # default aggregation, the recipe's seq-mean-token-mean: policy (-2/2 + 1/1) / 2 = 0; entropy
+    # (1/2 + 1/1) / 2 = 0.75 -> loss = 0 - 0.1 * 0.75 = -0.075; the logged entropy is the loss's 0.75
+    loss, terms = grpo_loss(*args, entropy=entropy, entropy_coef=0.1)
+    assert loss.item() == pytest.approx(-0.075)
+    assert terms["policy_loss"].item() == pytest.approx(0.0)
+    assert terms["entropy"].item() == pytest.approx(0.75)
+
+
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_clipfrac_is_the_fraction_of_valid_tokens_clipped_in_every_mode(mode):
+    # 2 rows x 2 valid tokens, L = 10; ratio 1.5 everywhere and A = +1: every token is clipped.
+    # clipfrac = 4 / 4 = 1 (aggregated like seq-mean-token-sum-norm it would be 4 / (2 x 10) = 0.2).
+    # Importance weights [[0.5, 1.5], [1, 1]] on the valid tokens (9 on padding): mean 4 / 4 = 1.
+    old = torch.zeros(2, 10)
+    logp = torch.full((2, 10), math.log(1.5))
+    mask = torch.zeros(2, 10)
+    mask[:, :2] = 1
+    w = torch.full((2, 10), 9.0)
+    w[0, :2] = torch.tensor([0.5, 1.5])
+    w[1, :2] = 1.0
+    _, terms = grpo_loss(logp, old, None, torch.tensor([1.0, 1.0]), mask, kl_coef=0.0, aggregation=mode,
+                         is_weight=w)
+    assert terms["clipfrac"].item() == 1.0
+    assert terms["tis_weight"].item() == pytest.approx(1.0)
+
+
+# Rows of 3 and 1 valid tokens, L = 4, A = +1. Ratios: row 0 [1.5, 1, 1], row 1 [1.5] (1.5 on
+# padding too): the 1.5 tokens are clipped (A > 0, ratio > 1.2) -> per-token policy loss
+# row 0 [-1.2, -1, -1], row 1 [-1.2]. Entropy row 0 [1, 1, 1], row 1 [3]. k1 KL logp - ref:
+# row 0 [0.3, 0.3, 0.3], row 1 [0.9]. k3 to old at ratio 1.5: 1/1.5 + log 1.5 - 1 = 0.0721318.
+#                          policy                        KL in loss        entropy in loss
+#   token-mean             -4.4 / 4 = -1.1               1.8 / 4 = 0.45    6 / 4 = 1.5
+#   seq-mean-token-mean    (-3.2/3 - 1.2) / 2 = -1.13333 (0.3 + 0.9)/2=0.6 (1 + 3) / 2 = 2
+#   seq-mean-token-sum-norm  -4.4 / (2 x 4) = -0.55      1.8 / 8 = 0.225   6 / 8 = 0.75
+# loss = policy + 0.1 KL - 0.01 entropy: -1.07, -1.0933333, -0.535; kl and entropy are logged as the
+# loss holds them. The diagnostics are token means over the 4 valid tokens in every mode: clipfrac
+# 2/4 = 0.5, approx_kl_old 2 x 0.0721318 / 4 = 0.0360659.
+# With global counts (these 4 tokens among 8 of the batch, 2 rows among 4, L_max 4): KL 1.8 / 8 =
+# 0.225, (0.3 + 0.9) / 4 = 0.3, 1.8 / 16 = 0.1125; entropy 6 / 8 = 0.75, 4 / 4 = 1, 6 / 16 = 0.375.
+EXPECTED = {  # policy, loss, kl, entropy; kl and entropy with the global counts
+    "token-mean": (-1.1, -1.07, 0.45, 1.5, 0.225, 0.75),
+    "seq-mean-token-mean": (-3.4 / 3, -3.28 / 3, 0.6, 2.0, 0.3, 1.0),
+    "seq-mean-token-sum-norm": (-0.55, -0.535, 0.225, 0.75, 0.1125, 0.375),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logged_terms_follow_the_loss_and_diagnostics_are_token_means(mode):
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.float64)
+    old = torch.zeros(2, 4, dtype=torch.float64)
+    logp = torch.log(torch.tensor([[1.5, 1, 1, 1.5], [1.5, 1.5, 1.5, 1.5]], dtype=torch.float64))
+    ref = logp - torch.tensor([[0.3, 0.3, 0.3, 5.0], [0.9, 5.0, 5.0, 5.0]], dtype=torch.float64)
+    entropy = torch.tensor([[1.0, 1, 1, 9], [3, 9, 9, 9]], dtype=torch.float64)
+    loss, terms = grpo_loss(logp, old, ref, torch.tensor([1.0, 1.0], dtype=torch.float64), mask,
+                            kl_coef=0.1, kl_estimator="k1", entropy=entropy, entropy_coef=0.01,
+                            aggregation=mode)
+    policy, total, kl, ent, kl_global, ent_global = EXPECTED[mode]
+    assert terms["policy_loss"].item() == pytest.approx(policy)
+    assert loss.item() == pytest.approx(total) and terms["loss"].item() == pytest.approx(total)
+    assert terms["kl"].item() == pytest.approx(kl)
+    assert terms["entropy"].item() == pytest.approx(ent)
+    assert total == pytest.approx(policy + 0.1 * kl - 0.01 * ent)
+    assert terms["clipfrac"].item() == pytest.approx(0.5)
+    assert terms["approx_kl_old"].item() == pytest.approx(2 * (1 / 1.5 + math.log(1.5) - 1) / 4)
+    # with global counts (these 4 tokens among 8 of the whole batch) clipfrac halves
+    _, part = grpo_loss(logp, old, ref, torch.tensor([1.0, 1.0], dtype=torch.float64), mask, kl_coef=0.1,
+                        kl_estimator="k1", entropy=entropy, aggregation=mode, num_tokens=8, num_seqs=4,
+                        max_new_tokens=4)
+    assert (part["kl"].item(), part["entropy"].item(), part["clipfrac"].item()) == pytest.approx(
+        (kl_global, ent_global, 0.25))
 
 
 def test_grpo_loss_kl_term_and_gradient():

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from grpo import (
-    RolloutBuffer, UpdateConfig, compute_old_logprobs, group_advantages, grpo_loss, grpo_update,
-    rollout_metrics, token_logprobs_and_entropy,
+    RolloutBuffer, UpdateConfig, aggregate, clipped_surrogate, compute_old_logprobs, group_advantages,
+    grpo_loss, grpo_update, kl_estimate, rollout_metrics, token_logprobs_and_entropy,
 )
+from grpo.update import mini_batch_rows
 from helpers import L, logprob_fn_for, make_buffer, make_policy, param_deltas
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -52,9 +53,27 @@ def test_rollout_metrics_hand_computed():
     )
     m = rollout_metrics(buf)
     assert m["reward_mean"] == pytest.approx(0.75) and m["reward_std"] == pytest.approx(0.5)
+    assert m["adv_std"] == pytest.approx(math.sqrt(2 * 0.49 / 3))  # A [0, 0, -0.7, 0.7]: mean 0
     assert m["zero_var_group_frac"] == 0.5 and m["reward/iou"] == 0.25
     assert (m["response_len_mean"], m["response_len_min"], m["response_len_max"]) == (2.0, 1.0, 3.0)
     assert m["adv_mean"] == pytest.approx(0.0)
+
+
+def test_rollout_std_is_two_pass():
+    # rewards 1e9 + [0, 1, 2, 3] (float64): mean 1e9 + 1.5, squared deviations 2.25 + 0.25 + 0.25 +
+    # 2.25 = 5 -> unbiased std sqrt(5 / 3) = 1.2909944. sum r^2 - n mean^2 cancels 4e18 against
+    # 4e18, whose float64 spacing is 512: the one-pass formula cannot resolve a variance of 1.67.
+    rewards = 1e9 + torch.arange(4, dtype=torch.float64)
+    buf = RolloutBuffer(
+        response_ids=torch.zeros(4, 2, dtype=torch.long), response_mask=torch.ones(4, 2), rewards=rewards,
+        advantages=rewards.clone(), group_ids=torch.tensor([0, 0, 1, 1]),
+    )
+    m = rollout_metrics(buf)
+    assert m["reward_mean"] == 1e9 + 1.5
+    assert m["reward_std"] == pytest.approx(math.sqrt(5 / 3), rel=1e-12)
+    assert m["adv_std"] == pytest.approx(math.sqrt(5 / 3), rel=1e-12)
+    one = rollout_metrics(buf.select([2]))
+    assert one["reward_mean"] == 1e9 + 2 and math.isnan(one["reward_std"])  # n = 1: no unbiased std
 
 
 # ---- update -------------------------------------------------------------------------------------
@@ -88,6 +107,17 @@ def test_micro_batches_give_the_full_batch_gradient(mode):
             assert m_split[key] == pytest.approx(m_whole[key], rel=1e-6, abs=1e-9), key  # logp are float32
     assert m_whole["loss"] == pytest.approx(loss.item())
     assert m_whole["optimizer_steps"] == 1 and m_whole["skipped_steps"] == 0
+    # clipfrac is the token mean over the T valid tokens in every mode; kl and entropy are aggregated
+    # like the loss (grpo.losses, 4)
+    mask = buf.response_mask.bool()
+    _, clipped = clipped_surrogate(logp.detach(), buf.old_logp, buf.advantages)
+    assert 0 < clipped[mask].sum() < mask.sum()  # some tokens clipped, not all
+    expected = {"clipfrac": float(clipped.double()[mask].mean()),
+                "entropy": float(aggregate(entropy.detach(), buf.response_mask, mode)),
+                "kl": float(aggregate(kl_estimate(logp.detach(), buf.ref_logp, "k3"), buf.response_mask, mode))}
+    for key, value in expected.items():
+        for m in (m_whole, m_split):
+            assert m[key] == pytest.approx(value, rel=1e-6), (key, m[key])
 
 
 def _mismatched_rollout(buf, policy):
@@ -228,8 +258,34 @@ def test_non_finite_loss_skips_the_step():
     m = grpo_update(nan_logprob_fn, torch.optim.SGD(policy.parameters(), lr=1.0), buf, UpdateConfig())
     assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 0
     assert not math.isfinite(m["loss"])
+    assert math.isnan(m["grad_norm"])  # no step applied: no norm to report
     for p, b in zip(policy.parameters(), before):
         assert torch.equal(p.detach(), b) and p.grad is None
+
+
+def test_grad_norm_is_the_mean_over_applied_steps():
+    # 2 mini-batches (even rows, odd rows); the first call of logprob_fn returns NaN log-probs, so
+    # step 1 is skipped (parameters and gradients untouched) and step 2 runs on the initial policy.
+    # grad_norm must be step 2's norm alone, that of an update on the odd rows only.
+    buf = make_buffer()
+    kwargs = dict(micro_batch_size=3, kl_coef=0.1, entropy_coef=0.01, max_grad_norm=0)
+    odd = buf.select(mini_batch_rows(buf.num_seqs, 2, 1))
+    policy = make_policy()
+    reference = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), odd,
+                            UpdateConfig(**kwargs))
+    policy = make_policy()
+    good, calls = logprob_fn_for(policy), []
+
+    def nan_first_logprob_fn(mb):
+        calls.append(len(mb))
+        logp, entropy = good(mb)
+        return (logp * math.nan if len(calls) == 1 else logp), entropy
+
+    m = grpo_update(nan_first_logprob_fn, torch.optim.SGD(policy.parameters(), lr=1.0), buf,
+                    UpdateConfig(num_mini_batches=2, **kwargs))
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 1
+    assert math.isfinite(reference["grad_norm"]) and reference["grad_norm"] > 0
+    assert m["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-12)
 
 
 def test_grad_norm_is_clipped():

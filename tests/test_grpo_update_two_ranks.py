@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from grpo import UpdateConfig, grpo_update
+from grpo import RolloutBuffer, UpdateConfig, grpo_update
 from grpo.parallel import free_port
 from helpers import logprob_fn_for, make_buffer, make_policy, param_deltas
 
@@ -23,6 +23,20 @@ CONFIGS = {mode: dict(BASE, aggregation=mode) for mode in MODES}
 CONFIGS["2x2-steps"] = dict(BASE, aggregation="token-mean", ppo_epochs=2, num_mini_batches=2)
 # pi_old = the update's own forward (buffer.old_logp None), with the truncated IS weight on
 CONFIGS["own-old-tis"] = dict(BASE, tis_cap=1.5)
+# Each rank's buffer at the width of its own longest response (what a rank's rollout returns):
+# rank 0 width 6, rank 1 width 4. Dr. GRPO with max_new_tokens None divides by S x L_max, L_max the
+# padded width MAX-reduced over ranks (6, as on 1 process), not each rank's own width.
+CONFIGS["sum-norm-own-widths"] = dict(BASE, aggregation="seq-mean-token-sum-norm", max_new_tokens=None)
+OWN_WIDTHS_SEED = 2  # response lengths: rows 0-5 up to 6 tokens, rows 6-11 up to 4
+
+
+def _trim(buf: RolloutBuffer) -> RolloutBuffer:
+    """The buffer at the width of its own longest response: every [N, L] field and the per-prompt
+    features [L, DIM] of the toy policy (position t of the features only feeds token t's logits)."""
+    width = int(buf.response_mask.sum(-1).max())
+    trimmed = {name: value[:, :width] for name, value in buf.__dict__.items()
+               if isinstance(value, torch.Tensor) and value.dim() == 2}
+    return RolloutBuffer(**{**buf.__dict__, **trimmed, "prompts": [p[:width] for p in buf.prompts]})
 
 
 def _sum_over_ranks(grad: torch.Tensor) -> torch.Tensor:
@@ -41,7 +55,12 @@ def _updates(rank: int, world_size: int):
                 p.register_hook(_sum_over_ranks)
         before = [p.detach().clone() for p in policy.parameters()]
         n = 12 // world_size  # this rank's rows: whole groups of the 4 x 3
-        buf = make_buffer(num_groups=4, group_size=3).select(slice(rank * n, (rank + 1) * n))
+        if name == "sum-norm-own-widths":
+            buf = _trim(make_buffer(num_groups=4, group_size=3, seed=OWN_WIDTHS_SEED).select(
+                slice(rank * n, (rank + 1) * n)))
+            assert buf.padded_len == (6 if world_size == 1 or rank == 0 else 4), buf.padded_len
+        else:
+            buf = make_buffer(num_groups=4, group_size=3).select(slice(rank * n, (rank + 1) * n))
         if name == "own-old-tis":
             buf.old_logp = None
         metrics = grpo_update(logprob_fn_for(policy), torch.optim.SGD(policy.parameters(), lr=1.0), buf,
