@@ -9,9 +9,10 @@ def heldout_report(policy, samples, *, max_new_tokens: int, think: bool, strict:
     """Greedy completions on held-out samples -> mean reward terms and the box-IoU proxy.
 
     ``iou_proxy`` is the mean IoU (SPEC 4 inclusive-pixel convention) of the predicted box against
-    the ground-truth box, 0 for an unparseable answer: a stand-in for gIoU, which needs SAM2 masks
-    (training never loads SAM2). Each rank scores its own ``samples``; the result is averaged over
-    all ranks' samples. Call inside ``grpo.parallel.unsharded_for_generation`` under FSDP2.
+    the ground-truth box, 0 for an answer whose parse status is not "ok" (a valid box with broken
+    points included: inference gives SAM2 no prompt for it, and eval.validate scores it 0 too): a
+    stand-in for gIoU, which needs SAM2 masks (training never loads SAM2). Each rank scores its own
+    ``samples``; the result is averaged over all ranks' samples. Call inside ``grpo.parallel.unsharded_for_generation`` under FSDP2.
     """
     from rewards import box_iou, parse_answer, score_completions
 
@@ -29,7 +30,7 @@ def heldout_report(policy, samples, *, max_new_tokens: int, think: bool, strict:
         ious = []
         for text, s in zip(texts, samples):
             parsed = parse_answer(text)
-            ious.append(box_iou(parsed.bbox, s.solution["bbox"]) if parsed.bbox is not None else 0.0)
+            ious.append(box_iou(parsed.bbox, s.solution["bbox"]) if parsed.ok else 0.0)
     local = {"n": len(samples), "total": float(rb.total.sum()), "iou_proxy": float(sum(ious)),
              "parse_fail": float(sum(st != "ok" for st in rb.statuses)),
              **{f"reward/{k}": float(v.sum()) for k, v in rb.terms.items()}}

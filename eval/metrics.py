@@ -11,7 +11,8 @@ Over a split of N samples:
     gIoU = (1 / N) * sum_n IoU_n          cIoU = sum_n I_n / sum_n U_n   (1 when sum U = 0)
 
 An unparseable answer (SPEC section 1.6) is an empty prediction: I = 0, U = |T & V| (the target
-area), so its IoU is 0 unless the target is empty too. It is also counted as a parse failure.
+area), and its IoU is 0, on an empty target too (where U = 0 would otherwise give 1): an answer
+that did not parse never earns IoU. It is also counted as a parse failure.
 
 :class:`IoUAccumulator` streams these sums, optionally per group (e.g. ReasonSeg's "short" and
 "sentence" queries; the overall row always accumulates), and merges across processes with one

@@ -4,17 +4,27 @@
 policy -> greedy answer -> SAM2 -> mask -> I, U per sample, each rank its strided shard) on a
 validation set with the policy being trained, and reduces over ranks:
 
-    val/giou, val/ciou        SPEC section 7, percent (unparseable answer = empty mask)
-    val/parse_fail            fraction of answers that did not parse
+    val/giou, val/ciou        SPEC section 7, percent (unparseable answer = empty mask), over all
+                              val/n readable samples
+    val/parse_fail            fraction of the val/n answers that did not parse
     val/iou_proxy             mean box IoU of the parsed box against the ground-truth box (0 when
                               unparseable), SPEC 4 convention: the training-side localisation figure
     val/reward/<term>         the five reward terms of the greedy answers (SPEC 4), and their total
+    val/n, val/n_scored       readable samples; samples with a ground-truth box to score against
+
+The box IoU and the reward terms score a sample against its ``solution``; a sample without one (the
+ReasonSeg parquet, LISA folder and RefCOCO readers give only the mask) gets
+``data.solution_from_mask(mask)``, the rule training uses (:func:`validation_solution`). A sample
+whose target is empty (no non-zero mask pixel) has no box: it counts in gIoU / cIoU and parse_fail,
+not in val/iou_proxy or val/reward/*, which are sums over the val/n_scored scored samples divided
+by val/n_scored (0 when there are none).
 
 With ``task`` "multi" (SPEC 9) the pipeline is models.multi_object.MultiObjectPipeline (the mask is
 the union of one SAM2 mask per listed object; ``[]`` is the empty mask), gIoU / cIoU are over those
-union masks, ``val/iou_proxy`` is rewards.matched_box_iou (Hungarian-matched box IoU summed over
-pairs / max(M, N); 1 for ``[]`` on an empty target), the reward terms are the three multi-object
-terms, and two more figures come from eval.multi_object.target_accuracies:
+union masks, every sample is scored (its solution is an object list, ``[]`` for an empty target, so
+val/n_scored = val/n), ``val/iou_proxy`` is rewards.matched_box_iou (Hungarian-matched box IoU
+summed over pairs / max(M, N); 1 for ``[]`` on an empty target), the reward terms are the three
+multi-object terms, and two more figures come from eval.multi_object.target_accuracies:
 
     val/no_target_acc         percent of empty-target samples answered with an empty mask
     val/target_acc            percent of the other samples answered with a non-empty mask
@@ -67,31 +77,35 @@ def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: 
     evaluate_shard(pipeline, source, output_dir, rank=rank, world_size=world_size, batch_size=batch_size,
                    limit=limit, done=set(), log=None)
     mine = [r for r in read_records(rank_file(output_dir, rank)) if not r.is_bad]
-    solutions = [source[r.index].solution for r in mine]
-    texts = [r.completion or "" for r in mine]
+    # the rows with a ground-truth answer to score (single: not an empty target); all rows count in gIoU / cIoU
+    solutions = [validation_solution(source[r.index], task) for r in mine]
+    scored = [(r, r.completion or "", sol) for r, sol in zip(mine, solutions) if sol is not None]
+    texts = [text for _, text, _ in scored]
     if task == "multi":
-        rb = score_multi_object(texts, solutions)
-        ious = [matched_box_iou(text, sol) if r.status == "ok" else 0.0 for r, text, sol in zip(mine, texts, solutions)]
+        rb = score_multi_object(texts, [sol for _, _, sol in scored])
+        ious = [matched_box_iou(text, sol) if r.status == "ok" else 0.0 for r, text, sol in scored]
     else:
-        rb = score_completions(texts, solutions, strict=strict, soft=soft, think=think)
+        rb = score_completions(texts, [sol for _, _, sol in scored], strict=strict, soft=soft, think=think)
         ious = [box_iou(r.bbox_840, sol["bbox"]) if r.status == "ok" and r.bbox_840 is not None else 0.0
-                for r, sol in zip(mine, solutions)]
-    local = {"records": mine, "iou": float(sum(ious)), "n": len(mine),
+                for r, _, sol in scored]
+    local = {"records": mine, "iou": float(sum(ious)), "n": len(mine), "n_scored": len(scored),
              "terms": {k: float(np.sum(v)) for k, v in rb.terms.items()}}
     parts = all_gather_objects(local)
     records = [r for p in parts for r in p["records"]]
     table = table_from_records(records)["all"]
-    n = max(sum(p["n"] for p in parts), 1)
+    n = sum(p["n"] for p in parts)  # rows of gIoU / cIoU
+    n_scored = sum(p["n_scored"] for p in parts)  # rows of the box IoU and reward-term means
     out = {"val/giou": float(table["gIoU"]), "val/ciou": float(table["cIoU"]),
-           "val/parse_fail": float(table["parse_failure_rate"]) / 100, "val/iou_proxy": sum(p["iou"] for p in parts) / n,
-           "val/n": float(n)}
+           "val/parse_fail": float(table["parse_failure_rate"]) / 100,
+           "val/iou_proxy": sum(p["iou"] for p in parts) / max(n_scored, 1),
+           "val/n": float(n), "val/n_scored": float(n_scored)}
     if task == "multi":
         acc = target_accuracies(records)  # each figure only when the set has such samples
         for key, count in (("no_target_acc", "num_empty_targets"), ("target_acc", "num_targets")):
             if acc[count]:
                 out[f"val/{key}"] = float(acc[key])
     for k in sorted(local["terms"]):
-        out[f"val/reward/{k}"] = sum(p["terms"][k] for p in parts) / n
+        out[f"val/reward/{k}"] = sum(p["terms"][k] for p in parts) / max(n_scored, 1)
     out["val/reward/total"] = sum(v for k, v in out.items() if k.startswith("val/reward/"))
     barrier()
     if rank == 0:
@@ -99,6 +113,22 @@ def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: 
     example = next((r.completion for r in sorted(records, key=lambda r: r.index)), "")
     out["example"] = example or ""  # type: ignore[assignment]
     return out
+
+
+def validation_solution(sample, task: str = "single"):
+    """The ground truth that validation scores ``sample`` against (module docstring).
+
+    task "single": ``sample.solution`` when set; else ``data.solution_from_mask(sample.mask)``;
+    None (the sample is not scored) when the mask has no non-zero pixel or there is no mask.
+    task "multi": ``sample.solution`` (an object list, ``[]`` for an empty target).
+    """
+    if task == "multi" or sample.solution is not None:
+        return sample.solution
+    from data import solution_from_mask
+
+    if sample.mask is None or not np.any(np.asarray(sample.mask) != 0):
+        return None
+    return solution_from_mask(sample.mask)
 
 
 def format_validation(title: str, rep: dict[str, Any]) -> str:
@@ -117,13 +147,30 @@ class BestPointer:
     ``rep['val/giou']`` beats the recorded best (ties keep the earlier step). Every rank keeps the
     same in-memory state (call ``update`` on all ranks with the all-gathered figures, ``write``
     True on one), so the decision to save a best checkpoint, a collective, is the same on all
-    ranks. A resumed run reads the file back, so the pointer survives restarts.
+    ranks. A resumed run reads the file back, so the pointer survives restarts; a file that is
+    not a JSON object with a numeric val/giou is a ValueError naming it.
     """
 
     def __init__(self, run_dir: str | os.PathLike, resume: bool = True):
         self.path = Path(run_dir) / "best.json"
-        self.best: dict[str, Any] | None = (json.loads(self.path.read_text())
-                                            if resume and self.path.exists() else None)
+        self.best: dict[str, Any] | None = self._read() if resume and self.path.exists() else None
+
+    def _read(self) -> dict[str, Any]:
+        """The recorded best; ValueError naming the file when it is not a JSON object with a
+        numeric val/giou (a torn or hand-edited file)."""
+        try:
+            best = json.loads(self.path.read_text())
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{self.path} is not valid JSON ({err}); delete it to start the best pointer "
+                             "afresh") from None
+        if not isinstance(best, dict):
+            raise ValueError(f"{self.path} is not a JSON object (got {type(best).__name__}); delete it to "
+                             "start the best pointer afresh")
+        giou = best.get("val/giou")
+        if isinstance(giou, bool) or not isinstance(giou, (int, float)):
+            raise ValueError(f"{self.path} has no numeric 'val/giou' (got {giou!r}); delete it to start the "
+                             "best pointer afresh")
+        return best
 
     @property
     def giou(self) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -267,3 +268,73 @@ def test_deeply_nested_answer_does_not_raise():
     completion = "<answer>" + "[" * 100_000 + "]" * 100_000 + "</answer>"
     assert parse_objects(completion).status in ("invalid_json", "missing_keys")
     assert multi_object_reward(completion, [A]) >= 0.0
+
+
+# ------------------------------------------------------------------------- linear-time parsing
+
+# The lazy regexes that define the parse (module docstring): the linear code must agree with them.
+_REF_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+_REF_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_REF_THINKING_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+
+_GOOD = '[{"bbox_2d": [1, 2, 3, 4], "point_2d": [2, 3]}]'
+
+
+def _check_against_regexes(text):
+    from rewards.multi_object import _thinking_format
+
+    p = parse_objects(text)
+    think = _REF_THINK.search(text)
+    assert p.reasoning == (think.group(1).strip() if think else None)
+    block = _REF_ANSWER.search(text)
+    if block is None:
+        assert p.status == "no_answer"
+    else:
+        try:
+            value, valid = json.loads(block.group(1)), True
+        except ValueError:
+            value, valid = None, False
+        assert p.status != "no_answer" and (p.status == "invalid_json") == (not valid) and p.answer == value
+    assert _thinking_format(text) == (1.0 if _REF_THINKING_FORMAT.fullmatch(text.strip()) else 0.0)
+
+
+@pytest.mark.parametrize("text", [
+    "", "no tags", answer([A]), answer([]), "<think> r </think>\n<answer>\n [] \n</answer>\n",
+    f"<think>a</think><answer>{_GOOD}</answer>", f"  <think>a</think> \n <answer> {_GOOD} </answer>  ",
+    f"<think>a</think> x <answer>{_GOOD}</answer>", f"<think>a</think><answer>{_GOOD}</answer> trailing",
+    f"pre <think>a</think><answer>{_GOOD}</answer>", f"<answer>{_GOOD}</answer><think>a</think>",
+    f"<answer>{_GOOD}", f"<answer>{_GOOD}</answer><answer>[]</answer>", "<answer><answer>[]</answer>",
+    "<answer>[]</answer></answer>", "</answer><answer>[]</answer>", "<answer></answer>", "<answer> \t\n</answer>",
+    "<answer>\xa0[]\u2028</answer>", "<answer>\x1c[]\x1f</answer>", "<think>a<think>b</think>c</think><answer>[]</answer>",
+    "<think></think><answer></answer>", "<think>a</think></think><answer>[]</answer>",
+    "<think>a</think><answer>[]</answer></answer>", "<think>a</think>\xa0<answer>[]</answer>\u3000",
+    "<think>a</think><answer>b</answer>x</answer>", "<think>a</think><answer>b<answer>c</answer>",
+    "<think>a</think><think>b</think><answer>[]</answer>", "<think>a</think <answer>[]</answer>",
+])
+def test_linear_parse_matches_the_regexes(text):
+    _check_against_regexes(text)
+
+
+_FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "\xa0", "\x1c", "\u2028", "[]", "x",
+              _GOOD, "{", "[", "1", "<", ">", "</"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=14).map("".join))
+def test_linear_parse_matches_the_regexes_fuzz(text):
+    _check_against_regexes(text)
+
+
+@pytest.mark.parametrize("unit", ["<answer>", "<think>", "</think><answer>", "<think></think><answer>",
+                                  "</think> <answer>", "<answer> ", " </answer>", "<answer>[", "["])
+def test_parsing_and_rewards_take_linear_time_on_1mb(unit):
+    # 1 MB of one repeated fragment: the lazy regexes took 10 s on 64 KB of "<answer>" (and 29 s on
+    # "<think>" + 128 KB of "</think><answer>"); linear code takes milliseconds.
+    import time
+
+    text = unit * (2**20 // len(unit))
+    start = time.perf_counter()
+    parse_objects(text)
+    rb = score_multi_object([text, "<think>" + text + "</answer>"], [[A], [A]])
+    assert time.perf_counter() - start < 2.0
+    assert 0.0 <= rb.total.min() and rb.total.max() <= 7.0
