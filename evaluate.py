@@ -16,7 +16,7 @@ The default training run's policy with the shipped toy SAM2 on held-out syntheti
 machine, no download; ``--preset tiny`` without ``--model-path`` uses the random tiny policy)::
 
     python evaluate.py --preset tiny --model-path runs/tiny/hf_export --data-path synthetic:256 \\
-        --data-seed 10000 --output-dir runs/eval-tiny
+        --data-seed 10000 --output-dir runs/tiny/eval
 
 The authors' ReasonSeg parquet (val: 200 rows, test: 779), the released Seg-Zero-7B, 8 GPUs::
 
@@ -60,13 +60,19 @@ panels when ``--visualize-first`` / ``--visualize-worst`` are set.
 
 Resume: run the same command again; samples already recorded are skipped (a different world size
 is fine). A run config that differs in what determines the predictions or their scores (data,
-ignore-region protocol, model, SAM2, prompt, generation length) is a ValueError instead of a
-silently mixed result; ``--limit`` may change.
-``python evaluate.py --recompute DIR`` prints the table of DIR from its predictions alone.
+image folder, ignore-region protocol, model, SAM2, prompt, generation length) is a ValueError
+instead of a silently mixed result; ``--limit`` may change. A bad sample counts as done, so a run
+made with the wrong ``--image-dir`` is not completed by one with the right folder: that is the
+same ValueError (start over in another ``--output-dir``).
+``python evaluate.py --recompute DIR`` prints the table of DIR from its predictions alone (a DIR
+without any prediction record is a ValueError).
 
 User mistakes (a bad option or ``--device``, an ``--output-dir`` that is a file or not writable, a
-dataset file that cannot be read at all) end with one line "error: ..." and exit code 2; a sample
-that cannot be read is counted (a ``bad_sample`` line of the predictions) and the evaluation goes on.
+dataset file that cannot be read at all, an image folder that does not exist, a split the dataset
+does not hold, a dataset without masks such as the authors' training parquet, a dataset whose
+sample ids repeat, a ``run_config.json`` or prediction file that cannot be read) end with one line
+"error: ..." and exit code 2, found before the models load; a sample that cannot be read is
+counted (a ``bad_sample`` line of the predictions) and the evaluation goes on.
 
 Distributed: under ``torchrun`` every rank loads both models and takes the dataset indices
 ``rank, rank + world, ...`` (:func:`eval.loop.shard_indices`); there is no collective until the
@@ -86,10 +92,11 @@ import torch
 
 from data.lisa import IGNORE_REGION_PROTOCOLS
 from data.paths import check_output_dir
-from eval.loop import evaluate_shard
+from data.parquet import TRAIN_COLUMNS
+from eval.loop import check_source_ids, evaluate_shard
 from eval.multi_object import format_multi_object_table, multi_object_table
-from eval.results import (done_ids, format_table, merge_predictions, read_predictions, table_from_predictions,
-                          table_from_records, write_atomic, write_metrics)
+from eval.results import (done_ids, format_table, merge_predictions, read_predictions, table_from_records,
+                          write_atomic, write_metrics)
 from grpo.parallel import barrier, init_distributed, shutdown
 from grpo.recipe import parse_bool
 from models.segmenter import DEFAULT_SAM2_HUB_ID, split_sam2
@@ -97,9 +104,9 @@ from models.segmenter import DEFAULT_SAM2_HUB_ID, split_sam2
 RUN_CONFIG = "run_config.json"
 
 #: Arguments that determine the predictions or their scores: a resume must not change them.
-PREDICTION_KEYS = ("task", "data_path", "split", "refer_dataset", "split_by", "data_seed", "ignore_regions",
-                   "model_path", "tiny_seed", "sam2", "preset", "prompt_mode", "with_example", "think",
-                   "max_new_tokens", "single_quotes")
+PREDICTION_KEYS = ("task", "data_path", "split", "refer_dataset", "split_by", "image_dir", "data_seed",
+                   "ignore_regions", "model_path", "tiny_seed", "sam2", "preset", "prompt_mode", "with_example",
+                   "think", "max_new_tokens", "single_quotes")
 
 #: What ``--preset tiny`` sets (unless given on the command line).
 TINY_DEFAULTS = {"model_path": "tiny", "sam2": "toy", "data_path": "synthetic:8", "max_new_tokens": 96,
@@ -230,17 +237,44 @@ def build_pipeline(args: argparse.Namespace, device: str):
                            max_new_tokens=args.max_new_tokens, single_quotes=args.single_quotes)
 
 
+def check_source(source, data_path: str) -> None:
+    """ValueError, before any model loads, when ``source`` cannot be evaluated: its samples carry
+    no mask (``has_masks`` False: the authors' training parquet) or its ids are not one unique id
+    per sample (:func:`eval.loop.check_source_ids`)."""
+    if not getattr(source, "has_masks", True):
+        raise ValueError(f"{data_path} has no masks: it is a training set (columns {', '.join(TRAIN_COLUMNS)}: "
+                         "a box and points per sample), not an evaluation split; evaluate a split with "
+                         "masks (the authors' ReasonSeg parquet, a LISA ReasonSeg folder, a refer dataset)")
+    check_source_ids(source)
+
+
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key) for key in PREDICTION_KEYS}
 
 
-def check_run_config(output_dir: str, config: dict[str, Any]) -> None:
-    """ValueError when ``output_dir`` holds a run made with different prediction settings."""
+def read_run_config(output_dir: str) -> dict[str, Any] | None:
+    """The ``run_config.json`` of ``output_dir`` (None when there is none); ValueError naming the
+    file when it is not readable JSON or not an object."""
     path = os.path.join(output_dir, RUN_CONFIG)
     if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a readable run config ({e}); use another --output-dir, or delete "
+                         "that one to start over") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object (the run's settings), got {type(config).__name__}")
+    return config
+
+
+def check_run_config(output_dir: str, config: dict[str, Any]) -> None:
+    """ValueError when ``output_dir`` holds a run made with different prediction settings (a key
+    missing from an older file counts as null, except ``task``: a single-object run)."""
+    old = read_run_config(output_dir)
+    if old is None:
         return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
     old.setdefault("task", "single")  # a run config without a task is a single-object run
     diff = {k: (old.get(k), config[k]) for k in config if old.get(k) != config[k]}
     if diff:
@@ -262,9 +296,10 @@ def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> d
     config = run_config(args)
     os.makedirs(args.output_dir, exist_ok=True)
     check_run_config(args.output_dir, config)  # every rank, before anything is written
+    done = done_ids(args.output_dir)  # before any rank appends (barrier below); a corrupt file fails here
     source = build_source(args) if source is None else source
+    check_source(source, args.data_path)
     pipeline = build_pipeline(args, device) if pipeline is None else pipeline
-    done = done_ids(args.output_dir)  # before any rank appends (barrier below)
     barrier()
     if rank == 0:
         write_atomic(os.path.join(args.output_dir, RUN_CONFIG), json.dumps(config, indent=2) + "\n")
@@ -299,23 +334,31 @@ def run(args: argparse.Namespace, *, pipeline=None, source=None, log=print) -> d
     return table
 
 
+def recompute(path: str, limit: int | None = None) -> dict:
+    """``--recompute``: print and return the table of an ``--output-dir`` (or one predictions file)
+    from its records alone, the first ``limit`` dataset indices with ``limit``. ValueError when
+    ``path`` holds no prediction record (not an evaluation's output, or nothing evaluated yet)."""
+    config = read_run_config(path) if os.path.isdir(path) else None
+    task = (config or {}).get("task", "single")
+    records = read_predictions(path)
+    if not records:
+        raise ValueError(f"no prediction records in {path} (no predictions.jsonl or predictions.rank*.jsonl "
+                         "with a record): not an --output-dir of evaluate.py, or nothing evaluated yet")
+    if limit is not None:
+        records = [r for r in records if r.index < limit]
+    if task == "multi":
+        table = multi_object_table(records)
+        print(format_multi_object_table(table, title=path))
+    else:
+        table = table_from_records(records)
+        print(format_table(table, title=path))
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.recompute:
-        config_path = os.path.join(args.recompute, RUN_CONFIG)
-        task = "single"
-        if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                task = json.load(f).get("task", "single")
-        if task == "multi":
-            records = [r for r in read_predictions(args.recompute)
-                       if args.limit is None or r.index < args.limit]
-            table = multi_object_table(records)
-            print(format_multi_object_table(table, title=args.recompute))
-            return table
-        table = table_from_predictions(args.recompute, limit=args.limit)
-        print(format_table(table, title=args.recompute))
-        return table
+        return recompute(args.recompute, args.limit)
     try:
         return run(args)
     finally:

@@ -20,7 +20,8 @@ Ignore regions, two protocols (``ignore_regions``, :data:`IGNORE_REGION_PROTOCOL
 
 Bad files raise BadSampleError naming the file: a polygon with fewer than 3 points or with
 non-finite coordinates, a missing key or a value of the wrong type (``shapes`` not a list, a top
-level that is not an object), unreadable JSON, an unreadable or missing image (a ``name.json``
+level that is not an object, an ``is_sentence`` that is not a flag: a bool, 0 / 1, or the string
+"true" / "false" / "1" / "0"), unreadable JSON, an unreadable or missing image (a ``name.json``
 without its ``name.jpg`` is a sample too, counted as bad). :meth:`LisaReasonSeg.scan` lists the
 JSON-level problems without decoding any image. A polygon reaching far beyond the image is
 clipped near it before rasterisation (:func:`data.polygon.frame_polygon`; real annotations are
@@ -184,6 +185,24 @@ def _read_json(path: str, sample_id: str) -> dict:
     return meta
 
 
+#: The values of ``is_sentence`` read as a flag (strings compared lower-cased, spaces stripped).
+_FLAG_VALUES = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _is_sentence(meta: dict, path: str, sample_id: str) -> bool | None:
+    """``is_sentence`` of a file: None when absent or null; a bool, the integer 0 / 1 or the string
+    "true" / "false" / "1" / "0" (any case) as a bool; anything else is a BadSampleError naming
+    the file (``bool("false")`` would be True)."""
+    value = meta.get("is_sentence")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAG_VALUES:
+        return _FLAG_VALUES[value.strip().lower()]
+    raise BadSampleError(sample_id, path, f"bad value: 'is_sentence' is {value!r}, expected true or false")
+
+
 def _first_text(meta: dict, path: str, sample_id: str) -> str:
     text = meta["text"]
     if isinstance(text, list):
@@ -222,8 +241,8 @@ class LisaReasonSeg:
         return len(self._pairs)
 
     def scan(self) -> list[BadSampleError]:
-        """JSON-level problems of every file (short or non-finite polygon, missing key,
-        unreadable JSON), without decoding images. An all-"flag" file is not a problem: it is an
+        """JSON-level problems of every file (short or non-finite polygon, missing key, a value of
+        the wrong type, unreadable JSON), without decoding images. An all-"flag" file is not a problem: it is an
         empty target."""
         bad = []
         for sample_id, (image_path, json_path) in zip(self.ids, self._pairs):
@@ -233,6 +252,7 @@ class LisaReasonSeg:
                         raise BadSampleError(sample_id, image_path, "missing image: no such file")
                     meta = _read_json(json_path, sample_id)
                     _first_text(meta, json_path, sample_id)
+                    _is_sentence(meta, json_path, sample_id)
                     _mask_of(meta, 1, 1, json_path, sample_id)
             except BadSampleError as e:
                 bad.append(e)
@@ -244,6 +264,7 @@ class LisaReasonSeg:
         with reading_sample(sample_id, json_path):
             meta = _read_json(json_path, sample_id)
             query = _first_text(meta, json_path, sample_id)
+            is_sentence = _is_sentence(meta, json_path, sample_id)
             if not os.path.isfile(image_path):
                 raise BadSampleError(sample_id, image_path, "missing image: no such file")
             try:
@@ -252,9 +273,7 @@ class LisaReasonSeg:
                 raise BadSampleError(sample_id, image_path, f"unreadable image: {e}") from e
             h, w = image.shape[:2]
             mask = apply_ignore_regions(_mask_of(meta, h, w, json_path, sample_id), self.ignore_regions)
-            is_sentence = meta.get("is_sentence")
-            sample = Sample(id=sample_id, image=image, query=query, mask=mask,
-                            is_sentence=None if is_sentence is None else bool(is_sentence),
+            sample = Sample(id=sample_id, image=image, query=query, mask=mask, is_sentence=is_sentence,
                             meta={"file": image_path, "json": json_path,
                                   "texts": meta["text"] if isinstance(meta["text"], list) else None,
                                   "ignore_regions": self.ignore_regions})

@@ -50,7 +50,7 @@ from data.ground_truth import scale_to_frame
 from data.image import encode_image, resize_to_frame
 from data.parquet import (TRAIN_COLUMNS, TRAIN_SCHEMA, AuthorsTrainParquet, _AtomicParquetWriter, _iter_samples,
                           parquet_files)
-from data.refer import _default_image_dir, annotation_to_mask, load_coco_image
+from data.refer import annotation_to_mask, load_coco_image, resolve_image_dir
 from data.synthetic import BACKGROUNDS, COLORS, KINDS, MIN_VISIBLE, MULTI_QUERY_FAMILIES, SIZES, Shape
 from data.types import FRAME, BadSampleError, Sample, SampleSource, check_objects_solution
 
@@ -164,7 +164,8 @@ class GRefDataset:
         root: folder holding ``[grefcoco/]grefs({split_by}).json`` and ``instances.json``.
         split_by: "unc" (gRefCOCO's only one).
         split: "train", "val", "testA", "testB"; None = every ref.
-        image_dir: the COCO train2014 folder (default as ``data.refer.ReferDataset``).
+        image_dir: the COCO train2014 folder (default, and ValueError when it does not exist, as
+            ``data.refer.ReferDataset``).
     """
 
     def __init__(self, root: str | os.PathLike, split_by: str = "unc", split: str | None = "val",
@@ -173,7 +174,6 @@ class GRefDataset:
         data_dir = _find_gref_dir(self.root, split_by)
         self.refs_path = os.path.join(data_dir, f"grefs({split_by}).json")
         self.instances_path = os.path.join(data_dir, "instances.json")
-        self.image_dir = os.fspath(image_dir) if image_dir is not None else _default_image_dir(self.root)
         with open(self.refs_path, encoding="utf-8") as f:
             refs = json.load(f)
         if not isinstance(refs, list):
@@ -185,6 +185,7 @@ class GRefDataset:
         splits = Counter(r.get("split") for r in refs)
         if split is not None and split not in splits:
             raise ValueError(f"split {split!r} not in {self.refs_path}; available: {sorted(map(str, splits))}")
+        self.image_dir = resolve_image_dir(self.root, image_dir)
         self._items = [(ref, sent) for ref in refs if split is None or ref.get("split") == split
                        for sent in ref.get("sentences", [])]
         self.ids = [f"{ref['ref_id']}_{sent.get('sent_id', k)}" for k, (ref, sent) in enumerate(self._items)]
@@ -243,6 +244,7 @@ class SingleAsMultiObject:
     def __init__(self, source: SampleSource):
         self.source = source
         self.ids = source.ids
+        self.has_masks = getattr(source, "has_masks", True)  # as the wrapped reader says
 
     def __len__(self) -> int:
         return len(self.source)

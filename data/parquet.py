@@ -173,7 +173,13 @@ def _query(row: dict, key: str, where: str, sample_id: str) -> str:
 
 
 class AuthorsTrainParquet:
-    """The authors' training parquet (one file or a folder of files) as a SampleSource."""
+    """The authors' training parquet (one file or a folder of files) as a SampleSource.
+
+    Its samples carry a solution (box and points) and no mask: ``has_masks`` is False, which
+    ``evaluate.py`` reads to refuse it as an evaluation set before loading any model."""
+
+    #: Samples carry no ground-truth mask (the training layout keeps only the 840-frame solution).
+    has_masks = False
 
     def __init__(self, path: str | os.PathLike, split: str | None = None):
         self.path = os.fspath(path)

@@ -9,7 +9,11 @@ section 6).
                                           ignore-region protocol ``ignore_regions``
     folder with [dataset/]instances.json -> ReferDataset(dataset, split_by, split)
 
-Anything else is a ValueError naming the path.
+Anything else is a ValueError naming the path. So is a split that a folder does not hold: a
+LISA parent folder (``ReasonSeg`` holding ``train/ val/ test/``) without ``split``, or without a
+sub-folder ``split`` (the error lists the sub-folders there); a LISA folder given itself
+(``ReasonSeg/val``) with a ``split`` other than its own name; a refer root without the folder of
+``dataset`` (the error names the folder looked for and the refer datasets there).
 """
 from __future__ import annotations
 
@@ -62,6 +66,44 @@ def _is_lisa_folder(folder: str) -> bool:
                for p in glob.glob(os.path.join(folder, "*.jpg")))
 
 
+def _subfolders(folder: str) -> list[str]:
+    """The names of the sub-folders of ``folder``, sorted."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+
+
+def _check_split_folders(folder: str, split: str | None) -> None:
+    """ValueError when ``folder`` is a LISA folder or a parent of LISA split folders that does not
+    hold ``split`` (module docstring); nothing for any other folder."""
+    if _is_lisa_folder(folder):
+        name = os.path.basename(os.path.normpath(folder))
+        if split is not None and name != split:
+            raise ValueError(f"split {split!r} (--split) but {folder} is a LISA folder of split {name!r} "
+                             f"itself; pass its parent folder with --split {split}, or this folder "
+                             f"without --split")
+        return
+    lisa_splits = [d for d in _subfolders(folder) if _is_lisa_folder(os.path.join(folder, d))]
+    if not lisa_splits:
+        return
+    if split is None:
+        raise ValueError(f"{folder} holds the LISA split folders {', '.join(lisa_splits)}: give the split "
+                         f"(--split) or one of those folders as the path")
+    if split not in lisa_splits:
+        sub = os.path.join(folder, split)
+        what = ("holds no name.jpg + name.json pairs" if os.path.isdir(sub) else "does not exist")
+        raise ValueError(f"split {split!r} (--split): {sub} {what}; the LISA split folders in {folder} "
+                         f"are {', '.join(lisa_splits)}")
+
+
+def _check_refer_dataset(folder: str, dataset: str) -> None:
+    """ValueError when ``folder`` is a refer root whose sub-folders hold ``instances.json`` but
+    none is named ``dataset``: names the folder looked for and the refer datasets there."""
+    found = [d for d in _subfolders(folder) if os.path.isfile(os.path.join(folder, d, "instances.json"))]
+    if found:
+        raise ValueError(f"refer dataset {dataset!r} (--refer-dataset): no "
+                         f"{os.path.join(folder, dataset, 'instances.json')}; the refer datasets in {folder} "
+                         f"are {', '.join(found)}")
+
+
 def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int = 0,
                  dataset: str = "refcocog", split_by: str | None = None,
                  image_dir: str | os.PathLike | None = None,
@@ -70,8 +112,9 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
 
     Args:
         spec: "synthetic[:N][:FAMILY]" (see :func:`parse_synthetic_spec`) or a path.
-        split: parquet: keep files named ``{split}*`` / under ``{split}/``; LISA: use the
-            sub-folder ``split`` when there is one; refer: the refs split (default "val").
+        split: parquet: keep files named ``{split}*`` / under ``{split}/``; LISA: the
+            sub-folder ``split`` of a parent folder (required there), or the name of the LISA
+            folder given itself (optional); refer: the refs split (default "val").
         seed: synthetic dataset seed.
         dataset, split_by, image_dir: refer format only (see ReferDataset).
         ignore_regions: LISA folders only: "exclude" (LISA's evaluation: ignore regions stay 255
@@ -94,14 +137,21 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, seed: int
                 os.path.join(spec_str, dataset, "instances.json")):
             return ReferDataset(spec_str, dataset=dataset, split_by=split_by,
                                 split=split if split is not None else "val", image_dir=image_dir)
+        _check_refer_dataset(spec_str, dataset)
         sub = os.path.join(spec_str, split) if split is not None else None
         if sub is not None and os.path.isdir(sub) and _is_lisa_folder(sub):
             return LisaReasonSeg(sub, ignore_regions=ignore_regions)
+        _check_split_folders(spec_str, split)
         if _is_lisa_folder(spec_str):
             return LisaReasonSeg(spec_str, ignore_regions=ignore_regions)
         if not glob.glob(os.path.join(spec_str, "**", "*.parquet"), recursive=True):
+            where = ""
+            if split is not None:
+                subs = _subfolders(spec_str)
+                where = (f" (split {split!r} (--split): {sub} is not a folder of name.jpg + name.json pairs "
+                         f"either; sub-folders there: {', '.join(subs) if subs else 'none'})")
             raise ValueError(f"unknown dataset format in {spec_str}: no parquet files, no "
-                             f"name.jpg + name.json pairs, no instances.json")
+                             f"name.jpg + name.json pairs, no instances.json{where}")
     elif not spec_str.endswith(".parquet"):
         raise ValueError(f"unknown dataset file {spec_str!r}: expected a .parquet file")
 

@@ -17,10 +17,11 @@ refuses any pickle that imports code.
 
 Bad input: a refs file or ``instances.json`` that cannot be read at all (a refused or corrupt
 pickle, not JSON, not a list of refs, no ``images`` or ``annotations`` list) is one ValueError
-naming the file. Anything wrong with one ref or one sentence (a ref that is not a dict or has no
-``ref_id``, a sentence that is not a dict) or one annotation (polygons that are not lists of finite
-numbers, an RLE whose run lengths do not add up to the image size, a string RLE that is not in
-COCO's compressed alphabet) is a BadSampleError for that sample, counted by the caller. A ref
+naming the file, and so is an image folder that does not exist. Anything wrong with one ref or
+one sentence (a ref that is not a dict or has no ``ref_id``, a sentence that is not a dict) or one
+annotation (polygons that are not lists of finite numbers, an RLE whose run lengths do not add up
+to the image size, a string RLE that is not in COCO's compressed alphabet) is a BadSampleError for
+that sample, counted by the caller. A ref
 that cannot be read is one sample, id ``refs[K]`` (its position in the refs list), present in
 every split since its own split cannot be read.
 """
@@ -50,12 +51,35 @@ def _find_data_dir(root: str, dataset: str) -> str:
     raise ValueError(f"no instances.json in {os.path.join(root, dataset)} or {root}")
 
 
+#: Where the COCO train2014 images are looked for under a refer root when no image folder is given.
+DEFAULT_IMAGE_SUBDIRS = (os.path.join("images", "mscoco", "images", "train2014"),
+                         os.path.join("images", "train2014"), "images")
+
+
 def _default_image_dir(root: str) -> str:
-    for d in (os.path.join(root, "images", "mscoco", "images", "train2014"),
-              os.path.join(root, "images", "train2014"), os.path.join(root, "images")):
-        if os.path.isdir(d):
-            return d
+    for sub in DEFAULT_IMAGE_SUBDIRS:
+        if os.path.isdir(os.path.join(root, sub)):
+            return os.path.join(root, sub)
     return os.path.join(root, "images")
+
+
+def resolve_image_dir(root: str, image_dir: str | os.PathLike | None) -> str:
+    """The COCO image folder of a refer root: ``image_dir`` when given, else the first of
+    :data:`DEFAULT_IMAGE_SUBDIRS` under ``root`` that exists. ValueError naming the folder (and
+    the ``--image-dir`` option) when it is not a directory, so that a wrong folder is reported
+    once, up front, and not as one unreadable image per sample."""
+    if image_dir is not None:
+        image_dir = os.fspath(image_dir)
+        if not os.path.isdir(image_dir):
+            raise ValueError(f"image folder {image_dir} (--image-dir) does not exist or is not a directory; "
+                             f"pass the folder of the COCO train2014 images")
+        return image_dir
+    found = _default_image_dir(root)
+    if not os.path.isdir(found):
+        raise ValueError(f"no image folder under {root} (looked for "
+                         f"{', '.join(os.path.join(root, sub) for sub in DEFAULT_IMAGE_SUBDIRS)}); pass "
+                         f"the folder of the COCO train2014 images with --image-dir")
+    return found
 
 
 def compressed_rle_counts(counts: bytes) -> list[int]:
@@ -179,7 +203,9 @@ class ReferDataset:
         split_by: "umd" / "unc" / "google" (selects ``refs({split_by}).p``); default per dataset.
         split: "train", "val", "test", "testA", "testB"; None = every ref.
         image_dir: the COCO train2014 folder; default ``root/images/mscoco/images/train2014``,
-            ``root/images/train2014`` or ``root/images``, the first that exists.
+            ``root/images/train2014`` or ``root/images``, the first that exists. A folder that
+            does not exist (given, or none of the defaults) is a ValueError naming it
+            (:func:`resolve_image_dir`), raised once the annotation files are read.
     """
 
     def __init__(self, root: str | os.PathLike, dataset: str = "refcocog",
@@ -190,8 +216,6 @@ class ReferDataset:
         self.split_by = split_by or DEFAULT_SPLIT_BY.get(dataset, "umd")
         self.split = split
         data_dir = _find_data_dir(self.root, dataset)
-        self.image_dir = os.fspath(image_dir) if image_dir is not None else _default_image_dir(
-            self.root)
         refs_path = os.path.join(data_dir, f"refs({self.split_by}).p")
         if not os.path.isfile(refs_path):
             raise ValueError(f"no refs file {refs_path} (split_by={self.split_by!r})")
@@ -226,6 +250,7 @@ class ReferDataset:
         if split is not None and split not in splits:
             raise ValueError(f"split {split!r} not in {refs_path}; available: "
                              f"{sorted(map(str, splits))}")
+        self.image_dir = resolve_image_dir(self.root, image_dir)
         # (id, ref, sentence, reason the sample cannot be read or None)
         self._items: list[tuple[str, dict | None, dict | None, str | None]] = []
         for k, ref in enumerate(refs):

@@ -91,6 +91,8 @@ class SampleSource(Protocol):
 
     ``ids`` is known without decoding any image (so that evaluation can skip finished samples
     and shard by index cheaply); ``__getitem__`` decodes one sample or raises BadSampleError.
+    A reader whose samples never carry a ground-truth mask (the authors' training parquet) says so
+    with a ``has_masks = False`` attribute; a reader without the attribute has masks.
     """
 
     ids: Sequence[str]

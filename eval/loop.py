@@ -33,6 +33,7 @@ exception (from the model, say) is a bug and propagates: the batches already wri
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -50,6 +51,23 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> range:
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     return range(rank, num_samples, world_size)
+
+
+def check_source_ids(source) -> list[str]:
+    """``source.ids`` as a list; ValueError when it does not have one id per sample or when an id
+    occurs more than once (records, resume and merge identify a sample by its id, so a repeated
+    id would be evaluated once and reported once). Cheap: no sample is decoded."""
+    ids = list(source.ids)
+    if len(ids) != len(source):
+        raise ValueError(f"dataset has {len(source)} samples but {len(ids)} ids")
+    counts = Counter(ids)
+    repeated = [(i, n) for i, n in counts.items() if n > 1]
+    if repeated:
+        shown = ", ".join(f"{i!r} x{n}" for i, n in repeated[:5])
+        raise ValueError(f"dataset has {len(repeated)} sample id(s) that occur more than once ({shown}"
+                         f"{', ...' if len(repeated) > 5 else ''}); every sample needs its own id, since "
+                         f"predictions are recorded and resumed by id")
+    return ids
 
 
 @dataclass
@@ -134,7 +152,9 @@ def evaluate_shard(
 
     Args:
         pipeline: ``(images, queries) -> predictions`` (``models.pipeline.SegZeroPipeline``).
-        source: a :class:`data.types.SampleSource` (``ids`` without decoding, ``[i]`` -> Sample).
+        source: a :class:`data.types.SampleSource` (``ids`` without decoding, ``[i]`` -> Sample);
+            ValueError when its ids are not one per sample and unique (:func:`check_source_ids`),
+            or when a sample read has another id than ``ids`` gives for its index.
         limit: evaluate only the first ``limit`` dataset indices (before sharding).
         done: ids to skip; default: every id already recorded in ``output_dir``. Pass it when
             several ranks share the directory, computed BEFORE any of them starts writing.
@@ -145,9 +165,7 @@ def evaluate_shard(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    ids = list(source.ids)
-    if len(ids) != len(source):
-        raise ValueError(f"dataset has {len(source)} samples but {len(ids)} ids")
+    ids = check_source_ids(source)
     num = len(ids) if limit is None else min(limit, len(ids))
     done = done_ids(output_dir) if done is None else done
     assigned = shard_indices(num, rank, world_size)
@@ -170,7 +188,9 @@ def evaluate_shard(
                 except BadSampleError as err:
                     records.append(bad_record(index, ids[index], "", f"{err.source}: {err.reason}", rank))
                     continue
-                assert sample.id == ids[index], (index, sample.id, ids[index])
+                if sample.id != ids[index]:
+                    raise ValueError(f"dataset index {index}: the sample read has id {sample.id!r} but the "
+                                     f"dataset's ids list {ids[index]!r} there; the reader is inconsistent")
                 if sample.mask is None:
                     records.append(bad_record(index, sample.id, sample.query,
                                               "no ground-truth mask in this dataset format", rank))

@@ -26,7 +26,8 @@ run again skips them. A record counts once its line ends with a newline: whateve
 newline is the remains of a write cut by a crash, which readers ignore (with a warning) and
 :func:`truncate_partial_line` cuts off before a writer appends to that file again, so the next
 record never lands glued to a torn one and the sample is evaluated again. A corrupt line that ends
-with a newline cannot come from an interrupted append: that is a ValueError.
+with a newline cannot come from an interrupted append: that is a ValueError naming the file and
+the line, and so is a record whose fields have the wrong types (:meth:`PredictionRecord.from_dict`).
 A bad sample counts as done (a corrupt file stays corrupt; delete its line to retry it).
 
 Masks
@@ -67,8 +68,10 @@ class PredictionRecord:
     Coordinates: ``bbox_840`` / ``points_840`` are what the policy wrote (840 frame, SPEC section 1.3);
     ``bbox`` / ``points`` are the same mapped to the original image (section 1.4), as given to SAM2.
     ``intersection`` / ``union`` are pixel counts with "ignore" pixels excluded (section 7); both are
-    None for a bad sample. ``iou`` = I / U, or 1.0 when U = 0. ``seconds`` = the batch's wall time
-    divided by its size (generation is batched, so per-sample time is not observable).
+    None for a bad sample. ``iou`` = I / U, or 1.0 when U = 0, for an answer that parsed
+    (``status == "ok"``); 0.0 for one that did not, also when U = 0 (SPEC section 7).
+    ``seconds`` = the batch's wall time divided by its size (generation is batched, so per-sample
+    time is not observable).
     In the multi-object mode ``bbox_840`` / ``points_840`` / ``bbox`` / ``points`` hold every
     predicted object ([K, 4] / [K, 2] lists, [] for the "nothing here" answer). ``target_area`` and
     ``pred_area`` give the no-target / target accuracies (:mod:`eval.multi_object`).
@@ -106,11 +109,57 @@ class PredictionRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictionRecord":
+        """A record from one parsed JSON line. ValueError naming the field when a required key is
+        missing or a value has the wrong type (:data:`_FIELD_TYPES`), or when a record that is not
+        a bad sample lacks ``intersection`` / ``union`` / ``iou`` or has I > U: the metrics and the
+        panels read those fields as they are."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         missing = {"index", "id", "query", "status"} - data.keys()
         if missing:
             raise ValueError(f"prediction record lacks {sorted(missing)}: {data!r:.200}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            kind, optional = _FIELD_TYPES[key]
+            if value is None and optional:
+                continue
+            if not _is_kind(value, kind) or (kind == "count" and value < 0):
+                raise ValueError(f"field {key!r} is {value!r:.80}, expected {_KIND_NAMES[kind]}"
+                                 + (" or null" if optional else ""))
+        if values["status"] != BAD_SAMPLE:
+            absent = [k for k in ("intersection", "union", "iou") if values.get(k) is None]
+            if absent:
+                raise ValueError(f"record {values['id']!r} with status {values['status']!r} lacks "
+                                 f"{absent} (only a {BAD_SAMPLE} record may)")
+            if values["intersection"] > values["union"]:
+                raise ValueError(f"record {values['id']!r}: intersection {values['intersection']} > "
+                                 f"union {values['union']}")
+        return cls(**values)
+
+
+#: JSON type of each field of a record read from a file: (kind, null allowed). Kinds: "count" a
+#: non-negative integer, "number" a finite integer or float, "str", "bool", "list", "dict" (JSON
+#: true / false are not numbers here).
+_FIELD_TYPES = {
+    "index": ("count", False), "id": ("str", False), "query": ("str", False), "status": ("str", False),
+    "is_sentence": ("bool", True), "completion": ("str", True), "reasoning": ("str", True),
+    "bbox_840": ("list", True), "points_840": ("list", True), "bbox": ("list", True), "points": ("list", True),
+    "intersection": ("count", True), "union": ("count", True), "iou": ("number", True),
+    "seconds": ("number", False), "height": ("count", True), "width": ("count", True),
+    "mask_rle": ("dict", True), "reason": ("str", True), "rank": ("count", False),
+    "target_area": ("count", True), "pred_area": ("count", True),
+}
+_KIND_NAMES = {"count": "a non-negative integer", "number": "a finite number", "str": "a string",
+               "bool": "true or false", "list": "a list", "dict": "an object"}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "count":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict}[kind])
 
 
 # ----------------------------------------------------------------------------------------- masks
@@ -191,7 +240,7 @@ def read_records(path: str) -> list[PredictionRecord]:
             continue
         try:
             records.append(PredictionRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:  # AttributeError: not an object
+        except (ValueError, RecursionError) as err:  # not JSON, not an object, a field of the wrong type
             raise ValueError(f"{path}, line {number}: corrupt prediction record: {err}") from err
     return records
 

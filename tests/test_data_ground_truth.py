@@ -130,9 +130,9 @@ def test_scale_to_frame_rounding():
 
 
 def test_scale_to_frame_refuses_bools_non_finite_and_non_integer_sizes():
-    # True is an int to Python: unchecked, bbox [True, 0, 1, 1] in a 2 x 2 image became
-    # [int(1 * 840 / 2 + 0.5), ...] = [420, ...] and width=True scaled x by 840 / 1.
-    # NaN / inf used to escape as "cannot convert float NaN" / OverflowError without the value.
+    # True is an int to Python: unchecked, bbox [True, 0, 1, 1] in a 2 x 2 image would become
+    # [int(1 * 840 / 2 + 0.5), ...] = [420, ...] and width=True would scale x by 840 / 1; NaN / inf
+    # would escape as "cannot convert float NaN" / OverflowError without the value.
     for bbox, points, width, height, message in [
         ([True, 0, 1, 1], [[0, 0], [1, 1]], 2, 2, "got True"),
         ([0, 0, 1, 1], [[np.bool_(True), 0], [1, 1]], 2, 2, "True"),  # repr np.True_
