@@ -7,8 +7,9 @@
     python train.py --preset seg_zero_3b --print-config ...   # the resolved configuration, as JSON
     torchrun --nproc_per_node=2 train.py --preset tiny_multi  # the toy run on multi-object answers (SPEC 9)
 
-One GRPO step (DESIGN.md "data flow"; B prompts per rank, G samples each, N = B * G, L tokens):
-  1. rows      this rank's B samples of the global batch (grpo.parallel.StepSampler)
+One GRPO step (DESIGN.md "data flow"; B = --prompts-per-step prompts in all, split evenly over the
+R ranks: B / R per rank, G samples each, N = B / R * G rows per rank, L tokens):
+  1. rows      this rank's B / R samples of the global batch of B (grpo.parallel.StepSampler)
   2. rollout   prompts -> G sampled responses each: ids / mask / sampling log-probs [N, L]
   3. rewards   the five Seg-Zero terms from the completion text (rewards; no SAM2) -> [N];
                with --task multi the three multi-object terms (rewards.multi_object)
@@ -26,6 +27,12 @@ Departures from the paper: the tiny preset starts from a toy pretrained checkpoi
 instead of Qwen2.5-VL-Instruct and is sized for 2 CPU cores (grpo.recipe.preset_tiny says how).
 Rollouts are seeded per (seed, step, prompt position), so the samples do not depend on the number
 of ranks and a resumed run draws exactly what an uninterrupted run would.
+
+Run directory (--output-dir): one that holds an earlier run (RUN_FILES) is refused unless
+--resume (continue it from its latest complete checkpoint) or --overwrite (delete its files and
+start afresh) is given. Every setup check that can fail (the options, the data, the validation set,
+the model path, the checkpoint to resume from) runs before anything in the directory is created,
+written or deleted; config.json is written atomically.
 
 Errors: a user mistake (a ValueError from the config or the setup: a bad option or value, a path
 that is not there or not writable, a file that cannot be read) prints one line "error: ..." and
@@ -48,12 +55,12 @@ from data.paths import check_output_dir
 from eval.heldout import format_report, heldout_report
 from eval.validate import BestPointer
 from grpo import RolloutBuffer, compute_old_logprobs, group_advantages, grpo_update
-from grpo.checkpoint import (TrainingDiverged, export_hf, latest_checkpoint, load_checkpoint, save_checkpoint,
-                             step_dir_name)
-from grpo.parallel import (StepSampler, all_reduce_sum, gathered_between_steps, init_distributed,
+from grpo.checkpoint import (TrainingDiverged, check_checkpoint, export_hf, latest_checkpoint, load_checkpoint,
+                             rng_state, save_checkpoint, set_rng_state, step_dir_name)
+from grpo.parallel import (StepSampler, all_reduce_sum, barrier, gathered_between_steps, init_distributed,
                            peak_memory_bytes, seed_everything, shard_model, shutdown, unsharded_for_generation)
 from grpo.recipe import Config, check_world_size, micro_batch_note, parse_args
-from grpo.tracking import PhaseTimer, Tracker, filter_jsonl
+from grpo.tracking import PhaseTimer, Tracker, filter_jsonl, fsync_dir, write_atomic
 from grpo.update import UpdateConfig
 from models.policy import SegZeroPolicy
 from models.sft import sft_step
@@ -66,21 +73,37 @@ def main(argv: list[str] | None = None) -> Path | None:
         print(parse_args([a for a in argv if a != "--print-config"]).to_json())
         return None
     cfg = parse_args(argv)
-    check_output_dir(cfg.train.output_dir, "--output-dir")
+    out = Path(cfg.train.output_dir)
+    # setup checks: nothing in the run directory is created, written or deleted before they pass
+    check_output_dir(out, "--output-dir")
+    check_run_dir(cfg)
+    check_model_path(cfg.model.model_path)
     info = init_distributed(cfg.parallel.device)
     check_world_size(cfg, info.world_size)
     if info.is_main and (note := micro_batch_note(cfg, info.world_size)):
         print(note, flush=True)
-    out = Path(cfg.train.output_dir)
     seed_everything(cfg.train.seed)
     train_set, heldout = build_data(cfg, info)
     sampler = StepSampler(len(train_set), cfg.train.prompts_per_step, info.rank, info.world_size,
                           cfg.data.data_seed)
+    with rng_unchanged():  # the RNG states the models are built with do not depend on validation
+        val = build_validation(cfg, info)  # (segmenter, validation source) or None
+    resume_from = latest_checkpoint(out / "checkpoints") if cfg.train.resume else None
+    if resume_from is not None:
+        check_checkpoint(resume_from, info.world_size)
+    warm = cfg.train.algo == "grpo" and cfg.train.warmstart_sft_steps > 0
+    if warm and cfg.train.resume and (out / "warmstart_sft").is_dir():
+        check_warmstart_export(out / "warmstart_sft", warmstart_settings(cfg))
+    best = BestPointer(out, resume=resume_from is not None)  # a fresh run starts a fresh pointer
+    barrier()  # every rank passed the checks before rank 0 changes the directory
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json())
+        if cfg.train.overwrite:
+            clear_run_dir(out)
+        write_atomic(out / "config.json", cfg.to_json())
+    barrier()  # no rank reads the directory before it is ready
     model_path = cfg.model.model_path
-    if cfg.train.algo == "grpo" and cfg.train.warmstart_sft_steps > 0:
+    if warm:
         model_path = warm_start(cfg, info, train_set, heldout, out / "warmstart_sft")
     policy = build_policy(cfg, info, model_path, frozen=False)
     ref = (build_policy(cfg, info, model_path, frozen=True).logprobs
@@ -88,14 +111,14 @@ def main(argv: list[str] | None = None) -> Path | None:
     optimizer = build_optimizer(cfg, policy.model, cfg.optim.lr)
     scheduler = build_scheduler(cfg, optimizer)
     start_step = 0
-    if cfg.train.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
-        extra = load_checkpoint(ckpt, policy.logprobs, optimizer)
+    if resume_from is not None:
+        extra = load_checkpoint(resume_from, policy.logprobs, optimizer)
         scheduler.load_state_dict(extra["scheduler"])
         start_step = extra["step"]
+    if cfg.train.resume and info.is_main:  # the rows of the steps after the checkpoint are logged again
+        filter_jsonl(out / "heldout.jsonl", lambda row: row.get("step", 0) <= start_step)
     tracker = Tracker(out, is_main=info.is_main, total_steps=cfg.train.max_steps, start_step=start_step,
                       progress=cfg.train.progress, tensorboard=cfg.train.tensorboard, desc=cfg.train.algo)
-    val = build_validation(cfg, info)  # (segmenter, validation source) or None
-    best = BestPointer(out, resume=start_step > 0)  # a fresh run starts a fresh pointer
     rep = report(cfg, policy, heldout, tracker, f"{cfg.train.algo} start (step {start_step})", val, info, start_step)
     if rep is not None and start_step == 0:
         best.update(0, rep, model_path, write=info.is_main)  # the starting checkpoint until a validation beats it
@@ -198,6 +221,69 @@ def sft_steps(cfg: Config, info, policy: SegZeroPolicy, optimizer, train_set, sa
 # ---------------------------------------------------------------------------------------------
 # The machinery, one call away
 
+#: What a run writes in its directory (files and folders; a crash may leave NAME.tmp or NAME.old
+#: beside them): a directory holding any of them holds an earlier run.
+RUN_FILES = ("config.json", "metrics.jsonl", "heldout.jsonl", "best.json", "curves.png", "checkpoints",
+             "hf_export", "warmstart_sft", "val", "tb")
+
+
+def run_files(out: Path) -> list[str]:
+    """The names in ``out`` that an earlier run wrote (RUN_FILES and their .tmp / .old debris)."""
+    names = [name + suffix for name in RUN_FILES for suffix in ("", ".tmp", ".old")]
+    return [name for name in names if os.path.lexists(out / name)]
+
+
+def check_run_dir(cfg: Config) -> None:
+    """ValueError when output_dir holds an earlier run and neither ``resume`` nor ``overwrite``
+    says what to do with it, naming the directory, what it holds and both options."""
+    out = Path(cfg.train.output_dir)
+    if cfg.train.resume or cfg.train.overwrite or not out.is_dir():
+        return
+    found = run_files(out)
+    if found:
+        raise ValueError(f"--output-dir {str(out)!r} holds an earlier run ({', '.join(found)}); pass --resume to "
+                         "continue it from its latest checkpoint, --overwrite to delete it and start afresh, "
+                         "or another --output-dir")
+
+
+def clear_run_dir(out: Path) -> None:
+    """Delete an earlier run's files (:func:`run_files`) from ``out`` (``--overwrite``); other files
+    stay."""
+    import shutil
+
+    for name in run_files(out):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    fsync_dir(out)
+
+
+def check_model_path(model_path: str) -> None:
+    """FileNotFoundError / ValueError, before anything is built, when ``model_path`` cannot hold a
+    checkpoint (models.loading.check_checkpoint); 'tiny' is built in memory."""
+    if model_path == "tiny":
+        return
+    from models.loading import check_checkpoint as check_model_checkpoint
+
+    if model_path == "toy":
+        from models.toy import TOY_POLICY_DIR
+
+        model_path = str(TOY_POLICY_DIR)
+    check_model_checkpoint(model_path)
+
+
+@contextlib.contextmanager
+def rng_unchanged():
+    """Within the block, the python, numpy and torch RNGs may be drawn from; after it they are where
+    they were before it."""
+    as_json, tensors = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(as_json, tensors)
+
 
 def build_data(cfg: Config, info):
     """(train SampleSource, held-out samples of this rank). Raises ValueError on an empty set.
@@ -207,6 +293,7 @@ def build_data(cfg: Config, info):
 
     multi = cfg.train.task == "multi"
     synthetic = heldout_synthetic(cfg)  # (n, seed) -> the held-out synthetic set of this config
+    check_training_data_path(cfg.data.data_path, multi)
     if cfg.data.data_path == "synthetic":
         train_set = synthetic(cfg.data.num_synthetic, cfg.data.data_seed)
     else:
@@ -218,6 +305,28 @@ def build_data(cfg: Config, info):
     held = synthetic(n, cfg.data.data_seed + 10_000) if n else []
     heldout = [held[i] for i in range(info.rank, n, info.world_size)]
     return train_set, heldout
+
+
+def check_training_data_path(path: str, multi: bool) -> None:
+    """ValueError for a data_path that the data readers open as one split of a larger set: a
+    refer-format root (RefCOCO / RefCOCO+ / RefCOCOg: ``instances.json`` + refs) or, with task
+    'multi', a gRefCOCO root, whose readers default to the 'val' split. Training takes a
+    training parquet (or a LISA folder of one split) instead."""
+    from data.multi_object import is_gref_root
+
+    if not os.path.isdir(path):
+        return
+    option = f"config field data_path={path!r} (--data-path)"
+    if multi and is_gref_root(path):
+        raise ValueError(f"{option} is a gRefCOCO root: its reader would train on the 'val' split; train on a "
+                         "multi-object training parquet (the authors' VisionReasoner layout: problem, solution as "
+                         "a JSON list of objects, image)")
+    if os.path.isfile(os.path.join(path, "instances.json")) or any(
+            os.path.isfile(os.path.join(path, d.name, "instances.json")) for d in os.scandir(path) if d.is_dir()):
+        raise ValueError(f"{option} is a refer-format root (instances.json + refs): its reader would train on the "
+                         f"'val' split; convert the train split to a training parquet with `python -m "
+                         f"data.prepare_refcocog --refer-root {path} --images COCO_TRAIN2014_DIR --out FILE.parquet "
+                         "--split train` and pass --data-path FILE.parquet")
 
 
 def heldout_synthetic(cfg: Config):
@@ -238,7 +347,8 @@ def heldout_synthetic(cfg: Config):
 def read_sample(source, sampler: StepSampler, position: int):
     """The sample at a stream position; a bad one (unreadable or invalid: BadSampleError; an empty
     mask or a query that is empty once normalised: ValueError) is reported and the sample at the next stream
-    position is used instead (deterministic, so resume and rank count do not matter)."""
+    position is used instead (deterministic, so resume and rank count do not matter). After 100 bad
+    samples in a row, a ValueError that gives the last one's index and reason."""
     from data import BadSampleError, solution_from_mask
     from data.types import check_sample
     from models.prompt import normalize_query
@@ -253,9 +363,11 @@ def read_sample(source, sampler: StepSampler, position: int):
             check_sample(sample, f"index {index}")  # box ordered and in the frame (any SampleSource)
         except (BadSampleError, ValueError) as err:
             print(f"skipping bad sample at index {index}: {err}", flush=True)
+            last = f"index {index}: {err}"
             continue
         return sample
-    raise ValueError(f"100 consecutive unreadable samples around stream position {position}")
+    raise ValueError(f"100 consecutive bad samples from stream position {position} on (each printed above); "
+                     f"the last, {last}")
 
 
 def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPolicy:
@@ -417,18 +529,19 @@ def build_validation(cfg: Config, info):
     from data import open_dataset, open_multi_object_dataset
     from models.pipeline import load_segmenter
 
-    segmenter = load_segmenter(cfg.model.sam2, device=info.device)
     if cfg.data.val_path == "heldout":
         source = heldout_synthetic(cfg)(cfg.data.heldout_size, cfg.data.data_seed + 10_000)
-    else:
+    else:  # opened first: a bad val_path fails before SAM2 is loaded
         opener = open_multi_object_dataset if cfg.train.task == "multi" else open_dataset
         source = opener(cfg.data.val_path, seed=cfg.data.data_seed)
+    segmenter = load_segmenter(cfg.model.sam2, device=info.device)
     return segmenter, source
 
 
 def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title: str, val=None, info=None,
            step: int = 0) -> dict | None:
-    """Held-out report, printed on rank 0 and appended to heldout.jsonl: with a segmenter (``val``),
+    """Held-out report, printed on rank 0 and appended to heldout.jsonl (a row with its title and
+    ``step``, which a resume trims by, as metrics.jsonl): with a segmenter (``val``),
     the validation of eval.validate (gIoU, cIoU, box-IoU proxy, parse failures, reward terms of the
     greedy answers; logged as phase 'val' in metrics.jsonl, predictions in val/step_XXXXXX);
     without, the reward terms and box-IoU proxy of the held-out scenes. Returns the validation
@@ -466,7 +579,7 @@ def report(cfg: Config, policy: SegZeroPolicy, heldout, tracker: Tracker, title:
     tracker.print(format_report(title, rep))
     if tracker.is_main:
         with (Path(cfg.train.output_dir) / "heldout.jsonl").open("a") as f:
-            f.write(json.dumps({"title": title, **rep}) + "\n")
+            f.write(json.dumps({"title": title, "step": step, **rep}) + "\n")
     return None
 
 

@@ -94,7 +94,7 @@ class ModelConfig:
     def __post_init__(self):
         _check_types(self)
         _require(bool(self.model_path), "model_path", self.model_path,
-                 "a model path is required (a Qwen2.5-VL directory, hub id, or 'tiny')")
+                 "a model path is required (a Qwen2.5-VL directory, hub id, 'toy' or 'tiny')")
         _require(self.dtype in ("float32", "bfloat16"), "dtype", self.dtype, "use float32 or bfloat16")
         _require(self.attn_implementation in ("sdpa", "eager", "flash_attention_2"),
                  "attn_implementation", self.attn_implementation, "use sdpa, eager or flash_attention_2")
@@ -273,9 +273,15 @@ class TrainConfig:
     seed: int = knob(0, "Seed of everything: sampling, shuffling, the tiny model.")
     max_steps: int = knob(30, "Optimizer steps (one step = one rollout batch of prompts_per_step prompts).")
     prompts_per_step: int = knob(16, "B, GLOBAL prompts per step, split evenly over ranks (SPEC 8: 16).")
-    output_dir: str = knob("runs/tiny", """Run directory: config.json, metrics.jsonl, checkpoints/,
-        hf_export/.""")
-    resume: bool = knob(False, "Continue from the latest complete checkpoint in output_dir/checkpoints.")
+    output_dir: str = knob("runs/tiny", """Run directory: config.json, metrics.jsonl, heldout.jsonl, best.json,
+        checkpoints/, hf_export/... A directory that holds an earlier run is refused unless resume or
+        overwrite is given.""")
+    resume: bool = knob(False, """Continue the run in output_dir from its latest complete checkpoint in
+        output_dir/checkpoints (from step 0 when there is none); the rows its predecessor logged after that
+        checkpoint are dropped from metrics.jsonl and heldout.jsonl.""")
+    overwrite: bool = knob(False, """Replace the earlier run in output_dir: once the setup checks pass, its
+        files (config.json, metrics.jsonl, heldout.jsonl, best.json, curves.png, checkpoints/, hf_export/,
+        warmstart_sft/, val/, tb/) are deleted; other files stay. Not with resume.""")
     checkpoint_every: int = knob(0, """Save a checkpoint every K steps (0 = only after the last step, if
         save_last).""")
     eval_every: int = knob(0, """Validate every K steps (policy -> answer -> SAM2 -> gIoU / cIoU on
@@ -298,6 +304,8 @@ class TrainConfig:
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "must be >= 1")
         _require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
+        _require(not (self.resume and self.overwrite), "overwrite", self.overwrite,
+                 "--resume continues the run in output_dir and --overwrite deletes it: pass one of them")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         _require(self.warmstart_sft_steps >= 0, "warmstart_sft_steps", self.warmstart_sft_steps,
@@ -450,7 +458,7 @@ def preset_tiny() -> dict:
     to 0.51-0.52 (first vs last 100 steps); at 300 steps (16.2-16.7 min) the mean is 64.0 (+3.6).
     The schedule (lr, length) was chosen on 64 validation scenes with the toy policy built with
     an 800-step vision phase of kind weight 1 (models.toy; box IoU 0.311, validation start gIoU
-    48.7 / cIoU 49.4), from which this preset (then validating 64 scenes) ended at gIoU 52.8 /
+    48.7 / cIoU 49.4), from which this preset, validating 64 scenes, ended at gIoU 52.8 /
     51.6 / 54.3 (mean +4.2), cIoU mean +3.4, box IoU mean +0.009, and after others from that
     policy: 40 steps at lr 1e-4 ended at gIoU 55.0 / 48.8 / 47.1 (mean +1.6, range -1.6 to
     +6.3), cIoU mean -0.6, box IoU mean -0.001; 150 steps at lr 1e-4 (one process) validated at
@@ -486,7 +494,7 @@ def preset_tiny_multi() -> dict:
     Launch (2 processes on 2 CPU cores):
         torchrun --standalone --nproc_per_node=2 train.py --preset tiny_multi
     then, end to end on the run's export:
-        python evaluate.py --task multi --preset tiny --model-path runs/tiny-multi/hf_export \
+        python evaluate.py --task multi --preset tiny --model-path runs/tiny-multi/hf_export \\
             --data-path synthetic:128:present --data-seed 10000 --max-new-tokens 256 \
             --output-dir runs/tiny-multi/eval
 

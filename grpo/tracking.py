@@ -134,8 +134,8 @@ class Tracker:
 
 def filter_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
     """Rewrite the JSON-lines file ``path`` atomically with only its rows (JSON objects) for which
-    ``keep(row)`` is true; a line that is not a JSON object (a torn last line, from a crash
-    mid-write) goes too. Nothing happens when the file does not exist."""
+    ``keep(row)`` is true (:func:`write_atomic`); a line that is not a JSON object (a torn last
+    line, from a crash mid-write) goes too. Nothing happens when the file does not exist."""
     path = Path(path)
     if not path.exists():
         return
@@ -147,9 +147,36 @@ def filter_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
             continue
         if isinstance(row, dict) and keep(row):
             kept.append(line + "\n")
+    write_atomic(path, "".join(kept))
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (a file created, renamed or removed in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file written by other code (e.g. a safetensors writer) to disk."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``path`` so that it holds either its old content or all of ``data``, also after a
+    crash or a power loss: a temporary file beside it, flushed to disk, then ``os.replace``, then
+    the folder's entry flushed."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -135,3 +135,32 @@ def make_refer_fixture(root, corrupt_third=False):
     with open(data_dir / "refs(umd).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)
     return img_dir
+
+
+def record_fsyncs(monkeypatch) -> list[str]:
+    """Patch os.fsync to record the path of every file and folder it flushes (Linux /proc)."""
+    import os
+
+    paths = []
+    real = os.fsync
+
+    def fsync(fd):
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return paths
+
+
+def crash_when_renaming(monkeypatch, src) -> None:
+    """Patch os.rename to raise KeyboardInterrupt (a killed process) when it would move ``src``."""
+    import os
+
+    real_rename = os.rename
+
+    def rename(a, b):
+        if os.fspath(a) == os.fspath(src):
+            raise KeyboardInterrupt("killed")
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)

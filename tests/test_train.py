@@ -222,7 +222,9 @@ def test_warm_start_interrupted_then_rerun_and_stale_export_refused(tmp_path):
                                                     + "\n" for s in (1, 2)))
     (tmp_path / "heldout.jsonl").write_text(json.dumps({"title": "initial policy", "stale": True}) + "\n")
     common = SMALL[2:] + ["--max-steps", "1", "--output-dir", tmp_path]  # SMALL without its warm-start 0
-    run(common + ["--warmstart-sft-steps", "2", "--heldout-size", "2"])
+    res = run(common + ["--warmstart-sft-steps", "2", "--heldout-size", "2"], check=False)
+    assert res.returncode == 2 and "holds an earlier run (metrics.jsonl, heldout.jsonl)" in res.stderr
+    run(common + ["--warmstart-sft-steps", "2", "--heldout-size", "2", "--resume"])  # the killed run, continued
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["step"]) for r in rows] == [("warmstart_sft", 1), ("warmstart_sft", 2), ("train", 1)]
     assert all(r.get("loss") != 9.0 for r in rows)  # the interrupted attempt's rows were replaced
