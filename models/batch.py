@@ -1,7 +1,8 @@
 """Prompt batches: B (image, query) pairs -> the model's inputs (SPEC.md section 1 step 1, section 2).
 
 :func:`prepare_inputs` -> :class:`PolicyBatch`: each image resized to 840 x 840 bilinear (aspect
-ratio not kept), chat template with the SPEC prompt, processor -> input_ids [B, P] LEFT-padded,
+ratio not kept), chat template with the SPEC prompt, processor -> input_ids [B, P] padded (left by
+default, ``padding_side='right'`` on request; :func:`left_align` moves real tokens to the right end),
 attention_mask [B, P], pixel_values [sum of patches, C*2*14*14], image_grid_thw [B, 3].
 """
 from __future__ import annotations

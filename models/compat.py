@@ -1,4 +1,6 @@
-"""What differs between the transformers releases this project runs on (5.17 up to 5.24 tested).
+"""What differs between the transformers releases this project runs on: the test suite runs on
+5.25.0 (scripts/install.sh, what CI installs) and on the minimum, 5.17.0
+(scripts/test_min_versions.sh).
 
 - The KV-cache argument of the Qwen2.5-VL forward is ``cache`` from 5.2x (``past_key_values`` is a
   deprecated alias there) and ``past_key_values`` before: :data:`CACHE_KWARG` is the name the

@@ -30,10 +30,12 @@ point are printed and drawn, the mask is the union of SAM2's object masks, and `
 lists the objects; an empty list ("nothing here") gives an empty mask.
 
 User mistakes (a query that is not text or is empty once normalised, an ``--output-dir`` that is a
-file or not writable, missing or config-only weights, unreadable image, CUDA unavailable, missing
-SAM2 checkpoint or a refused SAM2 config, contradictory options) end with exit code 2 and one line
-"error: ..." on stderr saying what to do; the options, the query and ``--output-dir`` are checked
-before any model is loaded, the policy's weights before anything heavy.
+file or not writable, missing or config-only weights, a damaged weights file (a truncated
+*.safetensors, a SAM2 checkpoint torch.load cannot read), unreadable image, CUDA unavailable, a
+missing SAM2 checkpoint, a checkpoint file given to ``--sam2`` without its config, a refused SAM2
+config, contradictory options) end with exit code 2 and one line "error: ..." on stderr saying what
+to do; the options, the query and ``--output-dir`` are checked before any model is loaded, the
+policy's weights before anything heavy.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 :func:`load_policy` takes a hub id, a downloaded directory, or our own export; bf16 on GPU, fp32 on
 CPU; sdpa / flash-attention 2 / eager attention; the processor with optional min/max pixels.
-Missing weights are reported before anything big is read.
+Missing weights are reported before anything big is read; a damaged *.safetensors file is reported
+as a ValueError naming it.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import re
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from models.vision_attention import use_windowed_vision_attention
@@ -79,6 +81,10 @@ def load_policy(
             package) or "eager".
         min_pixels / max_pixels: the image processor's pixel budget; the defaults of the
             checkpoint keep an 840 x 840 image at 900 tokens.
+
+    Raises FileNotFoundError / ValueError for a path that cannot hold a checkpoint
+    (:func:`check_checkpoint`), and ValueError naming the file for a *.safetensors weights file
+    that safetensors cannot read (e.g. truncated).
     """
     name_or_path = os.fspath(name_or_path)
     device = str(device)
@@ -98,15 +104,37 @@ def load_policy(
 
     torch_dtype = _resolve_dtype(dtype, device)
     processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
-    )
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
+    except SafetensorError as exc:  # a truncated or damaged *.safetensors file
+        raise ValueError(damaged_weights_message(name_or_path, exc)) from exc
     if attn_implementation == "sdpa":
         use_windowed_vision_attention(model)  # one attention call per vision block, not per window
     model = model.to(device)
     if device == "cpu":
         own_aligned_storage(model)
     return model.eval(), processor
+
+
+def damaged_weights_message(name_or_path: str, exc: Exception) -> str:
+    """What to say when ``from_pretrained`` fails with ``exc`` (a SafetensorError) on the weights of
+    ``name_or_path``: names the *.safetensors files of a local directory whose header safetensors
+    cannot read (each is opened, nothing is loaded), else the checkpoint."""
+    cause = " ".join(str(exc).split())
+    bad = []
+    if os.path.isdir(name_or_path):
+        for name in sorted(os.listdir(name_or_path)):
+            if name.endswith(".safetensors"):
+                try:
+                    with safe_open(os.path.join(name_or_path, name), framework="pt"):
+                        pass
+                except (SafetensorError, OSError):
+                    bad.append(os.path.join(name_or_path, name))
+    where = ", ".join(repr(b) for b in bad) if bad else f"a *.safetensors file of {name_or_path!r}"
+    return (f"{where} is not a readable safetensors file ({cause}); it may be truncated (an interrupted "
+            f"download or copy): download or copy the checkpoint again")
 
 
 #: byte alignment of the storage that CPU kernels get their fastest (and reproducible) path on

@@ -66,13 +66,13 @@ class MultiObjectPipeline(SegZeroPipeline):
     """Policy (task "multi") + segmenter, end to end (module docstring).
 
     Same arguments as :class:`models.pipeline.SegZeroPipeline` (``single_quotes`` does not apply:
-    the object list is always parsed as strict JSON). The segmenter needs ``segment_objects``.
+    the object list is always parsed as strict JSON). The policy's ``task``, when it has one, must be
+    "multi" (ValueError otherwise). The segmenter needs ``segment_objects``.
     """
 
+    policy_task = "multi"
+
     def __init__(self, policy, segmenter, *, prompt_mode: str = "box+points", max_new_tokens: int = 1024):
-        task = getattr(policy, "task", "multi")
-        if task != "multi":
-            raise ValueError(f"the multi-object pipeline needs a policy built with task='multi', got task={task!r}")
         super().__init__(policy, segmenter, prompt_mode=prompt_mode, max_new_tokens=max_new_tokens)
 
     def predict_from_completions(self, images, completions) -> list[MultiObjectPrediction]:

@@ -17,6 +17,11 @@ SPEC.md section 1 (arXiv 2503.06520, section 3.1, Figure 2), per sample:
    a model may write coordinates outside the frame, and SAM2 prompts outside the image help nobody.
 4. SAM2 on the ORIGINAL image with the mapped prompts (``models.segmenter``; mode "box+points" by
    default, "box" / "points" for the Table 2 ablation); highest-scoring of the multimask outputs.
+   An inverted box (x2 < x1 or y2 < y1, which the parser accepts) goes to SAM2 as written, its
+   corners not reordered: SAM2 reads [x1, y1] as the top-left corner prompt and [x2, y2] as the
+   bottom-right one and returns whatever mask that gives. The box reward treats the same box as
+   overlapping nothing (IoU 0: ``rewards.box_iou``, ``rewards.parse``), so such an answer earns no
+   box reward in training but still gets a SAM2 mask here.
 5. An answer that does not parse (status other than "ok") gives an empty mask, the parse status,
    and no exception (SPEC section 1.6). SAM2 is not run for it.
 
@@ -87,13 +92,19 @@ class SegZeroPipeline:
 
     Args:
         policy: an object with ``complete(images, queries, *, max_new_tokens, greedy) -> list[str]``
-            that resizes each image to 840 x 840 itself (``models.policy.SegZeroPolicy``).
+            that resizes each image to 840 x 840 itself (``models.policy.SegZeroPolicy``). Its
+            ``task`` attribute, when it has one, must be :attr:`policy_task` ("single" here; a policy
+            built with task "multi" asks for an object list, which this pipeline cannot parse):
+            ValueError otherwise.
         segmenter: a ``models.segmenter.Segmenter`` (``segment_batch(images, bboxes, points, mode)``).
         prompt_mode: "box+points" (default), "box" or "points".
         max_new_tokens: generation budget per completion (SPEC: 1024).
         single_quotes: parse ``{'bbox': ...}`` answers too (``parse_answer``'s inference-only
             leniency; off by default so evaluation scores what training rewarded).
     """
+
+    #: the prompt and answer format (``SegZeroPolicy.task``) this pipeline parses
+    policy_task = "single"
 
     def __init__(
         self,
@@ -104,6 +115,11 @@ class SegZeroPipeline:
         max_new_tokens: int = 1024,
         single_quotes: bool = False,
     ):
+        task = getattr(policy, "task", self.policy_task)
+        if task != self.policy_task:
+            other = "SegZeroPipeline" if task == "single" else "models.multi_object.MultiObjectPipeline"
+            raise ValueError(f"{type(self).__name__} needs a policy built with task={self.policy_task!r}, got "
+                             f"task={task!r}: build the policy with task={self.policy_task!r}, or use {other}")
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
         if max_new_tokens < 1:
@@ -185,7 +201,8 @@ def load_reasoning_model(model_path: str, device: str = "cpu", attn_implementati
 def load_segmenter(sam2: str, device: str = "cpu") -> Segmenter:
     """SAM2 for a ``--sam2`` value, as train.py reads it: 'toy' (the shipped toy SAM2 trained on the
     synthetic scenes, models.toy), CONFIG::CHECKPOINT (:meth:`Segmenter.from_config`: a sam2
-    package config or yaml file, and a checkpoint file) or a hub id (:meth:`Segmenter.from_hub`)."""
+    package config or yaml file, and a checkpoint file) or a hub id (:meth:`Segmenter.from_hub`).
+    ValueError from :func:`models.segmenter.split_sam2` for a malformed value or a bare checkpoint file."""
     if sam2 == "toy":
         from models.toy import load_toy_sam2
 

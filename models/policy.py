@@ -26,7 +26,8 @@ class Rollout:
     Attributes:
         response_ids: [N, L] N = B * G; after a row's EOS the ids are pad.
         response_mask: [N, L] 1 up to and including the first EOS (any of ``eos_token_ids``).
-        logp: [N, L] float32 log-probs of the sampled tokens under softmax(logits / T).
+        logp: [N, L] float32 log-probs of the sampled tokens under softmax(logits / T); undefined
+            where response_mask is 0 (read them through the mask).
         texts: N decoded completions (special tokens removed).
         batch: the B prompts.
         group_size: G.

@@ -20,7 +20,9 @@ truncated sampling distribution (the PPO ratio and KL use the full one, as veRL 
 code do); with greedy decoding they are likewise those of softmax(logits / T).
 
 Finished rows: a row that emitted any of the EOS ids gets pad tokens and mask 0 after it (the mask
-covers the tokens up to and including the first EOS). The host looks at the batch every
+covers the tokens up to and including the first EOS). Its log-probs after the EOS are undefined
+(0.0 in the steps after it left the batch, the pad token's log-prob while it stays in it): every
+consumer reads them through the mask only. The host looks at the batch every
 ``check_every`` steps only: it stops when every row finished, and with ``compact=True`` (default)
 ``index_select``s the working set (cache, mask, positions, next tokens) down to the active rows;
 ``compact=False`` keeps finished rows (masked). The result is trimmed to the longest response.
@@ -29,12 +31,25 @@ queue, and to 1 on CPU, where it costs nothing and finished rows leave the batch
 tokens are the same either way (tested).
 Why the engine is built this way, and what it measures: docs/ENGINE.md.
 
-Departure from transformers' ``generate``: none in the distribution (the greedy test compares
-token for token); the attention of the decode steps spans all P + max_new_tokens cache slots
-(unwritten slots are masked by causality), which is the StaticCache trade-off.
+Sampling settings: the engine applies ``greedy``, ``temperature`` and ``top_p`` from its arguments
+and stops at the EOS ids it is given, and nothing else: it reads no ``generation_config`` (only
+:class:`models.policy.SegZeroPolicy` reads one, for its EOS ids), so the other settings a
+checkpoint's generation config may carry for transformers' ``generate`` (``repetition_penalty``,
+``top_k``, ``min_p``, its own ``do_sample`` / ``temperature`` / ``top_p``) are not applied. With
+those settings alone the distribution is that of ``generate``'s temperature and top-p warpers
+(a token is kept when the mass of the tokens more probable than it is below top_p; the two differ
+only by float rounding at that boundary); the greedy test compares token for token.
+
+Attention mask of a decode step: the StaticCache holds P + max_new_tokens slots, and decode step t
+passes the 2-D mask of its first P + t + 1 (the slots written so far and the one it writes).
+sdpa and eager build their causal mask from the cache position and pad a shorter 2-D mask with
+zeros, so for them the length makes no difference; flash-attention-2 takes the 2-D mask at face
+value and attends to the slots it marks (tested with a stand-in that copies transformers' mask
+handling: tests/test_models_rollout_attention.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -54,7 +69,8 @@ class Generation:
     Attributes:
         response_ids: [N, L] sampled ids; pad after a row's EOS.
         response_mask: [N, L] 1 for tokens up to and including the first EOS.
-        logp: [N, L] float32 log softmax(logits / T) of each sampled token (see module docstring).
+        logp: [N, L] float32 log softmax(logits / T) of each sampled token (see module docstring);
+            undefined where response_mask is 0.
     """
 
     response_ids: torch.Tensor
@@ -93,13 +109,17 @@ def sample_inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tens
     return token.clamp_max(probs.shape[-1] - 1)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_args(group_size, max_new_tokens, temperature, top_p, check_every):
-    if not isinstance(group_size, int) or group_size < 1:
+    if not _is_int(group_size) or group_size < 1:
         raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if check_every < 1:
@@ -176,7 +196,7 @@ def generate(
     attention_mask = torch.cat(
         [batch.attention_mask.repeat_interleave(group_size, 0),
          batch.attention_mask.new_ones(num_rows, max_new_tokens)], dim=1,
-    )  # [N, P + max_new_tokens]; slots not yet written are hidden by causality
+    )  # [N, P + max_new_tokens]; decode step t passes its first P + t + 1 columns
     next_pos = next_pos.repeat_interleave(group_size)  # [N]
 
     # 3. decode. Outputs are [N, T]; the working set has n <= N rows, rows[i] = its output row.
@@ -213,9 +233,11 @@ def generate(
                 rows, finished, next_tok = rows[keep], finished[keep], next_tok[keep]
                 attention_mask, next_pos = attention_mask[keep], next_pos[keep]
         step_pos = (next_pos + step).view(1, -1, 1).expand(3, -1, -1)  # [3, n, 1]
+        # the mask covers the P + step written slots and the one this step writes, never the
+        # unwritten slots after them (flash-attention takes a 2-D mask at face value)
         out = model(
             input_ids=next_tok[:, None],
-            attention_mask=attention_mask,
+            attention_mask=attention_mask[:, :prompt_len + step + 1],  # [n, P + step + 1]
             position_ids=step_pos,
             **{CACHE_KWARG: cache},
             use_cache=True,

@@ -13,13 +13,15 @@ box and two points, and a frozen SAM2 image predictor turns them into a mask. Th
 Prompt modes (the paper's Table 2 ablation): "box+points" (default), "box", "points".
 
 Constructors:
-- :meth:`Segmenter.from_config`: a SAM2 config plus a checkpoint file (the checkpoint is checked
-  before anything is built; its keys must match the model exactly). The config is the name of a
-  yaml inside the sam2 package's ``configs`` folder (``configs/sam2.1/sam2.1_hiera_l.yaml``;
-  the name is resolved, so ``configs/../../x.yaml`` is refused), or the path of a self-contained
-  user yaml. A config is instantiated by Hydra, which imports and calls whatever its ``_target_``
-  keys name, so every ``_target_`` (after interpolation) must name a class defined in the sam2
-  package (:func:`check_sam2_targets`); anything else is refused before anything is built.
+- :meth:`Segmenter.from_config`: a SAM2 config plus a checkpoint file (the checkpoint is read and
+  checked before anything is built: a file ``torch.load`` cannot read, or one holding anything but
+  tensors, is refused with ValueError by :func:`read_sam2_checkpoint`; its keys must match the
+  model exactly). The config is the name of a yaml inside the sam2 package's ``configs`` folder
+  (``configs/sam2.1/sam2.1_hiera_l.yaml``; the name is resolved, so ``configs/../../x.yaml`` is
+  refused), or the path of a self-contained user yaml. A config is instantiated by Hydra, which
+  imports and calls whatever its ``_target_`` keys name, so every ``_target_`` (after
+  interpolation) must name a class defined in the sam2 package (:func:`check_sam2_targets`);
+  anything else is refused before anything is built.
 - :meth:`Segmenter.from_hub`: a Hugging Face id such as ``facebook/sam2-hiera-large`` (the model
   the authors use). This does what ``SAM2ImagePredictor.from_pretrained`` does (look the id up in
   sam2's ``HF_MODEL_ID_TO_FILENAMES``, download that checkpoint) but reports a failed download with
@@ -93,8 +95,14 @@ def resolve_sam2_config(config: str) -> tuple[str, str]:
 
 def split_sam2(sam2: str) -> tuple[str, str] | None:
     """(config, checkpoint) of a ``--sam2 CONFIG::CHECKPOINT`` value (train.py, evaluate.py and
-    models.infer spell SAM2 the same way); None for 'toy' or a hub id. ValueError when a side is empty."""
+    models.infer spell SAM2 the same way); None for 'toy' or a hub id. ValueError when a side is
+    empty, or for a bare checkpoint file (a value without ``::`` that ends in .pt / .pth or names an
+    existing file), which would otherwise be looked up as a hub id."""
     if "::" not in sam2:
+        if sam2 != "toy" and (sam2.lower().endswith((".pt", ".pth")) or os.path.isfile(sam2)):
+            raise ValueError(f"--sam2 {sam2!r} is a checkpoint file, which needs its config: pass --sam2 "
+                             f"CONFIG::CHECKPOINT, e.g. configs/sam2.1/sam2.1_hiera_l.yaml::{sam2} (the sam2 "
+                             f"package config of that checkpoint), 'toy', or a hub id such as {DEFAULT_SAM2_HUB_ID}")
         return None
     config, _, checkpoint = sam2.partition("::")
     if not config or not checkpoint:
@@ -260,6 +268,36 @@ def best_mask(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return masks[int(np.argmax(scores))] > 0.5  # predictor masks are 0.0 / 1.0 floats
 
 
+def read_sam2_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The state dict of a sam2 checkpoint file (``{"model": state_dict}`` or a bare state dict),
+    read on CPU with ``torch.load(weights_only=True)``.
+
+    ValueError "not a readable sam2 checkpoint: <cause>" naming the file when ``torch.load`` fails
+    on it (empty, truncated or garbage bytes, pickled objects other than tensors and containers) or
+    what it holds is not a dict of tensors keyed by strings.
+    """
+    def refuse(cause: str):
+        return ValueError(f"SAM2 checkpoint {checkpoint!r} is not a readable sam2 checkpoint: {cause}; pass the "
+                          f".pt file of the SAM2 release (a {{'model': state_dict}} dict saved by torch.save)")
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (torch.load raises EOFError, IndexError, UnpicklingError, ...)
+        text, marker = str(exc), "WeightsUnpickler error:"
+        if marker in text:  # a pickled object weights_only refuses; keep the line that names it
+            text = text.split(marker, 1)[1].split("\n", 1)[0].split(". Please", 1)[0]
+        cause = " ".join(text.split())[:300] or "no further detail"
+        raise refuse(f"torch.load failed ({type(exc).__name__}: {cause})") from exc
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise refuse(f"it holds a {type(state).__name__}, not a state dict")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise refuse(f"entry {key!r} is a {type(value).__name__}, not a tensor")
+    return state
+
+
 class Segmenter:
     """SAM2 image predictor prompted the Seg-Zero way (see the module docstring).
 
@@ -279,20 +317,22 @@ class Segmenter:
     # ----------------------------------------------------------------- constructors
     @classmethod
     def from_config(cls, config: str, checkpoint: str, device: str | torch.device = "cpu") -> "Segmenter":
-        """SAM2 from a package config name and a checkpoint file (sam2's ``{"model": state_dict}``)."""
+        """SAM2 from a package config name and a checkpoint file (sam2's ``{"model": state_dict}``).
+
+        FileNotFoundError for a missing checkpoint; ValueError for a refused config, a damaged
+        checkpoint (:func:`read_sam2_checkpoint`) or one whose keys or shapes do not match the config.
+        """
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(
                 f"SAM2 checkpoint not found: {checkpoint!r}; download it (e.g. sam2.1_hiera_large.pt from "
                 f"the SAM2 release) and pass its path, or use a hub id such as {DEFAULT_SAM2_HUB_ID!r}"
             )
         check_sam2_config(config)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state:
-            state = state["model"]
+        state = read_sam2_checkpoint(checkpoint)
         model = _build_sam2_model(config)
         try:
             model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError, ValueError) as exc:
             raise ValueError(f"SAM2 checkpoint {checkpoint!r} does not match config {config!r}: {exc}") from exc
         return cls(model.to(device).eval())
 

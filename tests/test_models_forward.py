@@ -72,15 +72,29 @@ def test_left_and_right_padding_identical_on_shared_path(tiny_qwen):
 
 
 def test_single_token_responses(tiny_qwen):
-    # L = 1: only the prompt pass runs (its last column predicts the one response token)
+    # L = 1: the prompt pass's last column predicts the one response token; the response pass
+    # still runs, on token 0 (1 column, its prediction dropped), so the model is called twice
+    # whatever the response lengths (the same collectives on every rank under FSDP2)
     model, processor = tiny_qwen
     batch = prepare_inputs(processor, _images(1), QUERIES[:1])
-    ids, mask = _responses(2, 1, model.config.text_config.vocab_size, seed=2)
-    with torch.no_grad():
-        a = response_logprobs(model, batch, ids, mask, 2)
-        b = plain_logprobs(model, batch, ids, mask, 2)
-    assert a.shape == (2, 1)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    prompt_len = batch.input_ids.shape[1]
+    calls = []  # (rows, columns) of each call of the model's forward
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        for length in (1, 3):
+            ids, mask = _responses(2, length, model.config.text_config.vocab_size, seed=2)
+            calls.clear()
+            with torch.no_grad():
+                a = response_logprobs(model, batch, ids, mask, 2)
+            # prompt pass [B = 1, P], then response pass [N = 2, W]: W = L - 1, and 1 when L = 1
+            assert calls == [(1, prompt_len), (2, 2 if length == 3 else 1)]
+            with torch.no_grad():
+                b = plain_logprobs(model, batch, ids, mask, 2)
+            assert a.shape == (2, length)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    finally:
+        handle.remove()
 
 
 def test_shared_prefix_under_activation_checkpointing(tiny_qwen):

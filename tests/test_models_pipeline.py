@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from models.pipeline import Prediction, SegZeroPipeline, map_to_original, to_original
+from rewards import box_iou
 
 
 class FakePolicy:
@@ -149,3 +150,66 @@ def test_pipeline_with_real_tiny_policy(tiny_sam2):
         assert pred.completion == text  # greedy decoding is deterministic
         assert pred.mask.shape == image.shape[:2] and pred.mask.dtype == np.bool_
         assert pred.ok or not pred.mask.any()
+
+
+def test_inverted_box_goes_to_sam2_as_written():
+    # x2 < x1 and y2 < y1: the parser accepts it, the pipeline maps it without reordering the corners
+    image = np.zeros((84, 84, 3), dtype=np.uint8)  # factor 84 / 840 = 0.1
+    segmenter = RecordingSegmenter()
+    pred = SegZeroPipeline(FakePolicy([answer([700, 600, 100, 200], [300, 300], [400, 400])]),
+                           segmenter)([image], ["q"])[0]
+    assert pred.ok and pred.bbox == [70, 60, 10, 20]
+    assert segmenter.calls[0]["bboxes"] == [[70, 60, 10, 20]]
+    # the box reward gives the same box IoU 0, even against the target with its corners in order
+    assert box_iou([700, 600, 100, 200], [100, 200, 700, 600]) == 0.0
+
+
+class TaskPolicy(FakePolicy):
+    def __init__(self, completions, task):
+        super().__init__(completions)
+        self.task = task
+
+
+def test_each_pipeline_refuses_a_policy_built_for_the_other_task():
+    from models.multi_object import MultiObjectPipeline
+
+    with pytest.raises(ValueError, match=r"SegZeroPipeline needs a policy built with task='single', got "
+                                         r"task='multi'.*MultiObjectPipeline"):
+        SegZeroPipeline(TaskPolicy([], "multi"), RecordingSegmenter())
+    with pytest.raises(ValueError, match=r"MultiObjectPipeline needs a policy built with task='multi', got "
+                                         r"task='single'.*use SegZeroPipeline"):
+        MultiObjectPipeline(TaskPolicy([], "single"), RecordingSegmenter())
+    # the matching task, or no task attribute at all, is accepted by each
+    SegZeroPipeline(TaskPolicy([], "single"), RecordingSegmenter())
+    MultiObjectPipeline(TaskPolicy([], "multi"), RecordingSegmenter())
+    SegZeroPipeline(FakePolicy([]), RecordingSegmenter())
+    MultiObjectPipeline(FakePolicy([]), RecordingSegmenter())
+
+
+def test_real_policies_of_the_other_task_are_refused(tiny_qwen):
+    from models.multi_object import MultiObjectPipeline
+    from models.policy import SegZeroPolicy
+
+    with pytest.raises(ValueError, match="task='single'"):
+        SegZeroPipeline(SegZeroPolicy(*tiny_qwen, task="multi"), RecordingSegmenter())
+    with pytest.raises(ValueError, match="task='multi'"):
+        MultiObjectPipeline(SegZeroPolicy(*tiny_qwen, task="single"), RecordingSegmenter())
+
+
+def test_load_segmenter_says_a_bare_checkpoint_needs_its_config(tmp_path, monkeypatch):
+    from models import pipeline
+    from models.segmenter import Segmenter
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("looked a checkpoint file up as a hub id")
+
+    monkeypatch.setattr(Segmenter, "from_hub", no_hub)
+    plain = tmp_path / "sam2_weights"  # an existing file, no extension
+    plain.write_bytes(b"x")
+    for value in ("/nowhere/sam2.1_hiera_large.pt", "ckpt.PTH", str(plain)):
+        with pytest.raises(ValueError, match=r"is a checkpoint file, which needs its config: pass --sam2 "
+                                             r"CONFIG::CHECKPOINT, e\.g\. configs/sam2\.1/sam2\.1_hiera_l\.yaml::"):
+            pipeline.load_segmenter(value)
+    # a hub id still goes to the hub
+    with pytest.raises(AssertionError, match="looked a checkpoint"):
+        pipeline.load_segmenter("facebook/sam2-hiera-large")

@@ -2,6 +2,9 @@
 numbers, log-prob parity with a separate and a plain forward, greedy parity with transformers'
 generate, the EOS mask, and finished rows leaving the batch (compact=True) against finished rows
 kept in it (compact=False)."""
+import math
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -18,6 +21,13 @@ def test_top_p_filter_hand_computed():
     got = top_p_filter(probs, 0.6)
     torch.testing.assert_close(got, torch.tensor([[0.0, 0.625, 0.375], [0.0, 0.0, 1.0]]))
     assert top_p_filter(probs, 1.0) is probs
+
+
+def test_top_p_filter_boundary_drops_a_token_whose_mass_before_equals_top_p():
+    # sorted [0.5, 0.3, 0.2], mass before [0, 0.5, 0.8]: top_p 0.5 is reached by the first token
+    # alone, so the second (mass before exactly 0.5) is dropped -> [1, 0, 0]
+    got = top_p_filter(torch.tensor([[0.5, 0.3, 0.2]]), 0.5)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 0.0, 0.0]]), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (0.7, 0.9)])
@@ -130,12 +140,91 @@ def test_every_eos_id_of_the_generation_config_ends_a_row(tiny_policy):
 def test_generate_argument_errors(tiny_policy):
     batch = tiny_policy.prepare(random_images(1), QUERIES[:1])
     kwargs = dict(eos_token_id=tiny_policy.eos_token_id, pad_token_id=tiny_policy.pad_token_id)
-    for bad in [dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=0.0),
-                dict(max_new_tokens=4, top_p=0.0), dict(max_new_tokens=4, top_p=1.5)]:
-        with pytest.raises(ValueError):
+    for bad, name in [(dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=True), "max_new_tokens"),
+                      (dict(max_new_tokens=4, temperature=0.0), "temperature"),
+                      (dict(max_new_tokens=4, temperature=float("inf")), "temperature"),
+                      (dict(max_new_tokens=4, temperature=float("nan")), "temperature"),
+                      (dict(max_new_tokens=4, top_p=0.0), "top_p"), (dict(max_new_tokens=4, top_p=1.5), "top_p")]:
+        with pytest.raises(ValueError, match=name):
             generate(tiny_policy.model, batch, 1, **bad, **kwargs)
-    with pytest.raises(ValueError, match="group_size"):
-        generate(tiny_policy.model, batch, 0, max_new_tokens=4, **kwargs)
+    for bad_group in (0, True, 2.0):
+        with pytest.raises(ValueError, match="group_size"):
+            generate(tiny_policy.model, batch, bad_group, max_new_tokens=4, **kwargs)
+
+
+# ---- the sampling settings at engine level ------------------------------------------------------
+def test_tiny_top_p_samples_the_greedy_tokens(tiny_policy):
+    """top_p 1e-9 keeps only the most probable token: sampling returns the greedy tokens, and the
+    log-probs of the full softmax(logits / T) that greedy decoding returns."""
+    batch = tiny_policy.prepare(random_images(2), QUERIES)
+    kwargs = dict(max_new_tokens=16, eos_token_id=tiny_policy.eos_token_id,
+                  pad_token_id=tiny_policy.pad_token_id, temperature=0.7)
+    greedy = generate(tiny_policy.model, batch, 3, greedy=True, **kwargs)
+    nucleus = generate(tiny_policy.model, batch, 3, top_p=1e-9, generator=torch.Generator().manual_seed(0), **kwargs)
+    full = generate(tiny_policy.model, batch, 3, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(nucleus.response_ids, greedy.response_ids)
+    torch.testing.assert_close(nucleus.logp, greedy.logp, atol=0, rtol=0)
+    assert not torch.equal(full.response_ids, greedy.response_ids)  # top_p 1 at T 0.7 does sample
+
+
+def test_tiny_temperature_samples_the_greedy_tokens(tiny_policy):
+    """At T = 1e-3 softmax(logits / T) puts all but exp(-gap / 1e-3) of its mass on the argmax:
+    sampling returns the greedy tokens (argmax is the same at any T); at T = 1 it does not."""
+    batch = tiny_policy.prepare(random_images(2), QUERIES)
+    kwargs = dict(max_new_tokens=16, eos_token_id=tiny_policy.eos_token_id, pad_token_id=tiny_policy.pad_token_id)
+    greedy = generate(tiny_policy.model, batch, 3, greedy=True, **kwargs)
+    cold = generate(tiny_policy.model, batch, 3, temperature=1e-3, generator=torch.Generator().manual_seed(0),
+                    **kwargs)
+    warm = generate(tiny_policy.model, batch, 3, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                    **kwargs)
+    assert torch.equal(cold.response_ids, greedy.response_ids)
+    assert not torch.equal(warm.response_ids, greedy.response_ids)
+
+
+@contextmanager
+def fixed_logits(model, logits: dict[int, float]):
+    """Within the block every forward's logits are -1e4 except ``logits`` {token id: value}."""
+    def hook(module, inputs, output):
+        out = torch.full_like(output, -1e4)
+        for token, value in logits.items():
+            out[..., token] = value
+        return out
+
+    handle = model.lm_head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("temperature,top_p,expected", [
+    # softmax of log [0.5, 0.3, 0.2] at T 1: [0.5, 0.3, 0.2]
+    (1.0, 1.0, [0.5, 0.3, 0.2]),
+    # T 0.5 squares the probabilities: [0.25, 0.09, 0.04] / 0.38 = [0.6579, 0.2368, 0.1053]
+    (0.5, 1.0, [0.25 / 0.38, 0.09 / 0.38, 0.04 / 0.38]),
+    # then top_p 0.7: mass before [0, 0.658, 0.895] keeps two -> [0.25, 0.09] / 0.34 = [0.7353, 0.2647, 0]
+    (0.5, 0.7, [0.25 / 0.34, 0.09 / 0.34, 0.0]),
+])
+def test_sampled_token_frequencies_follow_temperature_and_top_p(tiny_policy, temperature, top_p, expected):
+    """4000 rows of one step from fixed logits log [0.5, 0.3, 0.2] on ids [9, 5, 2] (not in
+    vocabulary order). Binomial standard error <= sqrt(0.25 / 4000) = 0.008; 0.03 is 3.8 of them.
+    The returned log-probs are those of the full softmax(logits / T), whatever top_p."""
+    ids, probs = [9, 5, 2], [0.5, 0.3, 0.2]
+    batch = tiny_policy.prepare(random_images(1), QUERIES[:1])
+    with fixed_logits(tiny_policy.model, {i: math.log(p) for i, p in zip(ids, probs)}):
+        out = generate(tiny_policy.model, batch, 4000, max_new_tokens=1, eos_token_id=tiny_policy.eos_token_id,
+                       pad_token_id=tiny_policy.pad_token_id, temperature=temperature, top_p=top_p,
+                       generator=torch.Generator().manual_seed(0))
+    tokens = out.response_ids[:, 0]
+    freq = torch.tensor([(tokens == i).double().mean().item() for i in ids], dtype=torch.float64)
+    torch.testing.assert_close(freq, torch.tensor(expected, dtype=torch.float64), atol=0.03, rtol=0)
+    assert freq.sum() == 1  # no other token is ever drawn
+    full = torch.tensor([p ** (1 / temperature) for p in probs])
+    full = (full / full.sum()).log()  # log softmax(log p / T)
+    for i, lp in zip(ids, full.tolist()):
+        drawn = out.logp[tokens == i, 0]
+        if drawn.numel():
+            torch.testing.assert_close(drawn, torch.full_like(drawn, lp), atol=1e-5, rtol=0)
 
 
 # ---- finished rows leaving the batch ------------------------------------------------------------
