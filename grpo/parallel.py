@@ -293,6 +293,8 @@ class StepSampler:
             raise ValueError(f"the training set is empty (num_samples={num_samples}); check data_path")
         if global_batch % world_size != 0:
             raise ValueError(f"prompts_per_step={global_batch} is not divisible by the {world_size} ranks")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} ranks (0..{world_size - 1})")
         self.num_samples = num_samples
         self.global_batch = global_batch
         self.local_batch = global_batch // world_size

@@ -53,6 +53,11 @@ def knob(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": " ".join(help.split())})
 
 
+#: Exclusive bound of ``train.seed``: train.py seeds each rollout generator with
+#: (seed * 1_000_003 + step) * 1_000_003 + position, which must stay below 2**63.
+MAX_SEED = 2**23
+
+
 def _require(cond: bool, name: str, value: Any, what: str) -> None:
     if not cond:
         raise ValueError(f"config field {name}={value!r} (--{name.replace('_', '-')}): {what}")
@@ -100,6 +105,8 @@ class ModelConfig:
                  "attn_implementation", self.attn_implementation, "use sdpa, eager or flash_attention_2")
         _require(self.min_pixels >= 0, "min_pixels", self.min_pixels, "must be >= 0")
         _require(self.max_pixels >= 0, "max_pixels", self.max_pixels, "must be >= 0")
+        _require(not (self.min_pixels and self.max_pixels) or self.min_pixels <= self.max_pixels, "min_pixels",
+                 self.min_pixels, f"must be <= max_pixels ({self.max_pixels})")
 
 
 @dataclass
@@ -123,6 +130,7 @@ class DataConfig:
                  "a data path is required (see data.open_dataset), or 'synthetic'")
         _require(self.num_synthetic >= 1, "num_synthetic", self.num_synthetic, "must be >= 1")
         _require(self.heldout_size >= 0, "heldout_size", self.heldout_size, "must be >= 0")
+        _require(0 <= self.data_seed < 2**31, "data_seed", self.data_seed, "must be in [0, 2**31)")
         _require(bool(self.val_path), "val_path", self.val_path, "use 'heldout' or a dataset spec")
         _require(self.val_limit >= 0, "val_limit", self.val_limit, "must be >= 0")
 
@@ -270,7 +278,9 @@ class TrainConfig:
         multi: the authors' current list of objects (one box + one point each), its prompt, data (solution
         lists; 'synthetic' = multi-object scenes) and three rewards (SPEC 9, rewards.multi_object;
         soft_accuracy and strict_format do not apply to them).""")
-    seed: int = knob(0, "Seed of everything: sampling, shuffling, the tiny model.")
+    seed: int = knob(0, """Seed of the rollouts' sampling (one generator per step and prompt position,
+        seeded from it) and of the global RNGs; the training set's order follows data_seed and the
+        random tiny model tiny_seed, so runs that differ in seed alone see the same prompts.""")
     max_steps: int = knob(30, "Optimizer steps (one step = one rollout batch of prompts_per_step prompts).")
     prompts_per_step: int = knob(16, "B, GLOBAL prompts per step, split evenly over ranks (SPEC 8: 16).")
     output_dir: str = knob("runs/tiny", """Run directory: config.json, metrics.jsonl, heldout.jsonl, best.json,
@@ -303,6 +313,8 @@ class TrainConfig:
         _require(self.task in ("single", "multi"), "task", self.task, "use single or multi")
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "must be >= 1")
+        _require(0 <= self.seed < MAX_SEED, "seed", self.seed,
+                 f"must be in [0, {MAX_SEED}) (the rollout generators' seeds, built from it, are int64)")
         _require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
         _require(not (self.resume and self.overwrite), "overwrite", self.overwrite,
                  "--resume continues the run in output_dir and --overwrite deletes it: pass one of them")
@@ -586,7 +598,7 @@ def preset_seg_zero_3b() -> dict:
         "optim.lr": 1e-6, "optim.weight_decay": 0.01, "optim.max_grad_norm": 1.0,
         "parallel.device": "cuda", "parallel.mixed_precision": True,
         "parallel.activation_checkpointing": True,
-        # 9,000 samples / 16 prompts per step = one epoch (SPEC 8).
+        # 9,000 samples / 16 prompts per step = one epoch (SPEC 8): 562 steps, 8,992 samples.
         "train.max_steps": 9000 // 16, "train.prompts_per_step": 16,
         "train.output_dir": "runs/seg_zero_3b", "train.checkpoint_every": 50,
         "train.warmstart_sft_steps": 0,

@@ -179,6 +179,8 @@ def test_step_sampler_is_rank_split_of_one_global_order():
     assert one.epoch(5) == 2.0  # 5 steps x 4 prompts / 10 samples
     with pytest.raises(ValueError, match="empty"):
         StepSampler(0, 4, 0, 1, 0)
+    with pytest.raises(ValueError, match=r"rank 2 is not one of the 2 ranks \(0..1\)"):
+        StepSampler(10, 4, 2, 2, 0)
 
 
 def test_empty_dataset_is_a_clear_error(monkeypatch, tmp_path):
@@ -344,6 +346,11 @@ def _user_mistakes(tmp_path):
                                      "representable in float32"),
         (["--weight-decay", "inf"], "config field weight_decay=inf (--weight-decay): must be a finite number"),
         (["--adv-eps", "inf"], "config field adv_eps=inf (--adv-eps): must be a finite number"),
+        (["--seed", "-1"], "config field seed=-1 (--seed): must be in [0, 8388608)"),
+        (["--seed", str(2**23)], "config field seed=8388608 (--seed): must be in [0, 8388608)"),
+        (["--data-seed", "-1"], "config field data_seed=-1 (--data-seed): must be in [0, 2**31)"),
+        (["--min-pixels", "1000", "--max-pixels", "100"],
+         "config field min_pixels=1000 (--min-pixels): must be <= max_pixels (100)"),
         (["--max-steps", "two"], "config field max_steps='two': expected a number (int)"),
         (["--resume", "maybe"], "config field resume='maybe': expected true or false"),
         (["--top-p", "0"], "config field top_p=0.0 (--top-p): must be in (0, 1]"),
