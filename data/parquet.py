@@ -51,11 +51,28 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise ValueError(f"{path}: not a readable parquet file ({e})") from None
 
 
+#: Split names recognised in the HF parquet layouts (a file name's prefix before "-", or a folder).
+SPLIT_NAMES = ("train", "validation", "val", "test", "testA", "testB")
+
+
+def _split_of(relpath: str) -> str | None:
+    """The split a parquet file's path (relative to its dataset folder) names, if any: a folder
+    in SPLIT_NAMES, else the file name's prefix before the first "-" (``test-00000-of-00001``)."""
+    *folders, name = relpath.split(os.sep)
+    for folder in reversed(folders):
+        if folder in SPLIT_NAMES:
+            return folder
+    prefix = name.split("-", 1)[0].removesuffix(".parquet")
+    return prefix if prefix in SPLIT_NAMES else None
+
+
 def parquet_files(path: str | os.PathLike, split: str | None = None) -> list[str]:
     """A parquet file, or the sorted parquet files under a folder (recursively).
 
     With ``split``, keep the files whose name starts with ``split`` or that lie in a folder named
-    ``split`` (the HF layouts ``data/test-00000-of-00001.parquet`` and ``test/0.parquet``).
+    ``split`` (the HF layouts ``data/test-00000-of-00001.parquet`` and ``test/0.parquet``). Without
+    it, a folder whose files belong to more than one split (:data:`SPLIT_NAMES`, read from those
+    layouts) is a ValueError listing them: reading them together would mix, say, val and test.
     """
     path = os.fspath(path)
     if os.path.isfile(path):
@@ -67,6 +84,9 @@ def parquet_files(path: str | os.PathLike, split: str | None = None) -> list[str
         files = [f for f in files
                  if os.path.basename(f).startswith(split)
                  or split in os.path.relpath(f, path).split(os.sep)[:-1]]
+    elif len(splits := sorted({name for f in files if (name := _split_of(os.path.relpath(f, path)))})) > 1:
+        raise ValueError(f"{path} holds the parquet files of the splits {', '.join(splits)}: give the split "
+                         "(--split) to read one of them")
     if not files:
         raise ValueError(f"no parquet files{'' if split is None else f' for split {split!r}'} "
                          f"under {path}")

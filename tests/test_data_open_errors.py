@@ -2,6 +2,7 @@
 the dataset is opened (before any model loads): a missing image folder, a split the folder does not
 hold, a refer dataset the root does not hold; and LISA's ``is_sentence`` is read strictly."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -108,3 +109,27 @@ def test_lisa_is_sentence_is_read_strictly(tmp_path):
                    "bad_int": "bad value: 'is_sentence' is 2, expected true or false",
                    "bad_list": "bad value: 'is_sentence' is [True], expected true or false"}
     assert sorted(e.sample_id for e in ds.scan()) == ["bad_int", "bad_list", "bad_str"]
+
+
+def test_parquet_folder_of_several_splits_needs_the_split(tmp_path):
+    from data.parquet import parquet_files
+
+    def touch(*names):
+        for name in names:
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")  # parquet_files lists files, it does not open them
+
+    touch("hf/data/val-00000-of-00001.parquet", "hf/data/test-00000-of-00002.parquet",
+          "hf/data/test-00001-of-00002.parquet")
+    with pytest.raises(ValueError, match=r"holds the parquet files of the splits test, val: give the split"):
+        parquet_files(tmp_path / "hf")
+    assert [os.path.basename(f) for f in parquet_files(tmp_path / "hf", "test")] == [
+        "test-00000-of-00002.parquet", "test-00001-of-00002.parquet"]
+    touch("folders/train/0.parquet", "folders/validation/0.parquet")
+    with pytest.raises(ValueError, match="splits train, validation"):
+        parquet_files(tmp_path / "folders")
+    # one split, or names that are no split, read whole
+    touch("one/data/train-00000-of-00001.parquet", "one/data/train-00001-of-00001.parquet",
+          "plain/0.parquet", "plain/shard-1.parquet")
+    assert len(parquet_files(tmp_path / "one")) == 2 and len(parquet_files(tmp_path / "plain")) == 2
