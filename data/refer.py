@@ -56,13 +56,6 @@ DEFAULT_IMAGE_SUBDIRS = (os.path.join("images", "mscoco", "images", "train2014")
                          os.path.join("images", "train2014"), "images")
 
 
-def _default_image_dir(root: str) -> str:
-    for sub in DEFAULT_IMAGE_SUBDIRS:
-        if os.path.isdir(os.path.join(root, sub)):
-            return os.path.join(root, sub)
-    return os.path.join(root, "images")
-
-
 def resolve_image_dir(root: str, image_dir: str | os.PathLike | None) -> str:
     """The COCO image folder of a refer root: ``image_dir`` when given, else the first of
     :data:`DEFAULT_IMAGE_SUBDIRS` under ``root`` that exists. ValueError naming the folder (and
@@ -74,12 +67,12 @@ def resolve_image_dir(root: str, image_dir: str | os.PathLike | None) -> str:
             raise ValueError(f"image folder {image_dir} (--image-dir) does not exist or is not a directory; "
                              f"pass the folder of the COCO train2014 images")
         return image_dir
-    found = _default_image_dir(root)
-    if not os.path.isdir(found):
-        raise ValueError(f"no image folder under {root} (looked for "
-                         f"{', '.join(os.path.join(root, sub) for sub in DEFAULT_IMAGE_SUBDIRS)}); pass "
-                         f"the folder of the COCO train2014 images with --image-dir")
-    return found
+    for sub in DEFAULT_IMAGE_SUBDIRS:
+        if os.path.isdir(os.path.join(root, sub)):
+            return os.path.join(root, sub)
+    raise ValueError(f"no image folder under {root} (looked for "
+                     f"{', '.join(os.path.join(root, sub) for sub in DEFAULT_IMAGE_SUBDIRS)}); pass "
+                     f"the folder of the COCO train2014 images with --image-dir")
 
 
 def compressed_rle_counts(counts: bytes) -> list[int]:
