@@ -265,13 +265,9 @@ def check_model_path(model_path: str) -> None:
     checkpoint (models.loading.check_checkpoint); 'tiny' is built in memory."""
     if model_path == "tiny":
         return
-    from models.loading import check_checkpoint as check_model_checkpoint
+    from models.loading import check_checkpoint as check_model_checkpoint, resolve_model_path
 
-    if model_path == "toy":
-        from models.toy import TOY_POLICY_DIR
-
-        model_path = str(TOY_POLICY_DIR)
-    check_model_checkpoint(model_path)
+    check_model_checkpoint(resolve_model_path(model_path))
 
 
 @contextlib.contextmanager
@@ -391,15 +387,11 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
                                with_example=cfg.rollout.with_example, think=cfg.rollout.think, task=cfg.train.task)
         shard_model(policy.logprobs, info, **shard)
         return policy
-    from models.loading import load_processor, local_checkpoint_dir
+    from models.loading import load_processor, local_checkpoint_dir, resolve_model_path
     from models.weights import build_on_meta, load_weights, materialize
     from transformers import AutoConfig
 
-    if model_path == "toy":
-        from models.toy import TOY_POLICY_DIR
-
-        model_path = str(TOY_POLICY_DIR)
-    model_path = local_checkpoint_dir(model_path)
+    model_path = local_checkpoint_dir(resolve_model_path(model_path))
     processor = load_processor(model_path, min_pixels=cfg.model.min_pixels or None,
                                max_pixels=cfg.model.max_pixels or None)
     dtype = getattr(torch, cfg.model.dtype)

@@ -189,13 +189,9 @@ def load_reasoning_model(model_path: str, device: str = "cpu", attn_implementati
 
         model, processor = build_tiny_qwen(tiny_seed, attn_implementation=attn_implementation)
         return model.to(device), processor
-    from models.loading import load_policy
+    from models.loading import load_policy, resolve_model_path
 
-    if model_path == "toy":
-        from models.toy import TOY_POLICY_DIR
-
-        model_path = str(TOY_POLICY_DIR)
-    return load_policy(model_path, device=device, attn_implementation=attn_implementation)
+    return load_policy(resolve_model_path(model_path), device=device, attn_implementation=attn_implementation)
 
 
 def load_segmenter(sam2: str, device: str = "cpu") -> Segmenter:
