@@ -95,9 +95,9 @@ from data.paths import check_output_dir
 from data.parquet import TRAIN_COLUMNS
 from eval.loop import check_source_ids, evaluate_shard
 from eval.multi_object import format_multi_object_table, multi_object_table
-from eval.results import (done_ids, format_table, merge_predictions, read_predictions, table_from_records,
-                          write_atomic, write_metrics)
+from eval.results import done_ids, format_table, merge_predictions, read_predictions, table_from_records, write_metrics
 from grpo.parallel import barrier, init_distributed, shutdown
+from grpo.tracking import write_atomic
 from grpo.recipe import parse_bool
 from models.segmenter import DEFAULT_SAM2_HUB_ID, split_sam2
 

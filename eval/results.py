@@ -49,6 +49,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from grpo.tracking import write_atomic
+
 #: ``status`` of a sample whose image / annotation could not be read (BadSampleError).
 BAD_SAMPLE = "bad_sample"
 
@@ -271,16 +273,6 @@ def done_ids(output_dir: str) -> set[str]:
     if not os.path.isdir(output_dir):
         return set()
     return {r.id for r in read_predictions(output_dir)}
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + fsync + ``os.replace``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def merge_predictions(output_dir: str) -> list[PredictionRecord]:

@@ -69,7 +69,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.results import read_predictions, table_from_records, write_atomic
+from eval.results import read_predictions, table_from_records
+from grpo.tracking import write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("referring", "reasoning")
@@ -286,7 +287,7 @@ def curves(train_dir: Path) -> dict:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """``obj`` as indented JSON at ``path``, atomically (eval.results.write_atomic)."""
+    """``obj`` as indented JSON at ``path``, atomically (grpo.tracking.write_atomic)."""
     write_atomic(str(path), json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 

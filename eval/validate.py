@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from grpo.tracking import write_atomic
+
 
 def validate(policy, segmenter, source, output_dir: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
              batch_size: int = 16, max_new_tokens: int = 1024, strict: bool = True, soft: bool = False,
@@ -187,7 +189,5 @@ class BestPointer:
                      "val/iou_proxy": float(rep.get("val/iou_proxy", float("nan"))),
                      "checkpoint": None if checkpoint is None else str(checkpoint)}
         if write:
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.best, indent=1) + "\n")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(self.best, indent=1) + "\n")
         return True
