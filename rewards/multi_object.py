@@ -264,12 +264,6 @@ def hungarian_match(boxes, points, boxes_gt, points_gt) -> tuple[np.ndarray, np.
 # the three rewards
 
 
-def _thinking_format(completion: str) -> float:
-    """1.0 when the stripped completion fully matches ``<think>.*?</think>\\s*<answer>.*?</answer>``
-    (DOTALL): term 1 of the single-object rewards, computed in linear time."""
-    return thinking_format_reward(completion)
-
-
 def _answer_format(parsed: ParsedObjects) -> float:
     data = parsed.answer
     if not isinstance(data, list) or not data:
@@ -310,7 +304,7 @@ def _check_completion(completion: Any) -> None:
 def multi_object_format_reward(completion: str) -> float:
     """Thinking format (0/1) + the mean per-object shape score of the answer list (0..2); in [0, 3]."""
     _check_completion(completion)
-    return _thinking_format(completion) + _answer_format(parse_objects(completion))
+    return thinking_format_reward(completion) + _answer_format(parse_objects(completion))
 
 
 def multi_object_accuracy_reward(completion: str, solution: Any) -> float:
@@ -331,7 +325,7 @@ def non_repeat_reward(completion: str) -> float:
 
 
 def _terms(completion: str, parsed: ParsedObjects, boxes_gt, points_gt) -> tuple[float, float, float]:
-    return (_thinking_format(completion) + _answer_format(parsed), _accuracy(parsed, boxes_gt, points_gt),
+    return (thinking_format_reward(completion) + _answer_format(parsed), _accuracy(parsed, boxes_gt, points_gt),
             _non_repeat(completion))
 
 

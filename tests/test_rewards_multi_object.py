@@ -281,7 +281,7 @@ _GOOD = '[{"bbox_2d": [1, 2, 3, 4], "point_2d": [2, 3]}]'
 
 
 def _check_against_regexes(text):
-    from rewards.multi_object import _thinking_format
+    from rewards.seg_zero import thinking_format_reward  # the tag term multi_object_format_reward adds
 
     p = parse_objects(text)
     think = _REF_THINK.search(text)
@@ -295,7 +295,7 @@ def _check_against_regexes(text):
         except ValueError:
             value, valid = None, False
         assert p.status != "no_answer" and (p.status == "invalid_json") == (not valid) and p.answer == value
-    assert _thinking_format(text) == (1.0 if _REF_THINKING_FORMAT.fullmatch(text.strip()) else 0.0)
+    assert thinking_format_reward(text) == (1.0 if _REF_THINKING_FORMAT.fullmatch(text.strip()) else 0.0)
 
 
 @pytest.mark.parametrize("text", [
