@@ -265,7 +265,8 @@ def check_model_path(model_path: str) -> None:
     checkpoint (models.loading.check_checkpoint); 'tiny' is built in memory."""
     if model_path == "tiny":
         return
-    from models.loading import check_checkpoint as check_model_checkpoint, resolve_model_path
+    from models.loading import check_checkpoint as check_model_checkpoint
+    from models.toy import resolve_model_path
 
     check_model_checkpoint(resolve_model_path(model_path))
 
@@ -387,7 +388,8 @@ def build_policy(cfg: Config, info, model_path: str, frozen: bool) -> SegZeroPol
                                with_example=cfg.rollout.with_example, think=cfg.rollout.think, task=cfg.train.task)
         shard_model(policy.logprobs, info, **shard)
         return policy
-    from models.loading import load_processor, local_checkpoint_dir, resolve_model_path
+    from models.loading import load_processor, local_checkpoint_dir
+    from models.toy import resolve_model_path
     from models.weights import build_on_meta, load_weights, materialize
     from transformers import AutoConfig
 

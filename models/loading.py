@@ -189,16 +189,6 @@ def load_processor(name_or_path: str, *, min_pixels: int | None = None, max_pixe
     return processor
 
 
-def resolve_model_path(model_path: str) -> str:
-    """``model_path`` as a checkpoint location: 'toy' names the shipped toy policy
-    (``models.toy.TOY_POLICY_DIR``); anything else is returned as it is."""
-    if model_path == "toy":
-        from models.toy import TOY_POLICY_DIR
-
-        return str(TOY_POLICY_DIR)
-    return model_path
-
-
 def local_checkpoint_dir(name_or_path: str) -> str:
     """A local directory holding the checkpoint: the path itself, or the hub snapshot of an id
     (downloaded into the Hugging Face cache on first use)."""

@@ -189,7 +189,8 @@ def load_reasoning_model(model_path: str, device: str = "cpu", attn_implementati
 
         model, processor = build_tiny_qwen(tiny_seed, attn_implementation=attn_implementation)
         return model.to(device), processor
-    from models.loading import load_policy, resolve_model_path
+    from models.loading import load_policy
+    from models.toy import resolve_model_path
 
     return load_policy(resolve_model_path(model_path), device=device, attn_implementation=attn_implementation)
 

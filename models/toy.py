@@ -126,6 +126,13 @@ TOY_POLICY_DIR = TOY_DIR / "policy"
 TOY_SAM2_PATH = TOY_DIR / "sam2.safetensors"
 TOY_SAM2_IMAGE_SIZE = 256
 
+
+def resolve_model_path(model_path: str) -> str:
+    """``model_path`` as a checkpoint location: 'toy' names the shipped toy policy
+    (:data:`TOY_POLICY_DIR`); anything else is returned as it is."""
+    return str(TOY_POLICY_DIR) if model_path == "toy" else model_path
+
+
 #: Held-out scenes of every toy figure: SyntheticDataset(HELDOUT_SIZE, seed=HELDOUT_SEED), the
 #: default run's held-out set (train.py build_data: data_seed 0 + 10,000).
 HELDOUT_SEED = 10_000
